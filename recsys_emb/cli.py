@@ -1,0 +1,126 @@
+"""The ``recsys-emb`` command (also ``python -m recsys_emb``).
+
+Sub-commands::
+
+    recsys-emb synth criteo --rows N --out DIR [--test-rows M] [--seed S]
+    recsys-emb prepare criteo --input FILE... --out DIR [--vocab-from DIR] [--min-count N] [--strict]
+    recsys-emb train --config CFG [--train PATH] [--valid PATH] [--test PATH] [--run-dir DIR] [--set k=v ...] [--resume]
+    recsys-emb evaluate --run-dir DIR --data PATH
+    recsys-emb doctor [--json]
+
+Heavy imports happen inside each command so ``recsys-emb --help`` and ``doctor`` stay fast and
+``doctor`` works even when torch/fbgemm/torchrec do not import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a CTR model from a YAML config", description="Train, validate and test a CTR model.")
+    p.add_argument("--config", type=Path, help="experiment YAML (e.g. configs/criteo_dcnv2.yaml); required unless --resume")
+    p.add_argument("--train", help="training data: raw Criteo TSV(.gz) or a prepared folder (overrides data.train)")
+    p.add_argument("--valid", help="validation data (overrides data.valid; default: last data.valid_fraction of train)")
+    p.add_argument("--test", help="test data (overrides data.test)")
+    p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>-<time>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value with a dotted key, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a trained run on a data set", description="Evaluate RUN_DIR/model.pt on data.")
+    p.add_argument("--run-dir", type=Path, required=True, help="a finished `recsys-emb train` run folder")
+    p.add_argument("--data", required=True, help="raw Criteo TSV(.gz) (encoded with the run's vocabulary) or a prepared folder")
+    p.add_argument("--batch-size", type=int, default=16384, help="evaluation batch size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys-emb", description="Embedding techniques for recommender systems on TorchRec.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="generate synthetic data sets").add_subparsers(dest="dataset", required=True)
+    from recsys_emb.data.synthetic import add_synth_criteo_arguments
+
+    add_synth_criteo_arguments(synth.add_parser("criteo", help="Criteo-like TSV with a known oracle"))
+
+    prepare = sub.add_parser("prepare", help="prepare raw data into columnar arrays").add_subparsers(dest="dataset", required=True)
+    from recsys_emb.data.criteo import add_prepare_criteo_arguments
+
+    add_prepare_criteo_arguments(prepare.add_parser("criteo", help="Criteo TSV(.gz) -> arrays + meta.json"))
+
+    _add_train(sub)
+    _add_evaluate(sub)
+    doctor = sub.add_parser("doctor", help="check the installed torch / fbgemm_gpu / torchrec stack")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from recsys_emb.config.experiment import ExperimentConfig
+    from recsys_emb.config.io import load_config
+    from recsys_emb.train.loop import train
+
+    overrides = list(args.overrides)
+    for key in ("train", "valid", "test"):
+        if getattr(args, key) is not None:
+            overrides.append(f"data.{key}={getattr(args, key)}")
+    if args.resume:
+        if args.run_dir is None:
+            raise SystemExit("--resume needs --run-dir (the run to continue)")
+        config_path = args.run_dir / "config.yaml"
+        if args.config is not None:
+            print(f"[train] --resume: using {config_path}, not {args.config}", file=sys.stderr)
+    else:
+        if args.config is None:
+            raise SystemExit("--config is required (e.g. --config configs/criteo_dcnv2_tiny.yaml)")
+        config_path = args.config
+    cfg = load_config(ExperimentConfig, config_path, overrides)
+    run_dir = args.run_dir or Path("runs") / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"[train] run dir: {run_dir}", file=sys.stderr)
+    train(cfg, run_dir, resume=args.resume)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from recsys_emb.evaluate import evaluate_run
+
+    print(json.dumps(evaluate_run(args.run_dir, args.data, batch_size=args.batch_size)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["doctor"]:  # must work even when torch & co. do not import
+        from recsys_emb.doctor import run_doctor
+
+        return run_doctor(as_json="--json" in argv)
+    args = build_parser().parse_args(argv)
+    from recsys_emb.config.io import ConfigError
+
+    try:
+        if args.command == "synth":
+            from recsys_emb.data.synthetic import run_synth_criteo
+
+            return run_synth_criteo(args)
+        if args.command == "prepare":
+            from recsys_emb.data.criteo import run_prepare_criteo
+
+            return run_prepare_criteo(args)
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+        print(f"recsys-emb {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

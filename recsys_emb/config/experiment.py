@@ -1,0 +1,118 @@
+"""Experiment configuration: the dataclasses a YAML experiment file mirrors.
+
+Example (configs/criteo_dcnv2_tiny.yaml)::
+
+    data:
+      train: data/synth_tiny/train.txt.gz
+      test: data/synth_tiny/test.txt.gz
+      valid_fraction: 0.1
+    model:
+      name: dcnv2
+    train:
+      epochs: 1
+      batch_size: 512
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from recsys_emb.config.model import ModelConfig
+
+_EMB_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
+_DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd", "adamw")
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how raw Criteo TSV is prepared."""
+
+    dataset: str = "criteo"  # only criteo-format TSV for now
+    train: str | None = None  # raw TSV(.gz) file or prepared directory
+    valid: str | None = None  # raw or prepared; None = last `valid_fraction` of train rows
+    test: str | None = None  # raw or prepared; None = no test evaluation
+    valid_fraction: float = 0.1  # used only when `valid` is None (a temporal split: the LAST rows)
+    min_count: int = 2  # vocabulary frequency threshold (rarer values -> OOV id)
+    hash_buckets: int | None = None  # hash categoricals into this many buckets instead of a vocabulary
+    cache_dir: str | None = None  # where raw inputs are prepared; None = ~/.cache/recsys_emb
+    strict: bool = False  # malformed raw rows are fatal instead of counted and skipped
+
+    def __post_init__(self) -> None:
+        if self.dataset != "criteo":
+            raise ValueError(f"data.dataset: unknown dataset '{self.dataset}' (supported: criteo)")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"data.valid_fraction must be in (0, 1), got {self.valid_fraction}")
+        if self.min_count < 1:
+            raise ValueError(f"data.min_count must be >= 1, got {self.min_count}")
+        if self.hash_buckets is not None and self.hash_buckets < 1:
+            raise ValueError(f"data.hash_buckets must be >= 1, got {self.hash_buckets}")
+
+
+@dataclass
+class OptimizerConfig:
+    """One optimizer (for the embedding tables or for the dense parameters)."""
+
+    name: str = "adam"  # tables: rowwise_adagrad|adagrad|sgd|adam; dense: adam|adamw|adagrad|sgd
+    lr: float = 1e-3  # learning rate
+    weight_decay: float = 0.0  # L2 weight decay
+    eps: float = 1e-8  # epsilon of adaptive optimizers
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class TrainConfig:
+    """Training loop settings."""
+
+    epochs: int = 3  # maximum number of passes over the training data
+    batch_size: int = 2048  # global batch size (split over ranks when sharded)
+    eval_batch_size: int = 16384  # batch size for validation/test
+    seed: int = 0  # seeds parameters, shuffling and dropout
+    shuffle: bool = True  # reshuffle training rows every epoch (seed + epoch)
+    embedding_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(name="rowwise_adagrad", lr=0.05)
+    )  # tables: fused into the backward by FBGEMM where the kernel supports it
+    dense_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
+    grad_clip_norm: float | None = None  # clip the global norm of DENSE gradients (fused tables are not clipped)
+    early_stopping_patience: int = 1  # stop after this many validations without an AUC gain (0 = never)
+    eval_every_steps: int | None = None  # validate every N steps as well as at each epoch end
+    max_steps: int | None = None  # stop after this many optimizer steps (None = all epochs)
+    checkpoint_every_steps: int | None = None  # write RUN_DIR/checkpoint every N steps (and at each epoch end)
+    log_every_steps: int = 50  # TensorBoard/progress-bar update period
+    tensorboard: bool = True  # write TensorBoard scalars to RUN_DIR/tensorboard (rank 0)
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every_steps", "max_steps", "checkpoint_every_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"train.{name} must be >= 1 or null, got {value}")
+        if self.early_stopping_patience < 0:
+            raise ValueError("train.early_stopping_patience must be >= 0")
+        if self.embedding_optimizer.name not in _EMB_OPTIMIZERS:
+            raise ValueError(
+                f"train.embedding_optimizer.name '{self.embedding_optimizer.name}' is not one of {list(_EMB_OPTIMIZERS)}"
+            )
+        if self.dense_optimizer.name not in _DENSE_OPTIMIZERS:
+            raise ValueError(
+                f"train.dense_optimizer.name '{self.dense_optimizer.name}' is not one of {list(_DENSE_OPTIMIZERS)}"
+            )
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device must be auto, cpu or cuda, got '{self.device}'")
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: data, model and training."""
+
+    name: str = "experiment"  # free-form label, written into metrics.json
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

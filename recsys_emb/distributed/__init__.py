@@ -1,0 +1,1 @@
+"""recsys_emb.distributed."""

@@ -1,0 +1,75 @@
+"""Process-group setup: torchrun-launched (RANK/WORLD_SIZE set) or a one-process group.
+
+TorchRec's DistributedModelParallel needs a process group even on one device, so a plain
+``recsys-emb train`` creates a world of size 1 (gloo on CPU, NCCL on CUDA) on a free local port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process runs. ``owns_group``: we created the group and must destroy it."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    owns_group: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "train.device=cuda but torch.cuda.is_available() is False "
+                "(a CPU build of torch, or no visible GPU); use train.device=cpu or auto. "
+                "`recsys-emb doctor` shows what is installed."
+            )
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(device_name: str = "auto") -> DistEnv:
+    """Join the torchrun process group, or create a single-process one; returns this rank's env."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if dist.is_initialized():
+        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, dist.get_backend(), False)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend=backend)
+    else:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
+        dist.init_process_group(backend=backend, rank=0, world_size=1)
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend, True)
+
+
+def shutdown(env: DistEnv) -> None:
+    """Destroy the process group if :func:`init_distributed` created it."""
+    if env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()

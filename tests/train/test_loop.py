@@ -1,0 +1,118 @@
+"""End-to-end training on tiny data: every model trains, resume == uninterrupted, evaluate == train's test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from recsys_emb.config.experiment import ExperimentConfig
+from recsys_emb.config.io import load_config
+from recsys_emb.evaluate import evaluate_run
+from recsys_emb.train.checkpoint import load_model_state
+from recsys_emb.train.loop import train
+from tests.conftest import REPO, make_prepared
+
+
+def tiny_config(name: str, train_dir: Path, tmp_path: Path, *overrides: str) -> ExperimentConfig:
+    return load_config(
+        ExperimentConfig,
+        REPO / "configs" / f"criteo_{name}_tiny.yaml",
+        [f"data.train={train_dir}", f"data.cache_dir={tmp_path / 'cache'}", *overrides],
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("loop")
+    return make_prepared(root / "train", 3000, seed=0), make_prepared(root / "test", 800, seed=1)
+
+
+@pytest.mark.parametrize("model", ["dcnv2", "dlrm", "deepfm", "lr"])
+def test_tiny_configs_train_and_learn(model: str, data_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train_dir, test_dir = data_dirs
+    cfg = tiny_config(model, train_dir, tmp_path, f"data.test={test_dir}", "train.epochs=3")
+    results = train(cfg, tmp_path / "run")
+    # The labels depend on C1's id and I1: every model must beat chance clearly on held-out rows.
+    assert results["test"]["auc"] > 0.7, results
+    assert results["valid"]["rows"] == 600 and results["test"]["rows"] == 800
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written["test"] == results["test"]
+    assert set(written) >= {"valid", "test", "train", "samples_per_second", "embedding_parameters"}
+    assert written["samples_per_second"] > 0
+    assert written["embedding_parameters"] == sum(
+        cfg.num_embeddings * cfg.embedding_dim for cfg in _tables(tmp_path / "run")
+    )
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    assert load_config(ExperimentConfig, tmp_path / "run" / "config.yaml").model.name == model
+
+
+def _tables(run_dir: Path):  # noqa: ANN202
+    from recsys_emb.evaluate import _MetaOnly
+    from recsys_emb.train.loop import build_ctr_model
+
+    cfg = load_config(ExperimentConfig, run_dir / "config.yaml")
+    model = build_ctr_model(cfg, _MetaOnly(run_dir / "data"), "meta")  # type: ignore[arg-type]
+    from torchrec import EmbeddingBagCollection
+
+    return [c for m in model.modules() if isinstance(m, EmbeddingBagCollection) for c in m.embedding_bag_configs()]
+
+
+def test_tables_are_updated_by_the_fused_optimizer(data_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train_dir, _ = data_dirs
+    cfg = tiny_config("dcnv2", train_dir, tmp_path, "train.epochs=1", "train.early_stopping_patience=0")
+    torch.manual_seed(cfg.train.seed)
+    from recsys_emb.data.dataset import PreparedCTRData
+    from recsys_emb.train.loop import build_ctr_model
+
+    initial = build_ctr_model(cfg, PreparedCTRData.open(train_dir), "cpu").state_dict()
+    train(cfg, tmp_path / "run")
+    final = load_model_state(tmp_path / "run" / "model.pt")
+    key = "model.embedding.embedding_bags.t_C1.weight"
+    assert final[key].shape == initial[key].shape
+    assert not torch.equal(final[key], initial[key])
+
+
+def test_resume_equals_uninterrupted(data_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train_dir, test_dir = data_dirs
+    overrides = (f"data.test={test_dir}", "train.epochs=2", "train.eval_every_steps=7", "train.checkpoint_every_steps=4",
+                 "train.early_stopping_patience=0", "model.dcnv2.dropout=0.2")
+    full = train(tiny_config("dcnv2", train_dir, tmp_path, *overrides), tmp_path / "full")
+    run = tmp_path / "resumed"
+    # Interrupt mid-epoch, after the step-12 checkpoint (between evaluations at 7 and 14).
+    out = train(tiny_config("dcnv2", train_dir, tmp_path, *overrides), run, _interrupt_at_step=12)
+    assert out == {"interrupted_at_step": 12}
+    assert not (run / "metrics.json").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config("dcnv2", train_dir, tmp_path, *overrides), run)
+    resumed = train(load_config(ExperimentConfig, run / "config.yaml"), run, resume=True)
+    for split in ("valid", "test", "train"):
+        assert resumed[split] == full[split], split
+    assert resumed["history"] == full["history"]
+    assert resumed["steps"] == full["steps"]
+
+
+def test_evaluate_matches_training_test_metrics(data_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train_dir, test_dir = data_dirs
+    results = train(tiny_config("deepfm", train_dir, tmp_path, f"data.test={test_dir}"), tmp_path / "run")
+    again = evaluate_run(tmp_path / "run", test_dir)
+    assert again["rows"] == results["test"]["rows"]
+    assert again["auc"] == pytest.approx(results["test"]["auc"], abs=1e-6)
+    assert again["logloss"] == pytest.approx(results["test"]["logloss"], abs=1e-5)
+
+
+def test_early_stopping_stops(data_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train_dir, _ = data_dirs
+    # A huge table learning rate ruins validation after the first evaluation -> stop after 1 bad eval.
+    cfg = tiny_config(
+        "dcnv2", train_dir, tmp_path, "train.epochs=20", "train.eval_every_steps=3", "train.early_stopping_patience=2",
+        "train.dense_optimizer.lr=0.5", "train.embedding_optimizer.lr=5.0",
+    )
+    results = train(cfg, tmp_path / "run")
+    aucs = [h["auc"] for h in results["history"]]
+    assert results["epochs_completed"] < 20
+    best = max(range(len(aucs)), key=lambda i: aucs[i])
+    assert len(aucs) - 1 - best == 2  # stopped exactly `patience` evaluations after the best one
+    assert results["valid"]["auc"] == aucs[best]
