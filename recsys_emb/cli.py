@@ -3,7 +3,7 @@
 Sub-commands::
 
     recsys-emb synth criteo --rows N --out DIR [--test-rows M] [--seed S]
-    recsys-emb prepare criteo --input FILE... --out DIR [--vocab-from DIR] [--min-count N] [--strict]
+    recsys-emb prepare criteo --input FILE... --out DIR [--vocab-from DIR] [--min-count N | --hash-buckets N] [--strict]
     recsys-emb train --config CFG [--train PATH] [--valid PATH] [--test PATH] [--run-dir DIR] [--set k=v ...] [--resume]
     recsys-emb evaluate --run-dir DIR --data PATH
     recsys-emb doctor [--json]
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"recsys-emb {args.command}: error: {e}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args.command}")

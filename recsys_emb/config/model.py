@@ -133,6 +133,10 @@ class ModelConfig:
     # row (zero-initialised, so all columns stay equal: exactly one weight per id under Adam/Adagrad).
     # 4 because FBGEMM's sharded table kernels need dims that are multiples of 4; 1 works unsharded only
     first_order_dim: int = 4
+    # initial values of the embedding tables: null = TorchRec's default uniform(+-sqrt(1/rows)) (the DLRM
+    # reference); a number b = uniform(-b, b). FM-style models want small values (DeepFM's pairwise sum
+    # over all fields explodes with the default on small tables): their configs set e.g. 0.001
+    embedding_init_bound: float | None = None
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)  # used when name == "dlrm"
     dcnv2: DCNv2Config = field(default_factory=DCNv2Config)  # used when name == "dcnv2"
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)  # used when name == "deepfm"
@@ -142,6 +146,8 @@ class ModelConfig:
             raise _choice_error("model.name", self.name, MODEL_NAMES)
         _check_positive_int("model.embedding_dim", self.embedding_dim)
         _check_positive_int("model.first_order_dim", self.first_order_dim)
+        if self.embedding_init_bound is not None and not self.embedding_init_bound > 0:
+            raise ValueError(f"model.embedding_init_bound must be > 0 or null, got {self.embedding_init_bound!r}")
         for key, cls in (("dlrm", DLRMConfig), ("dcnv2", DCNv2Config), ("deepfm", DeepFMConfig)):
             if not isinstance(getattr(self, key), cls):
                 raise ValueError(f"model.{key} must be a {cls.__name__}, got {type(getattr(self, key)).__name__}")

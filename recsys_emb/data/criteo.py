@@ -23,10 +23,13 @@ Conventions:
   ``malformed_examples`` as ``file:line: problem``), or are fatal with ``strict``; parsing rules
   are in :mod:`recsys_emb.data.criteo_reader`.
 
-Memory stays bounded in the number of rows: files are read in blocks (a counting pass builds
-the vocabulary, then an encoding pass writes the arrays block by block); only the per-feature
-value counts grow, with the number of distinct values. The directory is written under a
-temporary sibling name and renamed into place only after everything succeeded.
+Memory stays bounded in the number of rows. The text is parsed once, in blocks, by a few
+threads, and every block is appended to the arrays on disk. With hashing or ``vocab_from`` the
+ids are written directly. To build a vocabulary, the parsing pass counts the values and writes
+them (bit-cast) into ``sparse.npy``; a second pass over that memory-mapped file, block by
+block, replaces them by vocabulary ids. Only the per-feature value counts grow, with the
+number of distinct values. The directory is written under a temporary sibling name and renamed
+into place only after everything succeeded.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ from tqdm import tqdm
 
 from recsys_emb.data.criteo_reader import (
     MalformedRowError,
+    ParsedChunk,
     RowLayout,
     SkipLog,
     detect_fields,
@@ -61,6 +68,7 @@ __all__ = [
     "DENSE_TRANSFORM",
     "MalformedRowError",
     "add_prepare_criteo_arguments",
+    "format_skip_report",
     "prepare_criteo",
     "read_meta",
     "run_prepare_criteo",
@@ -90,7 +98,8 @@ def prepare_criteo(
     hash_buckets: int | None = None,
     strict: bool = False,
     has_labels: bool | None = None,
-    chunk_bytes: int = 32 << 20,
+    chunk_bytes: int = 16 << 20,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Convert Criteo TSV files into a prepared directory (see the module docstring).
 
@@ -105,7 +114,9 @@ def prepare_criteo(
             the first malformed row instead of skipping and counting it.
         has_labels: whether rows start with a label; None detects it from the first non-blank
             line of each input (40 fields: labels, 39: none).
-        chunk_bytes: uncompressed bytes parsed at a time (memory use is a few times this).
+        chunk_bytes: uncompressed bytes parsed at a time per worker (memory use is a few
+            times ``chunk_bytes * (workers + 1)``).
+        workers: parsing threads; None uses up to 4, at most the number of CPUs.
 
     Returns:
         The ``meta.json`` dict.
@@ -122,19 +133,21 @@ def prepare_criteo(
     out = Path(out_dir)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()  # unlike mkdtemp, keeps the usual (umask) permissions for the final directory
     try:
         provenance = {"sources": [str(p.resolve()) for p in sources]}
         counter = ValueCounter(SPARSE_FEATURES) if encoder is None else None
+        workers = workers or min(4, os.cpu_count() or 1)
         skip_log, positives = _parse_pass(sources, layout, tmp, encoder, counter, strict,
-                                          chunk_bytes)
+                                          chunk_bytes, workers)
         rows = skip_log.rows_read - skip_log.skipped
         if rows == 0:
             raise ValueError(f"no valid rows in {', '.join(map(str, sources))}: "
                              f"{skip_log.summary()}")
         if counter is not None:  # second pass: the vocabulary, then ids in place of the values
             encoder = VocabEncoder.from_counter(counter, min_count or DEFAULT_MIN_COUNT)
-            _encode_in_place(tmp, encoder)
+            _encode_in_place(tmp, encoder, workers)
             encoder.save(tmp / "vocab", {
                 **provenance, "counted_rows": skip_log.rows_read - skip_log.skipped})
         elif vocab_from is not None and encoder.encoding == "vocab":
@@ -185,8 +198,11 @@ def read_meta(prepared_dir: PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {root} a directory written by "
                                 "`recsys-emb prepare criteo`?")
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         found = meta.get("format_version") if isinstance(meta, dict) else None
         raise ValueError(f"{path}: format_version {found!r} is not supported (expected "
@@ -274,7 +290,8 @@ def format_skip_report(meta: dict[str, Any]) -> str:
         ``skipped 3 malformed rows of 10,000 (first: train.txt:17: ...)`` plus one line per
         example, or a one-line "no malformed rows" note.
     """
-    log = SkipLog(rows_read=meta["rows"] + meta["skipped_rows"], skipped=meta["skipped_rows"], examples=list(meta["malformed_examples"]))
+    log = SkipLog(rows_read=meta["rows"] + meta["skipped_rows"], skipped=meta["skipped_rows"],
+                  examples=list(meta["malformed_examples"]))
     lines = [log.summary()]
     if len(log.examples) > 1:
         lines += [f"  {example}" for example in log.examples]
@@ -323,9 +340,20 @@ def _choose_encoder(vocab_from: PathLike | None, min_count: int | None,
     return None
 
 
+@dataclass
+class _EncodedChunk:
+    """Arrays of one chunk, ready to append (built in a parsing thread)."""
+
+    dense: np.ndarray  # (n, 13) float32
+    labels: np.ndarray | None  # (n,) float32
+    sparse: np.ndarray  # (n, 26) int32: ids, or raw uint32 values bit-cast when counting
+    packed_missing: np.ndarray | None  # (n, 4) uint8 bit-packed missing mask when counting
+    counts: list[Any] | None  # per-feature value counts when counting
+
+
 def _parse_pass(sources: list[Path], layout: RowLayout, tmp: Path,
                 encoder: VocabEncoder | HashEncoder | None, counter: ValueCounter | None,
-                strict: bool, chunk_bytes: int) -> tuple[SkipLog, int | None]:
+                strict: bool, chunk_bytes: int, workers: int) -> tuple[SkipLog, int | None]:
     """Parse the inputs once and append the arrays to ``tmp``; returns (log, positives).
 
     With an encoder, ``sparse.npy`` receives ids. Without one (a vocabulary still has to be
@@ -333,6 +361,16 @@ def _parse_pass(sources: list[Path], layout: RowLayout, tmp: Path,
     values (bit-cast to int32) with the missing mask in ``_missing.tmp``, for
     :func:`_encode_in_place`.
     """
+
+    def encode(chunk: ParsedChunk) -> _EncodedChunk:
+        values, missing = chunk.sparse_arrays()  # (n, 26), (n, 26)
+        if encoder is not None:
+            return _EncodedChunk(chunk.dense, chunk.labels, encoder.encode(values, missing),
+                                 None, None)
+        assert counter is not None
+        return _EncodedChunk(chunk.dense, chunk.labels, values.view(np.int32),
+                             np.packbits(missing, axis=1), counter.chunk_counts(chunk.sparse))
+
     log = SkipLog()
     positives = 0
     writers = {"dense": _NpyAppender(tmp / "dense.npy", np.float32, (len(DENSE_FEATURES),)),
@@ -342,17 +380,14 @@ def _parse_pass(sources: list[Path], layout: RowLayout, tmp: Path,
     desc = "criteo: parsing + encoding" if counter is None else "criteo: parsing + counting"
     missing_file = open(tmp / _MISSING_FILE, "wb") if counter is not None else None  # noqa: SIM115
     try:
-        for chunk in iter_parsed_chunks(sources, layout, log, strict=strict,
-                                        chunk_bytes=chunk_bytes, desc=desc):
+        for chunk in iter_parsed_chunks(sources, layout, log, encode, strict=strict,
+                                        chunk_bytes=chunk_bytes, workers=workers, desc=desc):
             writers["dense"].append(chunk.dense)  # (n, 13)
-            values, missing = chunk.sparse_arrays()  # (n, 26), (n, 26)
-            if encoder is not None:
-                writers["sparse"].append(encoder.encode(values, missing))  # (n, 26)
-            else:
-                assert counter is not None and missing_file is not None
-                counter.update(chunk.sparse)
-                writers["sparse"].append(values.view(np.int32))  # (n, 26)
-                missing_file.write(np.packbits(missing, axis=1).data)  # (n, 4)
+            writers["sparse"].append(chunk.sparse)  # (n, 26)
+            if counter is not None and missing_file is not None:
+                assert chunk.counts is not None and chunk.packed_missing is not None
+                counter.add(chunk.counts)
+                missing_file.write(chunk.packed_missing.data)  # (n, 4)
             if chunk.labels is not None:
                 writers["labels"].append(chunk.labels)  # (n,)
                 positives += int(chunk.labels.sum(dtype=np.float64))
@@ -364,20 +399,26 @@ def _parse_pass(sources: list[Path], layout: RowLayout, tmp: Path,
     return log, positives if layout.has_labels else None
 
 
-def _encode_in_place(tmp: Path, encoder: VocabEncoder, rows_per_step: int = 1 << 20) -> None:
+def _encode_in_place(tmp: Path, encoder: VocabEncoder, workers: int,
+                     rows_per_step: int = 1 << 17) -> None:
     """Replace the raw values in ``tmp/sparse.npy`` by vocabulary ids, block by block."""
     sparse = np.lib.format.open_memmap(tmp / "sparse.npy", mode="r+")  # (N, 26) int32
     n_rows, n_features = sparse.shape
     packed = np.memmap(tmp / _MISSING_FILE, dtype=np.uint8, mode="r",
                        shape=(n_rows, (n_features + 7) // 8))  # (N, 4) bit-packed mask
+
+    def encode_rows(start: int) -> int:
+        stop = min(start + rows_per_step, n_rows)
+        missing = np.unpackbits(packed[start:stop], axis=1, count=n_features).view(bool)
+        values = np.asarray(sparse[start:stop]).view(np.uint32)  # (n, 26)
+        sparse[start:stop] = encoder.encode(values, missing)  # (n, 26)
+        return stop - start
+
     with tqdm(total=n_rows, unit="rows", unit_scale=True, desc="criteo: applying vocabulary",
-              disable=None, file=sys.stderr) as bar:
-        for start in range(0, n_rows, rows_per_step):
-            stop = min(start + rows_per_step, n_rows)
-            missing = np.unpackbits(packed[start:stop], axis=1, count=n_features).astype(bool)
-            values = np.asarray(sparse[start:stop]).view(np.uint32)  # (n, 26)
-            sparse[start:stop] = encoder.encode(values, missing)  # (n, 26)
-            bar.update(stop - start)
+              disable=None, file=sys.stderr) as bar, \
+            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for done in pool.map(encode_rows, range(0, n_rows, rows_per_step)):
+            bar.update(done)
     sparse.flush()
     del sparse, packed
     (tmp / _MISSING_FILE).unlink()
@@ -460,3 +501,8 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # make the rename itself durable
+    finally:
+        os.close(fd)

@@ -29,11 +29,12 @@ import gzip
 import io
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Generic, TypeVar
 
 import numpy as np
 import polars as pl
@@ -43,6 +44,8 @@ _BOM = b"\xef\xbb\xbf"
 _LINE = "_line"
 _TABS = "_tabs"
 _OK = "_ok"
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class MalformedRowError(ValueError):
@@ -142,55 +145,129 @@ def iter_parsed_chunks(
     paths: Sequence[str | os.PathLike[str]],
     layout: RowLayout,
     skip_log: SkipLog,
+    transform: Callable[[ParsedChunk], T],
     *,
     strict: bool = False,
-    chunk_bytes: int = 32 << 20,
+    chunk_bytes: int = 16 << 20,
+    workers: int = 2,
     desc: str = "criteo",
-) -> Iterator[ParsedChunk]:
-    """Parse Criteo files in order, yielding the valid rows block by block.
+) -> Iterator[T]:
+    """Parse Criteo files in order and yield ``transform(chunk)`` for each block's valid rows.
+
+    Blocks are parsed (and transformed) by ``workers`` threads while the calling thread reads
+    and decompresses the next blocks; results come back in file order and at most
+    ``workers + 1`` blocks are in flight, so memory stays bounded.
 
     Args:
         paths: input files (plain or gzip, detected from the content), concatenated in order.
         layout: expected row layout.
         skip_log: receives the count and first messages of malformed rows.
+        transform: applied to each :class:`ParsedChunk` in the worker thread (must be
+            thread-safe; typically the categorical encoding).
         strict: raise :class:`MalformedRowError` at the first malformed row instead.
         chunk_bytes: uncompressed bytes per block (a block always ends at a line end).
+        workers: parsing threads (1 parses in the calling thread).
         desc: progress-bar label (tqdm on stderr, shown only on a terminal).
 
     Yields:
-        One :class:`ParsedChunk` per block that holds at least one valid row.
+        ``transform(chunk)`` for each block that holds at least one valid row, in order.
     """
+    max_problems = 1 if strict else skip_log.max_examples
+
+    def work(block: _Block) -> _BlockResult[T]:
+        return _process_block(block, layout, transform, max_problems)
+
     total = sum(os.path.getsize(p) for p in paths)
+    source: str | None = None
+    first_line = 1  # line number (in its file) of the current block's first line
+    blank_start, blank_count = 0, 0  # trailing blank lines: not rows unless data follows
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
               disable=None, file=sys.stderr) as bar:
-        for path in paths:
-            name = str(path)
-            next_line = 1  # file line number of the next block's first line
-            blank_start, blank_count = 0, 0  # trailing blank lines, not rows unless data follows
-            with _open_binary(path) as (raw, stream):
-                done = 0
-                for block in _iter_blocks(stream, chunk_bytes):
-                    lines = _split_lines(block)
-                    filled = np.flatnonzero((lines.fill_null("") != "").to_numpy())
-                    n_tabs = block.count(b"\t")
-                    if filled.size == 0:
-                        blank_start = blank_start if blank_count else next_line
-                        blank_count += len(lines)
-                    else:
-                        # Blank lines followed by data are malformed rows.
-                        _record_range(skip_log, strict, name, blank_start, blank_count, "empty line")
-                        end = int(filled[-1]) + 1
-                        chunk = _parse_lines(lines.slice(0, end), layout, skip_log, strict=strict,
-                                             source=name,
-                                             first_line=next_line, n_tabs=n_tabs,
-                                             n_filled=filled.size)
-                        blank_start, blank_count = next_line + end, len(lines) - end
-                        if len(chunk):
-                            yield chunk
-                    next_line += len(lines)
-                    now = raw.tell()
-                    bar.update(now - done)
-                    done = now
+        for result in _ordered_map(work, _iter_all_blocks(paths, chunk_bytes), workers):
+            block = result.block
+            if block.source != source:
+                source, first_line, blank_start, blank_count = block.source, 1, 0, 0
+            if result.last_filled < 0:
+                blank_start = blank_start if blank_count else first_line
+                blank_count += result.n_lines
+            else:
+                _record_range(skip_log, strict, source, blank_start, blank_count, "empty line")
+                for index, problem in result.problems:
+                    _record(skip_log, strict, source, first_line + index, problem)
+                unlisted = result.n_bad - len(result.problems)
+                skip_log.skipped += unlisted
+                skip_log.rows_read += unlisted + result.n_valid
+                end = result.last_filled + 1
+                blank_start, blank_count = first_line + end, result.n_lines - end
+                if result.payload is not None:
+                    yield result.payload
+            first_line += result.n_lines
+            bar.update(block.progress)
+
+
+@dataclass
+class _Block:
+    """Whole lines of one file."""
+
+    data: bytes
+    source: str
+    progress: int  # bytes of the (possibly compressed) file consumed for this block
+
+
+@dataclass
+class _BlockResult(Generic[T]):
+    block: _Block
+    n_lines: int
+    last_filled: int  # index of the last non-blank line, -1 when all are blank
+    n_bad: int  # malformed rows up to last_filled (interior blank lines included)
+    problems: list[tuple[int, str]]  # (line index, problem) of the first malformed rows
+    n_valid: int
+    payload: T | None
+
+
+def _iter_all_blocks(paths: Sequence[str | os.PathLike[str]], chunk_bytes: int) -> Iterator[_Block]:
+    for path in paths:
+        with _open_binary(path) as (raw, stream):
+            done = 0
+            for data in _iter_blocks(stream, chunk_bytes):
+                now = raw.tell()
+                yield _Block(data, str(path), now - done)
+                done = now
+
+
+def _ordered_map(fn: Callable[[_Block], R], items: Iterator[_Block], workers: int) -> Iterator[R]:
+    """``map(fn, items)`` on a thread pool, in order, with at most ``workers + 1`` in flight."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="criteo-parse")
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            while len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _process_block(block: _Block, layout: RowLayout, transform: Callable[[ParsedChunk], T],
+                   max_problems: int) -> _BlockResult[T]:
+    """Split, validate, convert and transform one block (runs in a worker thread)."""
+    lines = _split_lines(block.data)
+    n_lines = len(lines)
+    filled = np.flatnonzero((lines.fill_null("") != "").to_numpy())
+    if filled.size == 0:
+        return _BlockResult(block, n_lines, -1, 0, [], 0, None)
+    end = int(filled[-1]) + 1
+    chunk, n_bad, problems = _parse_lines(
+        lines.slice(0, end), layout, n_filled=filled.size,
+        max_problems=max_problems,
+    )
+    payload = transform(chunk) if len(chunk) else None
+    return _BlockResult(block, n_lines, end - 1, n_bad, problems, len(chunk), payload)
 
 
 def _record_range(log: SkipLog, strict: bool, source: str, start: int, count: int,
@@ -235,20 +312,21 @@ def _iter_blocks(stream: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
         data = stream.read(max(1, chunk_bytes))
         if not data:
             break
-        if rest:
-            data = rest + data
         if first:
+            data = rest + data
             if len(data) < len(_BOM) and _BOM.startswith(data):
                 rest = data
                 continue
+            rest = b""
             data = data[len(_BOM) :] if data.startswith(_BOM) else data
             first = False
         cut = data.rfind(b"\n") + 1
         if cut == 0:  # no line end yet: a line longer than a block
-            rest = data
+            rest += data
             continue
+        block = b"".join((rest, memoryview(data)[:cut])) if rest or cut < len(data) else data
         rest = data[cut:]
-        yield _normalise_eol(data[:cut])
+        yield _normalise_eol(block)
     if rest:
         yield _normalise_eol(rest[:-1] if rest.endswith(b"\r") else rest)
 
@@ -259,15 +337,16 @@ def _normalise_eol(block: bytes) -> bytes:
 
 def _split_lines(block: bytes) -> pl.Series:
     """One string per line of ``block`` (blank lines are null or empty)."""
-    n_lines = block.count(b"\n") + (not block.endswith(b"\n"))
     if b"\x01" not in block:
-        # polars' CSV reader with a separator absent from the data is a fast line splitter.
+        # polars' CSV reader with a separator absent from the data is a fast line splitter;
+        # its result is used only if line lengths plus line ends add up to the block size.
         lines = pl.read_csv(
             io.BytesIO(block), separator="\x01", has_header=False, quote_char=None,
             schema={_LINE: pl.String}, encoding="utf8-lossy", raise_if_empty=False,
             truncate_ragged_lines=False, comment_prefix=None,
         ).to_series()
-        if len(lines) == n_lines:
+        line_ends = len(lines) - (not block.endswith(b"\n"))
+        if (lines.str.len_bytes().sum() or 0) + line_ends == len(block):
             return lines
     parts = block.split(b"\n")
     if block.endswith(b"\n"):
@@ -309,44 +388,46 @@ def _problem(layout: RowLayout, field_name: str, raw: str | None) -> str:
 def _parse_lines(
     lines: pl.Series,
     layout: RowLayout,
-    skip_log: SkipLog,
     *,
-    strict: bool,
-    source: str,
-    first_line: int,
-    n_tabs: int,
     n_filled: int,
-) -> ParsedChunk:
-    """Validate and convert a block of lines (the last one non-blank).
+    max_problems: int,
+) -> tuple[ParsedChunk, int, list[tuple[int, str]]]:
+    """Validate and convert lines (the last one non-blank).
 
-    ``n_tabs`` is the number of tabs in the block and ``n_filled`` its number of non-blank
-    lines: when every non-blank line has its last field and the tab total is right, every line
-    has exactly the expected field count, and counting tabs line by line can be skipped.
+    Lines are split into at most ``n_fields`` fields, the last one keeping any extra tabs.
+    When no non-blank line lacks its last field (``n_filled`` lines are non-blank) and no last
+    field holds a tab, every row has the expected field count and tabs need not be counted.
+
+    Returns:
+        (valid rows, number of malformed rows, (line index, problem) of the first
+        ``max_problems`` malformed rows).
     """
     names = layout.names
     frame = pl.DataFrame({_LINE: lines}).select(
-        pl.col(_LINE).str.split_exact("\t", layout.n_fields - 1)
+        pl.col(_LINE).str.splitn("\t", layout.n_fields)
         .struct.rename_fields(names).alias("_fields"),
     ).unnest("_fields")
-    n_blank = len(lines) - n_filled
-    if n_tabs == (layout.n_fields - 1) * n_filled and frame[names[-1]].null_count() == n_blank:
+    last = frame.get_column(names[-1])
+    if (last.null_count() == len(lines) - n_filled
+            and not last.str.contains("\t", literal=True).any()):
         tabs = pl.when(pl.col(names[-1]).is_null()).then(-1).otherwise(layout.n_fields - 1)
     else:
         line = pl.lit(lines).fill_null("")
         tabs = pl.when(line == "").then(-1).otherwise(line.str.count_matches("\t", literal=True))
-    frame = frame.with_columns(tabs.alias(_TABS))
     frame = frame.with_columns(
+        tabs.alias(_TABS),
         *[pl.col(n).str.to_integer(base=10, strict=False).alias(f"_v{n}") for n in layout.dense],
         *[pl.col(n).str.to_integer(base=16, strict=False).alias(f"_v{n}") for n in layout.sparse],
     )
     checks = _checks(layout)
     count_ok = pl.col(_TABS) == layout.n_fields - 1
-    frame = frame.with_columns(pl.all_horizontal(count_ok, *[e for _, e in checks]).alias(_OK))
+    frame = frame.with_columns(
+        pl.all_horizontal(count_ok, *[e for _, e in checks]).fill_null(False).alias(_OK)
+    )
     n_bad = frame.height - int(frame.get_column(_OK).sum())
+    problems: list[tuple[int, str]] = []
     if n_bad:
-        bad = frame.with_row_index("_row").filter(~pl.col(_OK))
-        shown = min(n_bad, 1 if strict else max(0, skip_log.max_examples - len(skip_log.examples)))
-        flags = bad.head(shown).select(
+        flags = frame.with_row_index("_row").filter(~pl.col(_OK)).head(max_problems).select(
             "_row", _TABS, *names, *[e.alias(f"_ok{n}") for n, e in checks]
         )
         for row in flags.iter_rows(named=True):
@@ -357,11 +438,8 @@ def _parse_lines(
             else:
                 failed = next(n for n, _ in checks if not row[f"_ok{n}"])
                 problem = _problem(layout, failed, row[failed])
-            _record(skip_log, strict, source, first_line + row["_row"], problem)
-        skip_log.skipped += n_bad - shown
-        skip_log.rows_read += n_bad - shown
+            problems.append((row["_row"], problem))
         frame = frame.filter(pl.col(_OK))
-    skip_log.rows_read += frame.height
 
     sparse = frame.select(pl.col(f"_v{n}").cast(pl.UInt32).alias(n) for n in layout.sparse)
     dense_frame = frame.select(
@@ -373,4 +451,4 @@ def _parse_lines(
     labels = None
     if layout.has_labels:
         labels = (frame.get_column("label") == "1").cast(pl.Float32).to_numpy()  # (n,)
-    return ParsedChunk(labels=labels, dense=dense, sparse=sparse)
+    return ParsedChunk(labels=labels, dense=dense, sparse=sparse), n_bad, problems

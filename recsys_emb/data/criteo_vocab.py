@@ -39,7 +39,6 @@ VOCAB_FORMAT_VERSION = 1
 MISSING_ID = 0
 OOV_ID = 1
 _FIRST_ID = 2
-_SMALL_VOCAB = 1 << 16  # up to this size polars' replace_strict is fastest; above, sorted search
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
@@ -52,10 +51,17 @@ def stable_hash(values: np.ndarray) -> np.ndarray:
     Returns:
         ``(n,)`` uint64 hashes.
     """
-    z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)  # wraps mod 2**64
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    z = values.astype(np.uint64)
+    z += np.uint64(0x9E3779B97F4A7C15)  # numpy uint64 arithmetic wraps mod 2**64
+    t = z >> np.uint64(30)
+    z ^= t
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    np.right_shift(z, np.uint64(27), out=t)
+    z ^= t
+    z *= np.uint64(0x94D049BB133111EB)
+    np.right_shift(z, np.uint64(31), out=t)
+    z ^= t
+    return z
 
 
 def hex_strings(values: np.ndarray) -> pl.Series:
@@ -90,15 +96,23 @@ class ValueCounter:
         self._pending: dict[str, list[pl.DataFrame]] = {f: [] for f in self.features}
         self._pending_rows = dict.fromkeys(self.features, 0)
 
-    def update(self, sparse: pl.DataFrame) -> None:
-        """Add the values of one chunk (one UInt32 column per feature, null = missing)."""
-        for name in self.features:
-            counts = (
-                sparse.get_column(name).drop_nulls().value_counts(name="count")
-                .rename({name: "value"}).with_columns(pl.col("count").cast(pl.Int64))
-            )
-            self._pending[name].append(counts)
-            self._pending_rows[name] += counts.height
+    def chunk_counts(self, sparse: pl.DataFrame) -> list[pl.DataFrame]:
+        """Value counts of one chunk, per feature (thread-safe; pass the result to :meth:`add`).
+
+        Args:
+            sparse: one UInt32 column per feature, null = missing.
+        """
+        return [
+            sparse.get_column(name).drop_nulls().value_counts(name="count")
+            .rename({name: "value"}).with_columns(pl.col("count").cast(pl.Int64))
+            for name in self.features
+        ]
+
+    def add(self, counts: list[pl.DataFrame]) -> None:
+        """Add the output of :meth:`chunk_counts` for one chunk."""
+        for name, chunk in zip(self.features, counts, strict=True):
+            self._pending[name].append(chunk)
+            self._pending_rows[name] += chunk.height
             merged = self._merged[name]
             if self._pending_rows[name] > max(1 << 20, 0 if merged is None else merged.height):
                 self._merge(name)
@@ -119,6 +133,87 @@ class ValueCounter:
             )
         self._pending[name] = []
         self._pending_rows[name] = 0
+
+
+class _IdTable:
+    """Open-addressing hash table (linear probing) from uint32 values to ids, one per feature.
+
+    All features' tables live in one array (feature ``f`` owns slots ``offset[f] ..
+    offset[f] + 2**bits[f]``, at most half full), so a whole ``(n, F)`` chunk is looked up with
+    a few vectorised numpy passes instead of one dictionary lookup per value. Slot 0 of ``ids``
+    means empty (real ids are >= 2).
+
+    Args:
+        keys: per feature, ``(V_f,)`` distinct uint32 values.
+        ids: per feature, ``(V_f,)`` int32 ids (>= 2) of those values.
+    """
+
+    _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+    def __init__(self, keys: Sequence[np.ndarray], ids: Sequence[np.ndarray]) -> None:
+        bits = [max(4, int(len(k) * 2 - 1).bit_length()) for k in keys]  # load factor <= 1/2
+        sizes = [1 << b for b in bits]
+        self.shift = np.array([64 - b for b in bits], dtype=np.uint64)  # (F,)
+        self.mask = np.array([size - 1 for size in sizes], dtype=np.int64)  # (F,)
+        self.offset = np.cumsum([0, *sizes[:-1]]).astype(np.int64)  # (F,)
+        self.keys = np.zeros(sum(sizes), dtype=np.uint32)
+        self.ids = np.zeros(sum(sizes), dtype=np.int32)
+        for f, (k, i) in enumerate(zip(keys, ids, strict=True)):
+            self._insert(f, np.asarray(k, dtype=np.uint32), np.asarray(i, dtype=np.int32))
+
+    def _slots(self, values: np.ndarray, f: int | slice) -> np.ndarray:
+        """Home slot of each value: Fibonacci hashing into the feature's table."""
+        h = values.astype(np.uint64)
+        h *= self._GOLDEN  # wraps mod 2**64
+        h >>= self.shift[f]
+        slots = h.view(np.int64)  # < 2**63 after the shift
+        slots += self.offset[f]
+        return slots
+
+    def _insert(self, f: int, keys: np.ndarray, ids: np.ndarray) -> None:
+        pos = self._slots(keys, f)  # (V,)
+        todo = np.arange(len(keys))
+        while todo.size:
+            p = pos[todo]
+            free = self.ids[p] == 0
+            slots, first = np.unique(p[free], return_index=True)  # one winner per free slot
+            winners = todo[free][first]
+            self.keys[slots] = keys[winners]
+            self.ids[slots] = ids[winners]
+            placed = np.zeros(len(keys), dtype=bool)
+            placed[winners] = True
+            todo = todo[~placed[todo]]
+            base = self.offset[f]
+            pos[todo] = base + ((pos[todo] - base + 1) & self.mask[f])  # probe the next slot
+
+    def lookup(self, values: np.ndarray, skip: np.ndarray, default: int) -> np.ndarray:
+        """Ids of ``(n, F)`` uint32 values; ``default`` where a value is not in the table.
+
+        Entries where ``skip`` is True (missing values) are not looked up and get ``default``.
+        """
+        pos = self._slots(values, slice(None))  # (n, F)
+        found = self.ids[pos]  # (n, F)
+        taken = found != 0
+        hit = self.keys[pos] == values
+        hit &= taken
+        out = np.where(hit, found, np.int32(default))  # (n, F)
+        taken &= ~hit
+        taken &= ~skip  # slot taken by another value: probe the next slots
+        index = np.flatnonzero(taken)
+        if index.size == 0:
+            return out
+        n_features = values.shape[1]
+        flat_out = out.reshape(-1)
+        pos, wanted = pos.reshape(-1)[index], values.reshape(-1)[index]
+        while index.size:
+            base, mask = self.offset[index % n_features], self.mask[index % n_features]
+            pos = base + ((pos - base + 1) & mask)
+            found = self.ids[pos]
+            hit = (self.keys[pos] == wanted) & (found != 0)
+            flat_out[index[hit]] = found[hit]
+            go_on = (found != 0) & ~hit
+            index, pos, wanted = index[go_on], pos[go_on], wanted[go_on]
+        return out
 
 
 class VocabEncoder:
@@ -143,10 +238,10 @@ class VocabEncoder:
         self.counts = [np.asarray(c, dtype=np.int64) for c in counts]
         self.min_count = min_count
         self.distinct = list(distinct) if distinct is not None else [len(v) for v in self.values]
-        self._sorted: list[tuple[np.ndarray, np.ndarray]] = []
-        for v in self.values:
-            order = np.argsort(v, kind="stable")
-            self._sorted.append((v[order], (order + _FIRST_ID).astype(np.int32)))
+        self._table = _IdTable(
+            self.values, [np.arange(_FIRST_ID, len(v) + _FIRST_ID, dtype=np.int32)
+                          for v in self.values]
+        )
 
     @classmethod
     def from_counter(cls, counter: ValueCounter, min_count: int) -> VocabEncoder:
@@ -177,30 +272,9 @@ class VocabEncoder:
         Returns:
             ``(n, F)`` int32 ids.
         """
-        out = np.empty(values.shape, dtype=np.int32)  # (n, F)
-        small = [j for j, v in enumerate(self.values) if len(v) <= _SMALL_VOCAB]
-        if small:
-            frame = pl.DataFrame({str(j): values[:, j] for j in small})
-            out[:, small] = frame.select(
-                pl.col(str(j)).replace_strict(
-                    pl.Series(self.values[j], dtype=pl.UInt32),
-                    pl.Series(np.arange(_FIRST_ID, len(self.values[j]) + _FIRST_ID,
-                                        dtype=np.int32)),
-                    default=OOV_ID, return_dtype=pl.Int32)
-                for j in small
-            ).to_numpy()  # (n, len(small))
-        for j in range(len(self.features)):
-            if len(self.values[j]) > _SMALL_VOCAB:
-                out[:, j] = self._encode_large(values[:, j], j)
+        out = self._table.lookup(values, missing, OOV_ID)  # (n, F)
         out[missing] = MISSING_ID
         return out
-
-    def _encode_large(self, values: np.ndarray, j: int) -> np.ndarray:
-        keys, ids = self._sorted[j]
-        uniq, inverse = np.unique(values, return_inverse=True)  # sorted queries: cache-friendly
-        pos = np.minimum(np.searchsorted(keys, uniq), len(keys) - 1)
-        found = np.where(keys[pos] == uniq, ids[pos], OOV_ID).astype(np.int32)
-        return found[inverse.reshape(-1)]
 
     def save(self, vocab_dir: str | os.PathLike[str], info: dict[str, Any]) -> None:
         """Write ``<feature>.parquet`` files and ``vocab.json`` into ``vocab_dir``.

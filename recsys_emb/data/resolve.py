@@ -87,9 +87,11 @@ def prepare_cached(inputs: list[Path], cfg: DataConfig, cache: Path, role: str, 
     key = _key(role, *[_file_id(p) for p in inputs], cfg.min_count, cfg.hash_buckets, vocab_from)
     out = cache / "prepared" / f"{role}-{key}"
     if not is_prepared(out):
-        prepare_criteo(
-            inputs, out, vocab_from=vocab_from, min_count=cfg.min_count, hash_buckets=cfg.hash_buckets, strict=cfg.strict
-        )
+        if vocab_from is None:
+            encoding = {"hash_buckets": cfg.hash_buckets} if cfg.hash_buckets else {"min_count": cfg.min_count}
+        else:
+            encoding = {"vocab_from": vocab_from}  # ids exactly as in the training vocabulary (or hashing)
+        prepare_criteo(inputs, out, strict=cfg.strict, **encoding)
     return out
 
 

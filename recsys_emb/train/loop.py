@@ -46,17 +46,18 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def table_configs(data: PreparedCTRData, embedding_dim: int) -> list[EmbeddingBagConfig]:
-    """One table per sparse feature, sized by the training vocabulary."""
+def table_configs(data: PreparedCTRData, embedding_dim: int, init_bound: float | None = None) -> list[EmbeddingBagConfig]:
+    """One table per sparse feature, sized by the training vocabulary (init uniform(+-init_bound) if given)."""
+    init = {} if init_bound is None else {"weight_init_min": -init_bound, "weight_init_max": init_bound}
     return [
-        EmbeddingBagConfig(name=f"t_{name}", embedding_dim=embedding_dim, num_embeddings=size, feature_names=[name])
+        EmbeddingBagConfig(name=f"t_{name}", embedding_dim=embedding_dim, num_embeddings=size, feature_names=[name], **init)
         for name, size in zip(data.sparse_features, data.vocab_sizes)
     ]
 
 
 def build_ctr_model(cfg: ExperimentConfig, data: PreparedCTRData, device: str | torch.device = "cpu") -> nn.Module:
     """The unsharded ``CTRTrain(model)`` for a config and its training data (``device='meta'`` for DMP)."""
-    tables = table_configs(data, cfg.model.embedding_dim)
+    tables = table_configs(data, cfg.model.embedding_dim, cfg.model.embedding_init_bound)
     model = build_model(cfg.model, None, tables, len(data.dense_features), device=torch.device(device))
     return CTRTrain(model)
 

@@ -29,6 +29,7 @@ from recsys_emb.config.experiment import OptimizerConfig, TrainConfig
 from recsys_emb.train.env import DistEnv
 
 FBGEMM_DIM_MULTIPLE = 4
+CPU_FUSED_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")  # FBGEMM TBE's CPU optimizers
 SHARDED_TYPES = [t.value for t in (ShardingType.TABLE_WISE, ShardingType.COLUMN_WISE, ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)]
 
 
@@ -95,6 +96,11 @@ def shard_model(model: nn.Module, env: DistEnv, train: TrainConfig) -> tuple[Dis
         The DMP model and the parameter names of tables trained by a regular (non-fused) optimizer.
     """
     fused, unfused = table_weights(model)
+    if fused and env.device.type == "cpu" and train.embedding_optimizer.name not in CPU_FUSED_OPTIMIZERS:
+        raise ValueError(
+            f"train.embedding_optimizer.name={train.embedding_optimizer.name} has no FBGEMM CPU kernel "
+            f"(CPU supports {', '.join(CPU_FUSED_OPTIMIZERS)}); choose one of those or train on CUDA"
+        )
     if fused:
         apply_optimizer_in_backward(
             optimizer_class(train.embedding_optimizer.name), fused, optimizer_kwargs(train.embedding_optimizer)

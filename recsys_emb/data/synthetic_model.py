@@ -1,0 +1,429 @@
+"""The hidden click model and the row sampler behind ``recsys-emb synth criteo``.
+
+A row is drawn in three steps (all vectorised over a block of rows, see :meth:`SynthCriteoModel.sample`):
+
+1. which fields are missing (groups and shared factors of :data:`MISSING_GROUPS`);
+2. integer counts I1..I13 (Gaussian copula over the measured quantile functions) and categorical
+   ranks C1..C26 (head + Zipf-Mandelbrot tail, some columns tied by a copula);
+3. the label, ``Bernoulli(sigmoid(logit))`` with the hidden model below.
+
+The hidden model is a factorisation machine over the categorical values plus smooth effects of
+the dense counts, built so that the signal lives where a 1M-row data set can learn it::
+
+    logit = bias + sum_j g_j(z_j)                            dense main effects (linear + bump)
+                 + sum_c w_c(v_c)                             per-value effects
+                 + sum_{c < c'} <u_c(v_c), u_c'(v_c')>        pairwise interactions (rank k)
+                 + <sum_c u_c(v_c), D^T z>                    dense x categorical interactions
+
+with ``z_j = (log1p(max(I_j, 0)) - mean_j) / std_j`` (missing -> log1p value 0, exactly what a model
+trained on prepared data sees). The effect of value ``v`` with full-scale frequency ``pi_v`` is
+``w = t_c + sigma_c * s(pi_v, kappa_w) * N(0, 1)`` and its latent vector is ``u = alpha_c *
+s(pi_v, kappa_u) * N(0, I_k)`` (then centred), where ``s(pi, kappa) = n / (n + kappa)`` with ``n =
+pi * reference_rows`` expected occurrences in a 1M-row set. Rare values thus shrink towards the
+column's shared tail effect ``t_c`` and carry no interactions; ranks beyond ``head_ranks`` share
+exactly ``t_c`` (so tables stay small at full scale). Every parameter comes from the seed only;
+the bias is then calibrated on a fixed sample so the expected CTR hits ``target_ctr``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from recsys_emb.data.synthetic_marginals import (
+    CAT_MARGINALS,
+    DENSE_CORRELATION,
+    DENSE_MISSING_RATES,
+    DENSE_QUANTILE_PROBS,
+    DENSE_QUANTILES,
+    MIN_TAIL_MASS_PER_VALUE,
+    MISSING_GROUPS,
+    VALUE_COPULA_GROUPS,
+    norm_cdf,
+    norm_ppf,
+)
+
+__all__ = ["HiddenModelConfig", "SCALES", "SynthBlock", "SynthCriteoModel", "rng_for"]
+
+NUM_DENSE = 13
+NUM_SPARSE = 26
+SCALES = ("small", "full")
+
+# Missing rate of C1..C26 (from the groups).
+CAT_MISSING_RATES = [0.0] * NUM_SPARSE
+for _rate, _members, _factor, _loading in MISSING_GROUPS:
+    for _m in _members:
+        if _m >= NUM_DENSE:
+            CAT_MISSING_RATES[_m - NUM_DENSE] = _rate
+
+# Stream ids of the SeedSequence spawn keys (see rng_for).
+_STREAM_MODEL, _STREAM_CODES, _STREAM_CALIBRATION, _STREAM_ROWS = 1, 2, 3, 4
+
+
+def rng_for(seed: int, *key: int) -> np.random.Generator:
+    """A PCG64 generator for the stream ``key`` of ``seed`` (independent of every other key).
+
+    Args:
+        seed: the user's seed (non-negative int).
+        key: stream path, e.g. ``(4, split, block)`` for a block of rows.
+    """
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+
+
+@dataclass(frozen=True)
+class HiddenModelConfig:
+    """Global knobs of the hidden click model (defaults tuned for 1M-row data sets).
+
+    Args:
+        latent_dim: rank ``k`` of the pairwise interactions.
+        effect_scale: typical std of the per-value effects of a column (times a per-column factor).
+        tail_effect_scale: std of the columns' shared tail effects ``t_c``.
+        latent_scale: typical norm scale of a frequent value's latent factor (per coordinate).
+        dense_linear_scale: std of the linear dense coefficients.
+        dense_bump_scale: std of the non-monotone (bump) dense coefficients.
+        dense_cross_scale: std of the dense x categorical interaction matrix ``D``.
+        kappa_effect: expected count (in ``reference_rows`` rows) at which a value keeps half of its
+            own effect.
+        kappa_latent: same for latent factors (interactions need more data to be learnable).
+        reference_rows: the data-set size the shrinkage is expressed in.
+        head_ranks: values ranked at or beyond this share the tail effect and latent exactly.
+        target_ctr: expected click-through rate the bias is calibrated to.
+    """
+
+    latent_dim: int = 4
+    effect_scale: float = 0.45
+    tail_effect_scale: float = 0.25
+    latent_scale: float = 0.42
+    dense_linear_scale: float = 0.25
+    dense_bump_scale: float = 0.45
+    dense_cross_scale: float = 0.18
+    kappa_effect: float = 150.0
+    kappa_latent: float = 600.0
+    reference_rows: float = 1_000_000.0
+    head_ranks: int = 32768
+    target_ctr: float = 0.22
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict view (JSON-serialisable)."""
+        return asdict(self)
+
+
+class SynthBlock(NamedTuple):
+    """One block of generated rows (N rows).
+
+    Args:
+        dense: (N, 13) int64 raw counts (undefined where missing).
+        dense_missing: (N, 13) bool.
+        ranks: (N, 26) int64 value ranks, -1 where missing.
+        labels: (N,) uint8 clicks in {0, 1}.
+        probs: (N,) float64 true click probabilities.
+    """
+
+    dense: np.ndarray
+    dense_missing: np.ndarray
+    ranks: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+
+
+@dataclass
+class _CatColumn:
+    """Sampler of one categorical column at the chosen scale, plus full-scale probabilities."""
+
+    vocab: int  # support size at the chosen scale
+    head_cdf: np.ndarray  # cumulative shares of the explicit head values (scale's renormalisation)
+    tail_a: float
+    tail_q: float
+    tail_size: int  # number of tail ranks at this scale
+    full_probs: np.ndarray = field(repr=False)  # P(rank) at full scale for ranks < head_ranks
+
+    def ranks(self, u: np.ndarray) -> np.ndarray:
+        """Map uniforms in [0, 1) to ranks (inverse CDF)."""
+        k = len(self.head_cdf)
+        head_mass = float(self.head_cdf[-1]) if k else 0.0
+        out = np.searchsorted(self.head_cdf, u, side="right").astype(np.int64)  # (N,)
+        if self.tail_size > 0:
+            in_tail = u >= head_mass
+            w = (u[in_tail] - head_mass) / max(1.0 - head_mass, 1e-300)
+            x = _tail_inverse_cdf(w, self.tail_a, self.tail_q, self.tail_size)
+            out[in_tail] = k + np.minimum(x, self.tail_size - 1)
+        else:
+            np.minimum(out, k - 1, out=out)
+        return out
+
+
+def _tail_cdf(x: np.ndarray, a: float, q: float, size: int) -> np.ndarray:
+    if abs(a - 1.0) < 1e-9:
+        return np.log1p(x / q) / math.log1p(size / q)
+    g0, gs = q ** (1.0 - a), (size + q) ** (1.0 - a)
+    return (g0 - (x + q) ** (1.0 - a)) / (g0 - gs)
+
+
+def _tail_inverse_cdf(w: np.ndarray, a: float, q: float, size: int) -> np.ndarray:
+    if abs(a - 1.0) < 1e-9:
+        x = q * np.expm1(w * math.log1p(size / q))
+    else:
+        g0, gs = q ** (1.0 - a), (size + q) ** (1.0 - a)
+        x = (g0 - w * (g0 - gs)) ** (1.0 / (1.0 - a)) - q
+    return np.floor(np.maximum(x, 0.0)).astype(np.int64)
+
+
+def _column_probs(head: np.ndarray, tail_mass: float, a: float, q: float, tail_size: int, n: int) -> np.ndarray:
+    """P(rank) for ranks 0..n-1 (head shares, then the tail's discretised density)."""
+    k = len(head)
+    out = np.zeros(n)
+    out[: min(k, n)] = head[: min(k, n)]
+    m = min(n, k + tail_size) - k
+    if m > 0:
+        edges = _tail_cdf(np.arange(m + 1, dtype=np.float64), a, q, tail_size)
+        out[k : k + m] = tail_mass * np.diff(edges)
+    return out
+
+
+def _build_column(c: int, scale: str, head_ranks: int) -> _CatColumn:
+    spec = CAT_MARGINALS[c]
+    head = np.asarray(spec.head, dtype=np.float64)
+    k = len(head)
+
+    def masses(vocab: int) -> tuple[np.ndarray, float, int]:
+        tail_size = max(vocab - k, 0)
+        tail_mass = max(1.0 - head.sum(), MIN_TAIL_MASS_PER_VALUE * tail_size) if tail_size else 0.0
+        return head / head.sum() * (1.0 - tail_mass), tail_mass, tail_size
+
+    full_head, full_tail_mass, full_tail = masses(spec.vocab_full)
+    full_probs = _column_probs(
+        full_head, full_tail_mass, spec.tail_a, spec.tail_q, full_tail, min(head_ranks, spec.vocab_full)
+    )
+    vocab = spec.vocab_full if scale == "full" else spec.vocab_small
+    scale_head, _, tail_size = masses(vocab)
+    return _CatColumn(vocab, np.cumsum(scale_head), spec.tail_a, spec.tail_q, tail_size, full_probs)
+
+
+class SynthCriteoModel:
+    """Seeded sampler + hidden click model of the synthetic Criteo-like data set.
+
+    Everything (parameters, value codes, bias) derives from ``(seed, scale, config)`` only, never
+    from the number of rows, so train and test splits share one model.
+
+    Args:
+        seed: non-negative integer seed.
+        scale: ``"small"`` (vocabulary = what 1M full-scale rows are expected to show; default)
+            or ``"full"`` (the Kaggle vocabulary sizes).
+        config: hidden-model knobs; defaults are the documented ones.
+
+    Example::
+
+        model = SynthCriteoModel(seed=0)
+        block = model.sample(rng_for(0, 4, 0, 0), 1000)
+        p = model.probabilities(block.dense, block.dense_missing, block.ranks)  # == block.probs
+    """
+
+    def __init__(self, seed: int = 0, scale: str = "small", config: HiddenModelConfig | None = None) -> None:
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.seed = int(seed)
+        self.scale = scale
+        self.config = config or HiddenModelConfig()
+        cfg = self.config
+        self.columns = [_build_column(c, scale, cfg.head_ranks) for c in range(NUM_SPARSE)]
+        self.vocab_sizes = [col.vocab for col in self.columns]
+        # Sampling constants.
+        self._dense_chol = np.linalg.cholesky(DENSE_CORRELATION)  # (13, 13)
+        self._q_probs = np.asarray(DENSE_QUANTILE_PROBS)
+        q = np.asarray(DENSE_QUANTILES, dtype=np.float64)
+        self._q_t = np.sign(q) * np.log1p(np.abs(q))  # (13, K) knots in signed-log space
+        self._missing_thresholds = [norm_ppf(rate) for rate, *_ in MISSING_GROUPS]
+        self._dense_mean, self._dense_std = self._dense_moments()
+        # Value codes: per-column 32-bit keys of the rank <-> hex bijection.
+        self.code_keys = rng_for(self.seed, _STREAM_CODES).integers(0, 2**32, NUM_SPARSE, dtype=np.uint64)
+        self._init_parameters()
+        self.bias = 0.0
+        self.bias = self._calibrate_bias()
+
+    # ----------------------------------------------------------------- parameters
+    def _init_parameters(self) -> None:
+        cfg = self.config
+        rng = rng_for(self.seed, _STREAM_MODEL)
+        k = cfg.latent_dim
+        self.dense_linear = rng.normal(0.0, cfg.dense_linear_scale, NUM_DENSE)
+        self.dense_bump = rng.normal(0.0, cfg.dense_bump_scale, NUM_DENSE)
+        self.dense_bump_center = rng.uniform(-1.0, 1.5, NUM_DENSE)
+        self.dense_cross = rng.normal(0.0, cfg.dense_cross_scale, (NUM_DENSE, k))  # (13, k)
+        col_effect = cfg.effect_scale * np.exp(rng.normal(0.0, 0.5, NUM_SPARSE))
+        col_latent = cfg.latent_scale * np.exp(rng.normal(0.0, 0.4, NUM_SPARSE))
+        tail_effect = rng.normal(0.0, cfg.tail_effect_scale, NUM_SPARSE)
+        self.effects: list[np.ndarray] = []  # per column (H + 2,): [missing, ranks 0..H-1, tail]
+        self.latents: list[np.ndarray] = []  # per column (H + 2, k)
+        for c, col in enumerate(self.columns):
+            miss = CAT_MISSING_RATES[c]
+            h = len(col.full_probs)
+            pi = np.concatenate([[miss], (1.0 - miss) * col.full_probs, [0.0]])  # (H + 2,)
+            n = pi * cfg.reference_rows
+            zeta = rng.standard_normal(h + 2)
+            xi = rng.standard_normal((h + 2, k))
+            eff = tail_effect[c] + col_effect[c] * (n / (n + cfg.kappa_effect)) * zeta
+            eff[-1] = tail_effect[c]
+            lat = col_latent[c] * (n / (n + cfg.kappa_latent))[:, None] * xi  # (H + 2, k)
+            lat[-1] = 0.0
+            tail_prob = max(1.0 - pi[:-1].sum(), 0.0)
+            mean = (pi[:, None] * lat).sum(0) / (pi.sum() + tail_prob)  # (k,)
+            self.effects.append(eff)
+            self.latents.append(lat - mean)
+
+    def _dense_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        u = (np.arange(8192) + 0.5) / 8192
+        x = self._dense_values(np.repeat(u[:, None], NUM_DENSE, axis=1))  # (8192, 13)
+        t = np.log1p(np.maximum(x, 0)).astype(np.float64)
+        miss = np.asarray(DENSE_MISSING_RATES)
+        mean = (1.0 - miss) * t.mean(0)
+        second = (1.0 - miss) * (t**2).mean(0)
+        return mean, np.sqrt(np.maximum(second - mean**2, 1e-12))
+
+    def _calibrate_bias(self) -> float:
+        block = self.sample(rng_for(self.seed, _STREAM_CALIBRATION), 1 << 17, labels=False)
+        logits = self.logits(block.dense, block.dense_missing, block.ranks)
+        lo, hi = -30.0, 30.0
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            if _sigmoid(logits + mid).mean() < self.config.target_ctr:
+                lo = mid
+            else:
+                hi = mid
+        return 0.5 * (lo + hi)
+
+    # ----------------------------------------------------------------- sampling
+    def _dense_values(self, u: np.ndarray) -> np.ndarray:
+        """Uniforms (N, 13) -> integer counts (N, 13) through the measured quantile functions."""
+        out = np.empty(u.shape, dtype=np.int64)
+        probs = self._q_probs
+        for j in range(NUM_DENSE):
+            t = np.interp(u[:, j], probs, self._q_t[j])  # (N,) signed log
+            x = np.sign(t) * np.expm1(np.abs(t))
+            out[:, j] = np.ceil(x - 1e-6).astype(np.int64)
+        return out
+
+    def sample(self, rng: np.random.Generator, n: int, labels: bool = True) -> SynthBlock:
+        """Draw ``n`` rows (features, and labels from the hidden model unless ``labels=False``).
+
+        Args:
+            rng: the block's generator (see :func:`rng_for`); draws are consumed in a fixed order.
+            n: number of rows.
+            labels: also compute probabilities and draw labels.
+        """
+        # 1. missingness: two shared factors + one normal per group.
+        factors = rng.standard_normal((n, 2))  # (N, 2)
+        group_noise = rng.standard_normal((n, len(MISSING_GROUPS)))  # (N, G)
+        missing = np.zeros((n, NUM_DENSE + NUM_SPARSE), dtype=bool)  # (N, 39)
+        for g, (_, members, factor, loading) in enumerate(MISSING_GROUPS):
+            score = group_noise[:, g]
+            if factor >= 0:
+                score = loading * factors[:, factor] + math.sqrt(1.0 - loading**2) * score
+            missing[:, list(members)] = (score < self._missing_thresholds[g])[:, None]
+        # 2a. dense counts through a Gaussian copula.
+        normals = rng.standard_normal((n, NUM_DENSE)) @ self._dense_chol.T  # (N, 13)
+        dense = self._dense_values(norm_cdf(normals))
+        # 2b. categorical ranks; copula groups replace their columns' uniforms.
+        u = rng.random((n, NUM_SPARSE))  # (N, 26)
+        for members, rho in VALUE_COPULA_GROUPS:
+            shared = rng.standard_normal((n, 1))
+            own = rng.standard_normal((n, len(members)))
+            u[:, list(members)] = norm_cdf(rho * shared + math.sqrt(1.0 - rho**2) * own)
+        ranks = np.empty((n, NUM_SPARSE), dtype=np.int64)
+        for c, col in enumerate(self.columns):
+            ranks[:, c] = col.ranks(u[:, c])
+        dense_missing = missing[:, :NUM_DENSE]
+        ranks[missing[:, NUM_DENSE:]] = -1
+        dense[dense_missing] = 0
+        if not labels:
+            empty = np.zeros(0)
+            return SynthBlock(dense, dense_missing, ranks, empty.astype(np.uint8), empty)
+        probs = self.probabilities(dense, dense_missing, ranks)
+        clicks = (rng.random(n) < probs).astype(np.uint8)
+        return SynthBlock(dense, dense_missing, ranks, clicks, probs)
+
+    # ----------------------------------------------------------------- hidden model
+    def logits(self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """True click logits of rows.
+
+        Args:
+            dense: (N, 13) integer counts (ignored where missing).
+            dense_missing: (N, 13) bool.
+            ranks: (N, 26) int value ranks, -1 = missing.
+        """
+        t = np.where(dense_missing, 0.0, np.log1p(np.maximum(dense, 0)))  # (N, 13)
+        z = (t - self._dense_mean) / self._dense_std  # (N, 13)
+        bump = np.exp(-0.5 * ((z - self.dense_bump_center) / 0.6) ** 2)  # (N, 13)
+        logit = self.bias + z @ self.dense_linear + bump @ self.dense_bump  # (N,)
+        k = self.config.latent_dim
+        total = np.zeros((len(ranks), k))  # (N, k) sum of latents
+        squares = np.zeros(len(ranks))  # (N,) sum of squared latent norms
+        for c in range(NUM_SPARSE):
+            h = len(self.effects[c]) - 2
+            r = ranks[:, c]
+            idx = np.where(r < 0, 0, np.minimum(r, h) + 1)  # (N,) row of the parameter tables
+            logit += self.effects[c][idx]
+            lat = self.latents[c][idx]  # (N, k)
+            total += lat
+            squares += np.einsum("nk,nk->n", lat, lat)
+        logit += 0.5 * (np.einsum("nk,nk->n", total, total) - squares)
+        logit += np.einsum("nk,nk->n", total, z @ self.dense_cross)
+        return logit
+
+    def probabilities(self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """True click probabilities ``sigmoid(logits(...))`` (same arguments as :meth:`logits`)."""
+        return _sigmoid(self.logits(dense, dense_missing, ranks))
+
+    # ----------------------------------------------------------------- value codes
+    def encode(self, ranks: np.ndarray) -> np.ndarray:
+        """Ranks (N, 26) -> 32-bit value codes (N, 26) uint32 (a seeded bijection per column).
+
+        Missing ranks (-1) give arbitrary codes; the writer leaves those fields empty.
+        """
+        x = (ranks.astype(np.uint64) + self.code_keys) & _MASK32  # (N, 26)
+        x ^= x >> 16
+        x = (x * _MUL1) & _MASK32
+        x ^= x >> 15
+        x = (x * _MUL2) & _MASK32
+        x ^= x >> 16
+        return x.astype(np.uint32)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`encode` for present values: codes (N, 26) -> ranks (N, 26) int64.
+
+        Raises:
+            ValueError: when a code maps to a rank outside the column's vocabulary (a value this
+                model never generates).
+        """
+        x = codes.astype(np.uint64)
+        x ^= x >> 16
+        x = (x * _INV2) & _MASK32
+        x ^= (x >> 15) ^ (x >> 30)
+        x = (x * _INV1) & _MASK32
+        x ^= x >> 16
+        ranks = ((x - self.code_keys) & _MASK32).astype(np.int64)
+        bad = ranks >= np.asarray(self.vocab_sizes)
+        if bad.any():
+            row, col = map(int, np.argwhere(bad)[0])
+            raise ValueError(
+                f"value {int(codes[row, col]):08x} of C{col + 1} (row {row}) was not generated by this "
+                f"model (seed {self.seed}, scale {self.scale})"
+            )
+        return ranks
+
+    def describe(self) -> dict[str, Any]:
+        """Everything needed to rebuild this model: seed, scale, config and the calibrated bias."""
+        return {"seed": self.seed, "scale": self.scale, "bias": self.bias, **self.config.to_dict()}
+
+
+_MASK32 = np.uint64(0xFFFFFFFF)
+_MUL1, _MUL2 = np.uint64(0x7FEB352D), np.uint64(0x846CA68B)
+_INV1, _INV2 = np.uint64(pow(0x7FEB352D, -1, 2**32)), np.uint64(pow(0x846CA68B, -1, 2**32))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
