@@ -36,8 +36,8 @@ def lift(auc: float, oracle_auc: float) -> float:
     return (auc - 0.5) / (oracle_auc - 0.5)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> dict:
+    """Generate the data, train each model, and return the oracle and per-model test metrics."""
     from recsys_emb.config.experiment import ExperimentConfig
     from recsys_emb.config.io import load_config
     from recsys_emb.data.synthetic import synth_criteo
@@ -47,26 +47,41 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.out / "data"
     t0 = time.perf_counter()
     synth_criteo(data_dir, rows=args.rows, test_rows=args.test_rows or args.rows // 5, seed=args.seed)
+    synth_seconds = time.perf_counter() - t0
     oracle = json.loads((data_dir / "oracle.json").read_text())
-    print(f"[quickstart] generated {args.rows:,} train rows in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    print(f"[quickstart] generated {args.rows:,} train rows in {synth_seconds:.0f}s", file=sys.stderr)
 
     runs = [("dcnv2", args.config)] + ([] if args.no_baseline else [("lr", REPO / "configs" / "criteo_lr.yaml")])
-    rows = []
+    models = []
     for label, config in runs:
-        overrides = [
-            f"data.train={data_dir / 'train.txt.gz'}", f"data.test={data_dir / 'test.txt.gz'}",
-            f"data.cache_dir={args.out / 'cache'}", f"train.seed={args.seed}", *args.overrides,
-        ]
-        cfg = load_config(ExperimentConfig, config, overrides if label == "dcnv2" else overrides[:4])
+        data = [f"data.train={data_dir / 'train.txt.gz'}", f"data.test={data_dir / 'test.txt.gz'}",
+                f"data.cache_dir={args.out / 'cache'}", f"train.seed={args.seed}"]
+        cfg = load_config(ExperimentConfig, config, data + (args.overrides if label == "dcnv2" else []))
         t0 = time.perf_counter()
         result = train(cfg, args.out / label)
-        rows.append((f"{cfg.model.name} ({config.name})", result["test"], time.perf_counter() - t0))
+        models.append({
+            "name": f"{cfg.model.name} ({Path(config).name})", "test": result["test"], "valid": result["valid"],
+            "lift": lift(result["test"]["auc"], oracle["oracle_auc"]), "seconds": time.perf_counter() - t0,
+            "samples_per_second": result["samples_per_second"], "epochs_completed": result["epochs_completed"],
+        })
+    truth = {"auc": oracle["oracle_auc"], "logloss": oracle["oracle_logloss"]}
+    return {"rows": args.rows, "synth_seconds": synth_seconds, "oracle": truth, "models": models}
 
-    oracle_auc = oracle["test"]["auc"]
-    print(f"\n{'model':<28} {'test AUC':>9} {'logloss':>8} {'lift':>6} {'time':>6}")
-    print(f"{'oracle (true probabilities)':<28} {oracle_auc:>9.4f} {oracle['test']['logloss']:>8.4f} {1.0:>6.3f} {'':>6}")
-    for name, metrics, seconds in rows:
-        print(f"{name:<28} {metrics['auc']:>9.4f} {metrics['logloss']:>8.4f} {lift(metrics['auc'], oracle_auc):>6.3f} {seconds:>5.0f}s")
+
+def format_table(summary: dict) -> str:
+    """The metrics table printed by ``main`` (markdown-compatible)."""
+    oracle = summary["oracle"]
+    lines = ["| model | test AUC | test logloss | lift | train time |", "|---|---|---|---|---|",
+             f"| oracle (true probabilities) | {oracle['auc']:.4f} | {oracle['logloss']:.4f} | 1.000 | |"]
+    for m in summary["models"]:
+        lines.append(f"| {m['name']} | {m['test']['auc']:.4f} | {m['test']['logloss']:.4f} | {m['lift']:.3f} | {m['seconds']:.0f}s |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    summary = run(parse_args(argv))
+    print()
+    print(format_table(summary))
     print("\nlift = (AUC - 0.5) / (oracle AUC - 0.5): the share of the achievable AUC gain a model reaches.")
     return 0
 

@@ -46,7 +46,7 @@ from recsys_emb.data.synthetic_marginals import (
     norm_ppf,
 )
 
-__all__ = ["HiddenModelConfig", "SCALES", "SynthBlock", "SynthCriteoModel", "rng_for"]
+__all__ = ["HiddenModelConfig", "SCALES", "SynthBlock", "SynthCriteoModel", "block_rng", "rng_for"]
 
 NUM_DENSE = 13
 NUM_SPARSE = 26
@@ -73,6 +73,17 @@ def rng_for(seed: int, *key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
 
 
+def block_rng(seed: int, split: int, block: int) -> np.random.Generator:
+    """The generator of rows ``[block * B, (block + 1) * B)`` of split ``split`` (0 train, 1 test).
+
+    Args:
+        seed: the user's seed.
+        split: split id.
+        block: block index.
+    """
+    return rng_for(seed, _STREAM_ROWS, split, block)
+
+
 @dataclass(frozen=True)
 class HiddenModelConfig:
     """Global knobs of the hidden click model (defaults tuned for 1M-row data sets).
@@ -88,23 +99,26 @@ class HiddenModelConfig:
         kappa_effect: expected count (in ``reference_rows`` rows) at which a value keeps half of its
             own effect.
         kappa_latent: same for latent factors (interactions need more data to be learnable).
+        interaction_columns: 0-based indices of the categorical columns that carry latent
+            factors (the others interact with nothing).
         reference_rows: the data-set size the shrinkage is expressed in.
         head_ranks: values ranked at or beyond this share the tail effect and latent exactly.
         target_ctr: expected click-through rate the bias is calibrated to.
     """
 
     latent_dim: int = 4
-    effect_scale: float = 0.45
-    tail_effect_scale: float = 0.25
-    latent_scale: float = 0.42
-    dense_linear_scale: float = 0.25
-    dense_bump_scale: float = 0.45
-    dense_cross_scale: float = 0.18
-    kappa_effect: float = 150.0
-    kappa_latent: float = 600.0
+    effect_scale: float = 0.22
+    tail_effect_scale: float = 0.11
+    latent_scale: float = 0.245
+    dense_linear_scale: float = 0.11
+    dense_bump_scale: float = 0.35
+    dense_cross_scale: float = 0.075
+    kappa_effect: float = 2000.0
+    kappa_latent: float = 5000.0
     reference_rows: float = 1_000_000.0
     head_ranks: int = 32768
     target_ctr: float = 0.22
+    interaction_columns: tuple[int, ...] = (0, 1, 4, 5, 7, 8, 13, 16, 19, 21, 22, 24)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (JSON-serialisable)."""
@@ -119,6 +133,7 @@ class SynthBlock(NamedTuple):
         dense_missing: (N, 13) bool.
         ranks: (N, 26) int64 value ranks, -1 where missing.
         labels: (N,) uint8 clicks in {0, 1}.
+        logits: (N,) float64 true click logits.
         probs: (N,) float64 true click probabilities.
     """
 
@@ -126,6 +141,7 @@ class SynthBlock(NamedTuple):
     dense_missing: np.ndarray
     ranks: np.ndarray
     labels: np.ndarray
+    logits: np.ndarray
     probs: np.ndarray
 
 
@@ -256,6 +272,7 @@ class SynthCriteoModel:
         self.dense_cross = rng.normal(0.0, cfg.dense_cross_scale, (NUM_DENSE, k))  # (13, k)
         col_effect = cfg.effect_scale * np.exp(rng.normal(0.0, 0.5, NUM_SPARSE))
         col_latent = cfg.latent_scale * np.exp(rng.normal(0.0, 0.4, NUM_SPARSE))
+        col_latent *= np.isin(np.arange(NUM_SPARSE), cfg.interaction_columns)
         tail_effect = rng.normal(0.0, cfg.tail_effect_scale, NUM_SPARSE)
         self.effects: list[np.ndarray] = []  # per column (H + 2,): [missing, ranks 0..H-1, tail]
         self.latents: list[np.ndarray] = []  # per column (H + 2, k)
@@ -341,10 +358,11 @@ class SynthCriteoModel:
         dense[dense_missing] = 0
         if not labels:
             empty = np.zeros(0)
-            return SynthBlock(dense, dense_missing, ranks, empty.astype(np.uint8), empty)
-        probs = self.probabilities(dense, dense_missing, ranks)
+            return SynthBlock(dense, dense_missing, ranks, empty.astype(np.uint8), empty, empty)
+        logits = self.logits(dense, dense_missing, ranks)
+        probs = _sigmoid(logits)
         clicks = (rng.random(n) < probs).astype(np.uint8)
-        return SynthBlock(dense, dense_missing, ranks, clicks, probs)
+        return SynthBlock(dense, dense_missing, ranks, clicks, logits, probs)
 
     # ----------------------------------------------------------------- hidden model
     def logits(self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray) -> np.ndarray:
@@ -392,8 +410,12 @@ class SynthCriteoModel:
         x ^= x >> 16
         return x.astype(np.uint32)
 
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`encode` for present values: codes (N, 26) -> ranks (N, 26) int64.
+    def decode(self, codes: np.ndarray, missing: np.ndarray | None = None) -> np.ndarray:
+        """Inverse of :meth:`encode`: codes (N, 26) -> ranks (N, 26) int64, -1 where ``missing``.
+
+        Args:
+            codes: (N, 26) value codes (the hex fields as integers).
+            missing: optional (N, 26) bool mask of empty fields (their codes are ignored).
 
         Raises:
             ValueError: when a code maps to a rank outside the column's vocabulary (a value this
@@ -406,6 +428,8 @@ class SynthCriteoModel:
         x = (x * _INV1) & _MASK32
         x ^= x >> 16
         ranks = ((x - self.code_keys) & _MASK32).astype(np.int64)
+        if missing is not None:
+            ranks[missing] = -1
         bad = ranks >= np.asarray(self.vocab_sizes)
         if bad.any():
             row, col = map(int, np.argwhere(bad)[0])

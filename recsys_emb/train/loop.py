@@ -173,12 +173,16 @@ def _train(cfg: ExperimentConfig, run_dir: Path, env: DistEnv, resume: bool, int
     )
     state: dict[str, Any] = {
         "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_auc": -math.inf, "best_step": None,
-        "best_valid": None, "bad_evals": 0, "history": [], "stop": False, "done": False, "last_eval_step": None,
+        "best_valid": None, "bad_evals": 0, "history": [], "stop": False, "stop_reason": None, "done": False, "last_eval_step": None,
         "train_seconds": 0.0, "train_samples": 0,
     }
     if resume:
         materialize_state(optimizer)
         state = load_checkpoint(checkpoint_dir, dmp, optimizer)
+        # A finished run may be extended (more epochs / a larger max_steps); early stopping stays final.
+        if state["stop_reason"] == "max_steps" and (tc.max_steps is None or state["global_step"] < tc.max_steps):
+            state.update(stop=False, stop_reason=None)
+        state["done"] = state["stop"] or state["epoch"] >= tc.epochs
         log(f"[train] resumed from {checkpoint_dir} at step {state['global_step']} (epoch {state['epoch']})")
 
     writer = None
@@ -203,7 +207,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, env: DistEnv, resume: bool, int
         else:
             state["bad_evals"] += 1
             if 0 < tc.early_stopping_patience <= state["bad_evals"]:
-                state["stop"] = True
+                state.update(stop=True, stop_reason="early_stopping")
         if env.is_main:
             mark = " (best)" if improved else f" (no gain {state['bad_evals']}/{tc.early_stopping_patience})"
             log(f"[train] step {step}: valid auc {metrics['auc']:.5f} logloss {metrics['logloss']:.5f}{mark}")
@@ -252,8 +256,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, env: DistEnv, resume: bool, int
                 run_validation()
                 tick = window_start = time.perf_counter()
                 window_samples = 0
-            if tc.max_steps is not None and step >= tc.max_steps:
-                state["stop"] = True
+            if tc.max_steps is not None and step >= tc.max_steps and not state["stop"]:
+                state.update(stop=True, stop_reason="max_steps")
             if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0:
                 save_checkpoint(checkpoint_dir, dmp, optimizer, state)
                 if interrupt_at is not None and step >= interrupt_at:
@@ -288,7 +292,7 @@ def _finish(cfg, run_dir, env, dmp, splits, state, writer) -> dict[str, Any]:  #
     results["embedding_parameters"] = state["embedding_parameters"]
     results.update(
         steps=state["global_step"], best_step=state["best_step"], epochs_completed=state["epoch"],
-        world_size=env.world_size, history=state["history"],
+        stop_reason=state["stop_reason"], world_size=env.world_size, history=state["history"],
     )
     if env.is_main:
         atomic_save_json(run_dir / "metrics.json", results)

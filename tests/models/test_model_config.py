@@ -21,7 +21,7 @@ def test_defaults_are_valid_and_per_model() -> None:
 
 
 def test_field_types_are_loader_friendly() -> None:
-    allowed = {"int", "float", "str", "bool", "int | None", "list[int]", "list[str]"}
+    allowed = {"int", "float", "str", "bool", "int | None", "float | None", "list[int]", "list[str]"}
     for cls in (ModelConfig, DLRMConfig, DCNv2Config, DeepFMConfig):
         for f in dataclasses.fields(cls):
             assert f.type in allowed or f.type in {"DLRMConfig", "DCNv2Config", "DeepFMConfig"}, (cls, f.name, f.type)
