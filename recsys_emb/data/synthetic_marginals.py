@@ -222,8 +222,8 @@ VALUE_COPULA_GROUPS: tuple[tuple[tuple[int, ...], float], ...] = (
     ((6, 10), 0.85),  # C7, C11
 )
 
-# Smallest probability mass kept for a column's tail (values never seen in the 7,500 rows still
-# exist: the Kaggle counts say so), spread over the tail values.
+# Smallest probability mass per tail value (capped at 1% per column): values never seen in the
+# 7,500 rows still exist (the Kaggle counts say so), so a column's tail never has zero mass.
 MIN_TAIL_MASS_PER_VALUE = 1e-6
 
 _ERF_P = 0.3275911

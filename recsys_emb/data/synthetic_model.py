@@ -86,34 +86,38 @@ def block_rng(seed: int, split: int, block: int) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class HiddenModelConfig:
-    """Global knobs of the hidden click model (defaults tuned for 1M-row data sets).
+    """Knobs of the hidden click model (defaults tuned so that 1M rows suffice to learn it).
+
+    The four ``*_std`` knobs are the standard deviations of the logit's components on a fixed
+    calibration sample (parameters are drawn, then each component is rescaled to its std).
 
     Args:
         latent_dim: rank ``k`` of the pairwise interactions.
-        effect_scale: typical std of the per-value effects of a column (times a per-column factor).
-        tail_effect_scale: std of the columns' shared tail effects ``t_c``.
-        latent_scale: typical norm scale of a frequent value's latent factor (per coordinate).
-        dense_linear_scale: std of the linear dense coefficients.
-        dense_bump_scale: std of the non-monotone (bump) dense coefficients.
-        dense_cross_scale: std of the dense x categorical interaction matrix ``D``.
+        dense_linear_std: std of the linear dense term ``sum_j beta_j z_j``.
+        dense_bump_std: std of the non-monotone dense term ``sum_j gamma_j bump(z_j - c_j)``.
+        effect_std: std of the summed per-value effects ``sum_c w_c(v_c)``.
+        interaction_std: std of the factorisation-machine term over all 39 fields.
+        dense_latent_ratio: size of a dense field's latent vector (per unit of ``z``) relative to
+            a frequent categorical value's.
+        tail_effect_ratio: std of a column's shared tail effect relative to its value effects.
         kappa_effect: expected count (in ``reference_rows`` rows) at which a value keeps half of its
-            own effect.
+            own effect; rarer values shrink towards the column's tail effect.
         kappa_latent: same for latent factors (interactions need more data to be learnable).
-        interaction_columns: 0-based indices of the categorical columns that carry latent
-            factors (the others interact with nothing).
         reference_rows: the data-set size the shrinkage is expressed in.
         head_ranks: values ranked at or beyond this share the tail effect and latent exactly.
         target_ctr: expected click-through rate the bias is calibrated to.
+        interaction_columns: 0-based indices of the categorical columns that carry latent
+            factors (the others interact with nothing).
     """
 
-    latent_dim: int = 4
-    effect_scale: float = 0.22
-    tail_effect_scale: float = 0.11
-    latent_scale: float = 0.245
-    dense_linear_scale: float = 0.11
-    dense_bump_scale: float = 0.35
-    dense_cross_scale: float = 0.075
-    kappa_effect: float = 2000.0
+    latent_dim: int = 2
+    dense_linear_std: float = 0.5
+    dense_bump_std: float = 0.8
+    effect_std: float = 0.7
+    interaction_std: float = 0.6
+    dense_latent_ratio: float = 1.0
+    tail_effect_ratio: float = 0.5
+    kappa_effect: float = 5000.0
     kappa_latent: float = 5000.0
     reference_rows: float = 1_000_000.0
     head_ranks: int = 32768
@@ -206,7 +210,8 @@ def _build_column(c: int, scale: str, head_ranks: int) -> _CatColumn:
 
     def masses(vocab: int) -> tuple[np.ndarray, float, int]:
         tail_size = max(vocab - k, 0)
-        tail_mass = max(1.0 - head.sum(), MIN_TAIL_MASS_PER_VALUE * tail_size) if tail_size else 0.0
+        floor = min(MIN_TAIL_MASS_PER_VALUE * tail_size, 0.01)  # unseen values still occur
+        tail_mass = max(1.0 - float(head.sum()), floor) if tail_size else 0.0
         return head / head.sum() * (1.0 - tail_mass), tail_mass, tail_size
 
     full_head, full_tail_mass, full_tail = masses(spec.vocab_full)
@@ -263,34 +268,60 @@ class SynthCriteoModel:
 
     # ----------------------------------------------------------------- parameters
     def _init_parameters(self) -> None:
+        """Draw every parameter from the seed (independently of scale and rows), then normalise."""
         cfg = self.config
-        rng = rng_for(self.seed, _STREAM_MODEL)
         k = cfg.latent_dim
-        self.dense_linear = rng.normal(0.0, cfg.dense_linear_scale, NUM_DENSE)
-        self.dense_bump = rng.normal(0.0, cfg.dense_bump_scale, NUM_DENSE)
-        self.dense_bump_center = rng.uniform(-1.0, 1.5, NUM_DENSE)
-        self.dense_cross = rng.normal(0.0, cfg.dense_cross_scale, (NUM_DENSE, k))  # (13, k)
-        col_effect = cfg.effect_scale * np.exp(rng.normal(0.0, 0.5, NUM_SPARSE))
-        col_latent = cfg.latent_scale * np.exp(rng.normal(0.0, 0.4, NUM_SPARSE))
+        rng = rng_for(self.seed, _STREAM_MODEL, 0)
+        col_effect = np.exp(rng.normal(0.0, 0.5, NUM_SPARSE))  # relative importance of columns
+        col_latent = np.exp(rng.normal(0.0, 0.4, NUM_SPARSE))
         col_latent *= np.isin(np.arange(NUM_SPARSE), cfg.interaction_columns)
-        tail_effect = rng.normal(0.0, cfg.tail_effect_scale, NUM_SPARSE)
+        tail_effect = cfg.tail_effect_ratio * col_effect * rng.standard_normal(NUM_SPARSE)
+        self.dense_linear = rng.standard_normal(NUM_DENSE)
+        self.dense_bump = rng.standard_normal(NUM_DENSE)
+        self.dense_bump_center = rng.uniform(-1.0, 1.5, NUM_DENSE)
+        self.dense_latent = cfg.dense_latent_ratio * rng.standard_normal((NUM_DENSE, k))  # (13, k)
         self.effects: list[np.ndarray] = []  # per column (H + 2,): [missing, ranks 0..H-1, tail]
         self.latents: list[np.ndarray] = []  # per column (H + 2, k)
         for c, col in enumerate(self.columns):
+            col_rng = rng_for(self.seed, _STREAM_MODEL, 1 + c)
             miss = CAT_MISSING_RATES[c]
-            h = len(col.full_probs)
-            pi = np.concatenate([[miss], (1.0 - miss) * col.full_probs, [0.0]])  # (H + 2,)
-            n = pi * cfg.reference_rows
-            zeta = rng.standard_normal(h + 2)
-            xi = rng.standard_normal((h + 2, k))
-            eff = tail_effect[c] + col_effect[c] * (n / (n + cfg.kappa_effect)) * zeta
-            eff[-1] = tail_effect[c]
-            lat = col_latent[c] * (n / (n + cfg.kappa_latent))[:, None] * xi  # (H + 2, k)
-            lat[-1] = 0.0
-            tail_prob = max(1.0 - pi[:-1].sum(), 0.0)
-            mean = (pi[:, None] * lat).sum(0) / (pi.sum() + tail_prob)  # (k,)
+            pi = np.concatenate([[miss], (1.0 - miss) * col.full_probs, [0.0]])  # (H + 2,) full scale
+            n = pi * cfg.reference_rows  # expected occurrences in reference_rows rows
+            zeta = col_rng.standard_normal(len(pi))
+            xi = col_rng.standard_normal((len(pi), k))
+            shrink_w = n / (n + cfg.kappa_effect)
+            shrink_u = n / (n + cfg.kappa_latent)
+            eff = tail_effect[c] + col_effect[c] * _normalise(shrink_w, zeta[:, None], pi)[:, 0]
+            lat = col_latent[c] * _normalise(shrink_u, xi, pi)  # (H + 2, k)
             self.effects.append(eff)
-            self.latents.append(lat - mean)
+            self.latents.append(lat)
+        self._stack_tables()
+        # Rescale each logit component to its configured std on a fixed full-scale sample.
+        sample = self._calibration_sample(full_scale=True)
+        parts = self.components(sample.dense, sample.dense_missing, sample.ranks)
+        self.dense_linear *= cfg.dense_linear_std / max(float(parts["dense_linear"].std()), 1e-12)
+        self.dense_bump *= cfg.dense_bump_std / max(float(parts["dense_bump"].std()), 1e-12)
+        f_eff = cfg.effect_std / max(float(parts["effects"].std()), 1e-12)
+        f_lat = math.sqrt(cfg.interaction_std / max(float(parts["interactions"].std()), 1e-12))
+        self.effects = [e * f_eff for e in self.effects]
+        self.latents = [u * f_lat for u in self.latents]
+        self.dense_latent *= f_lat
+        self._stack_tables()
+
+    def _stack_tables(self) -> None:
+        """All columns' tables stacked, for one gather per block of rows in components()."""
+        sizes = np.array([len(e) for e in self.effects])
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # (26,)
+        self._head_ranks = sizes - 2  # (26,) ranks with parameters of their own
+        self._all_effects = np.concatenate(self.effects)  # (sum(H + 2),)
+        self._all_latents = np.concatenate(self.latents)  # (sum(H + 2), k)
+
+    def _calibration_sample(self, full_scale: bool) -> SynthBlock:
+        """A fixed 65,536-row feature sample (at full scale, or at this model's scale)."""
+        columns = self.columns
+        if full_scale and self.scale != "full":
+            columns = [_build_column(c, "full", self.config.head_ranks) for c in range(NUM_SPARSE)]
+        return self._sample(rng_for(self.seed, _STREAM_CALIBRATION), 1 << 16, columns, labels=False)
 
     def _dense_moments(self) -> tuple[np.ndarray, np.ndarray]:
         u = (np.arange(8192) + 0.5) / 8192
@@ -302,16 +333,18 @@ class SynthCriteoModel:
         return mean, np.sqrt(np.maximum(second - mean**2, 1e-12))
 
     def _calibrate_bias(self) -> float:
-        block = self.sample(rng_for(self.seed, _STREAM_CALIBRATION), 1 << 17, labels=False)
-        logits = self.logits(block.dense, block.dense_missing, block.ranks)
-        lo, hi = -30.0, 30.0
-        for _ in range(100):
-            mid = 0.5 * (lo + hi)
-            if _sigmoid(logits + mid).mean() < self.config.target_ctr:
-                lo = mid
-            else:
-                hi = mid
-        return 0.5 * (lo + hi)
+        """Bias making the mean true probability of a fixed 65,536-row sample equal ``target_ctr``."""
+        block = self._calibration_sample(full_scale=False)
+        logits = self.logits(block.dense, block.dense_missing, block.ranks)  # bias is 0 here
+        target = self.config.target_ctr
+        bias = math.log(target / (1.0 - target)) - float(np.median(logits))
+        for _ in range(100):  # Newton on the increasing, smooth mean(sigmoid(logits + bias))
+            p = _sigmoid(logits + bias)
+            gap = float(p.mean()) - target
+            if abs(gap) < 1e-13:
+                break
+            bias -= gap / max(float((p * (1.0 - p)).mean()), 1e-6)
+        return bias
 
     # ----------------------------------------------------------------- sampling
     def _dense_values(self, u: np.ndarray) -> np.ndarray:
@@ -328,10 +361,13 @@ class SynthCriteoModel:
         """Draw ``n`` rows (features, and labels from the hidden model unless ``labels=False``).
 
         Args:
-            rng: the block's generator (see :func:`rng_for`); draws are consumed in a fixed order.
+            rng: the block's generator (see :func:`block_rng`); draws are consumed in a fixed order.
             n: number of rows.
             labels: also compute probabilities and draw labels.
         """
+        return self._sample(rng, n, self.columns, labels)
+
+    def _sample(self, rng: np.random.Generator, n: int, columns: list[_CatColumn], labels: bool) -> SynthBlock:
         # 1. missingness: two shared factors + one normal per group.
         factors = rng.standard_normal((n, 2))  # (N, 2)
         group_noise = rng.standard_normal((n, len(MISSING_GROUPS)))  # (N, G)
@@ -351,7 +387,7 @@ class SynthCriteoModel:
             own = rng.standard_normal((n, len(members)))
             u[:, list(members)] = norm_cdf(rho * shared + math.sqrt(1.0 - rho**2) * own)
         ranks = np.empty((n, NUM_SPARSE), dtype=np.int64)
-        for c, col in enumerate(self.columns):
+        for c, col in enumerate(columns):
             ranks[:, c] = col.ranks(u[:, c])
         dense_missing = missing[:, :NUM_DENSE]
         ranks[missing[:, NUM_DENSE:]] = -1
@@ -365,32 +401,36 @@ class SynthCriteoModel:
         return SynthBlock(dense, dense_missing, ranks, clicks, logits, probs)
 
     # ----------------------------------------------------------------- hidden model
-    def logits(self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-        """True click logits of rows.
+    def components(self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray) -> dict[str, np.ndarray]:
+        """The logit's terms per row (they sum to ``logits - bias``).
 
         Args:
             dense: (N, 13) integer counts (ignored where missing).
             dense_missing: (N, 13) bool.
             ranks: (N, 26) int value ranks, -1 = missing.
+
+        Returns:
+            ``{"dense_linear", "dense_bump", "effects", "interactions"}``, each (N,) float64.
         """
         t = np.where(dense_missing, 0.0, np.log1p(np.maximum(dense, 0)))  # (N, 13)
         z = (t - self._dense_mean) / self._dense_std  # (N, 13)
         bump = np.exp(-0.5 * ((z - self.dense_bump_center) / 0.6) ** 2)  # (N, 13)
-        logit = self.bias + z @ self.dense_linear + bump @ self.dense_bump  # (N,)
-        k = self.config.latent_dim
-        total = np.zeros((len(ranks), k))  # (N, k) sum of latents
-        squares = np.zeros(len(ranks))  # (N,) sum of squared latent norms
-        for c in range(NUM_SPARSE):
-            h = len(self.effects[c]) - 2
-            r = ranks[:, c]
-            idx = np.where(r < 0, 0, np.minimum(r, h) + 1)  # (N,) row of the parameter tables
-            logit += self.effects[c][idx]
-            lat = self.latents[c][idx]  # (N, k)
-            total += lat
-            squares += np.einsum("nk,nk->n", lat, lat)
-        logit += 0.5 * (np.einsum("nk,nk->n", total, total) - squares)
-        logit += np.einsum("nk,nk->n", total, z @ self.dense_cross)
-        return logit
+        idx = np.where(ranks < 0, 0, np.minimum(ranks, self._head_ranks) + 1) + self._offsets  # (N, 26)
+        lat = self._all_latents[idx]  # (N, 26, k)
+        dense_lat = z[:, :, None] * self.dense_latent  # (N, 13, k): latent of each dense field
+        total = lat.sum(1) + dense_lat.sum(1)  # (N, k)
+        squares = np.einsum("nck,nck->n", lat, lat) + np.einsum("njk,njk->n", dense_lat, dense_lat)  # (N,)
+        return {
+            "dense_linear": z @ self.dense_linear,
+            "dense_bump": bump @ self.dense_bump,
+            "effects": self._all_effects[idx].sum(1),
+            "interactions": 0.5 * (np.einsum("nk,nk->n", total, total) - squares),  # all field pairs
+        }
+
+    def logits(self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """True click logits of rows (arguments as in :meth:`components`)."""
+        parts = self.components(dense, dense_missing, ranks)
+        return self.bias + parts["dense_linear"] + parts["dense_bump"] + parts["effects"] + parts["interactions"]
 
     def probabilities(self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray) -> np.ndarray:
         """True click probabilities ``sigmoid(logits(...))`` (same arguments as :meth:`logits`)."""
@@ -447,6 +487,27 @@ class SynthCriteoModel:
 _MASK32 = np.uint64(0xFFFFFFFF)
 _MUL1, _MUL2 = np.uint64(0x7FEB352D), np.uint64(0x846CA68B)
 _INV1, _INV2 = np.uint64(pow(0x7FEB352D, -1, 2**32)), np.uint64(pow(0x846CA68B, -1, 2**32))
+
+
+def _normalise(shrink: np.ndarray, draws: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """Centre ``shrink * draws`` (V, k) and rescale it so its pi-weighted variance is the expected one.
+
+    The draws are N(0, 1) for the values of one column with probabilities ``pi`` (mass not in
+    ``pi`` sits at 0). A column with a few dominant values would otherwise get a spread set by a
+    couple of normal draws; rescaling to ``sum(pi * shrink ** 2)`` per coordinate keeps every
+    column's contribution at its expected size for every seed.
+
+    Args:
+        shrink: (V,) shrinkage factors in [0, 1].
+        draws: (V, k) standard normal draws.
+        pi: (V,) probabilities of the values.
+    """
+    d = shrink[:, None] * draws  # (V, k)
+    rest = max(1.0 - float(pi.sum()), 0.0)
+    mean = (pi[:, None] * d).sum(0)  # (k,) over all rows
+    var = (pi[:, None] * (d - mean) ** 2).sum(0) + rest * mean**2  # (k,)
+    expected = float((pi * shrink**2).sum())
+    return (d - mean) * np.sqrt(expected / np.maximum(var, 1e-300))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
