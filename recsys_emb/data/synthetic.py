@@ -62,7 +62,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 BLOCK_ROWS = 4096  # rows per random stream; never change without bumping FORMAT_VERSION
-DEFAULT_CHUNK_ROWS = 131072
+DEFAULT_CHUNK_ROWS = 32768
 SPLIT_IDS = {"train": 0, "test": 1}
 _NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -145,14 +145,20 @@ class _OracleMetrics:
         self.rows = 0
 
     def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        """Add rows (a chunk starting on a block boundary): true logits (N,) and labels (N,)."""
         scaled = (np.clip(logits, -_AUC_LOGIT_RANGE, _AUC_LOGIT_RANGE) + _AUC_LOGIT_RANGE) / (2 * _AUC_LOGIT_RANGE)
         bins = np.minimum((scaled * _AUC_BINS).astype(np.int64), _AUC_BINS - 1)
         y = labels.astype(bool)
         self.pos += np.bincount(bins[y], minlength=_AUC_BINS)
         self.neg += np.bincount(bins[~y], minlength=_AUC_BINS)
         # -log p = softplus(-l), -log(1 - p) = softplus(l)
-        self.loss_sum += float(np.where(y, np.logaddexp(0.0, -logits), np.logaddexp(0.0, logits)).sum())
-        self.prob_sum += float((0.5 * (1.0 + np.tanh(0.5 * logits))).sum())
+        losses = np.where(y, np.logaddexp(0.0, -logits), np.logaddexp(0.0, logits))
+        probs = 0.5 * (1.0 + np.tanh(0.5 * logits))
+        # Sum block by block (chunks start on block boundaries), so the float rounding and hence
+        # oracle.json do not depend on the chunk size.
+        for start in range(0, len(labels), BLOCK_ROWS):
+            self.loss_sum += float(losses[start : start + BLOCK_ROWS].sum())
+            self.prob_sum += float(probs[start : start + BLOCK_ROWS].sum())
         self.rows += len(labels)
 
     def summary(self) -> dict[str, Any]:
@@ -275,6 +281,7 @@ def synth_criteo(
     for name, n in (("train", rows), ("test", test_rows)):
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.txt.gz.", suffix=".tmp")
         os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; data sets are meant to be shared
         splits.append(_Split(name, n, out / f"{name}.txt.gz", Path(tmp)))
     try:
         results = {}
@@ -443,9 +450,6 @@ def run_synth_criteo(args: argparse.Namespace) -> int:
     Returns:
         Exit code: 0 on success, 2 on invalid options.
     """
-    if not 0.0 < args.ctr < 1.0:
-        print(f"error: --ctr must be in (0, 1), got {args.ctr}", file=sys.stderr)
-        return 2
     try:
         summary = synth_criteo(
             args.out, args.rows, args.test_rows, seed=args.seed, scale=args.scale,

@@ -10,9 +10,10 @@ What is modelled (per column unless noted):
 
 - missing rates, and which columns go missing together (Criteo has exact groups such as
   {I1, I10} or {C3, C4, C12, C16, C21, C24}, and correlated groups sharing a latent factor);
-- integer counts: the empirical quantile function on a grid of probabilities (log-linear
-  interpolation between knots, so heavy tails and the point mass at 0 survive), joined by a
-  Gaussian copula whose correlations come from the measured Spearman rank correlations;
+- integer counts: the exact empirical CDF for values -3..10 and the empirical quantile function
+  on a grid of probabilities above (log-linear interpolation between knots, so heavy tails
+  survive), joined by a Gaussian copula whose correlations come from the measured Spearman rank
+  correlations;
 - categorical values: an explicit head (shares of the values seen >= 20 times in the 7,500 rows)
   plus a Zipf-Mandelbrot tail ``p(x) ~ (x + q) ** -a`` over the remaining vocabulary, with
   ``(a, q)`` fitted (grid search, squared log error) to the distinct-count growth at
@@ -32,6 +33,8 @@ __all__ = [
     "CatMarginal",
     "DENSE_CORRELATION",
     "DENSE_QUANTILE_PROBS",
+    "DENSE_SMALL_CDF",
+    "DENSE_SMALL_VALUES",
     "DENSE_QUANTILES",
     "DENSE_MISSING_RATES",
     "MISSING_GROUPS",
@@ -52,17 +55,17 @@ DENSE_MISSING_RATES = (
 # I1..I13 as 0..12 and C1..C26 as 13..38. Columns in no group are never missing.
 MISSING_GROUPS: tuple[tuple[float, tuple[int, ...], int, float], ...] = (
     (0.4509, (0, 9), 0, 0.75),  # I1, I10
-    (0.2033, (2,), 1, 0.7),  # I3
-    (0.2048, (3, 12), 1, 0.7),  # I4, I13
+    (0.2033, (2,), 1, 0.8),  # I3
+    (0.2048, (3, 12), 1, 0.8),  # I4, I13
     (0.0501, (4,), -1, 0.0),  # I5
-    (0.252, (5,), 0, 0.6),  # I6
+    (0.252, (5,), 0, 0.75),  # I6
     (0.0485, (6, 8, 10), -1, 0.0),  # I7, I9, I11
     (0.0009, (7,), -1, 0.0),  # I8
-    (0.7779, (11,), 0, 0.75),  # I12
+    (0.7779, (11,), 0, 0.65),  # I12
     (0.0337, (15, 16, 24, 28, 33, 36), -1, 0.0),  # C3, C4, C12, C16, C21, C24
     (0.1301, (18,), -1, 0.0),  # C6
-    (0.4555, (31, 32, 37, 38), 0, 0.7),  # C19, C20, C25, C26
-    (0.8184, (34,), 0, 0.75),  # C22
+    (0.4555, (31, 32, 37, 38), 0, 0.55),  # C19, C20, C25, C26
+    (0.8184, (34,), 0, 0.65),  # C22
 )
 
 # Probabilities at which the integer quantiles below were taken (numpy "inverted_cdf" method).
@@ -105,6 +108,25 @@ DENSE_QUANTILES = (
      1, 1, 1, 1, 2, 2, 3, 4, 5, 7, 9, 10, 12, 21, 39, 72, 98),
     (0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 6, 6, 7, 7, 8, 9, 10, 11, 12, 13,
      15, 16, 18, 21, 23, 27, 30, 35, 38, 42, 46, 52, 58, 74, 113, 166, 307, 770),
+)
+# Exact empirical CDF of the present values of I1..I13 at -3, -2, ..., 10 (P(X <= v)): small counts
+# are sampled from it exactly (point masses such as I1's 48% zeros); larger ones from the
+# quantiles above, interpolated in log space.
+DENSE_SMALL_VALUES = tuple(range(-3, 11))
+DENSE_SMALL_CDF = (
+    (0.0, 0.0, 0.0, 0.4811, 0.6406, 0.7302, 0.7868, 0.8271, 0.8531, 0.8766, 0.8941, 0.9077, 0.9169, 0.9262),
+    (0.0, 0.0007, 0.0997, 0.2817, 0.4388, 0.4933, 0.5229, 0.5408, 0.5577, 0.5703, 0.5824, 0.5933, 0.6028, 0.6125),
+    (0.0, 0.0, 0.0, 0.0085, 0.1607, 0.2624, 0.3409, 0.4033, 0.4537, 0.4939, 0.5287, 0.5657, 0.5923, 0.6151),
+    (0.0, 0.0, 0.0, 0.0728, 0.2235, 0.3466, 0.4366, 0.5168, 0.5716, 0.6212, 0.6623, 0.698, 0.7279, 0.7535),
+    (0.0, 0.0, 0.0, 0.0156, 0.0331, 0.0477, 0.0477, 0.0598, 0.0681, 0.0681, 0.0748, 0.081, 0.081, 0.0879),
+    (0.0, 0.0, 0.0, 0.0613, 0.0923, 0.1182, 0.1433, 0.1626, 0.177, 0.1966, 0.213, 0.2317, 0.2439, 0.2586),
+    (0.0, 0.0, 0.0, 0.2548, 0.3956, 0.4843, 0.549, 0.5973, 0.6383, 0.6719, 0.6983, 0.721, 0.7386, 0.7574),
+    (0.0, 0.0, 0.0, 0.1206, 0.2041, 0.272, 0.328, 0.3798, 0.4216, 0.4623, 0.5029, 0.53, 0.5551, 0.5796),
+    (0.0, 0.0, 0.0, 0.0312, 0.0717, 0.1055, 0.1334, 0.1557, 0.1761, 0.1967, 0.211, 0.2269, 0.2416, 0.2569),
+    (0.0, 0.0, 0.0, 0.5078, 0.9344, 0.9908, 0.9988, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0),
+    (0.0, 0.0, 0.0, 0.2675, 0.6281, 0.7633, 0.836, 0.8763, 0.9055, 0.926, 0.9406, 0.9508, 0.9571, 0.9629),
+    (0.0, 0.0, 0.0, 0.7443, 0.8842, 0.928, 0.9454, 0.9574, 0.9628, 0.97, 0.976, 0.979, 0.982, 0.9862),
+    (0.0, 0.0, 0.0, 0.0585, 0.2002, 0.3137, 0.3987, 0.4676, 0.5178, 0.5642, 0.6008, 0.637, 0.6645, 0.6875),
 )
 # Spearman rank correlations of I1..I13 (mid-ranks, pairwise-complete rows).
 _DENSE_SPEARMAN = (

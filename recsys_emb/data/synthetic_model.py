@@ -1,28 +1,30 @@
 """The hidden click model and the row sampler behind ``recsys-emb synth criteo``.
 
-A row is drawn in three steps (all vectorised over a block of rows, see :meth:`SynthCriteoModel.sample`):
+A block of rows is drawn in three vectorised steps (see :meth:`SynthCriteoModel.sample`):
 
-1. which fields are missing (groups and shared factors of :data:`MISSING_GROUPS`);
+1. which fields are missing (the groups and shared factors of :data:`MISSING_GROUPS`);
 2. integer counts I1..I13 (Gaussian copula over the measured quantile functions) and categorical
-   ranks C1..C26 (head + Zipf-Mandelbrot tail, some columns tied by a copula);
+   ranks C1..C26 (measured head + Zipf-Mandelbrot tail, near-copy columns tied by a copula);
 3. the label, ``Bernoulli(sigmoid(logit))`` with the hidden model below.
 
-The hidden model is a factorisation machine over the categorical values plus smooth effects of
-the dense counts, built so that the signal lives where a 1M-row data set can learn it::
+The hidden model is a factorisation machine over all 39 fields plus per-value effects and smooth
+dense effects, built so that the signal lives where a 1M-row data set can learn it::
 
-    logit = bias + sum_j g_j(z_j)                            dense main effects (linear + bump)
-                 + sum_c w_c(v_c)                             per-value effects
-                 + sum_{c < c'} <u_c(v_c), u_c'(v_c')>        pairwise interactions (rank k)
-                 + <sum_c u_c(v_c), D^T z>                    dense x categorical interactions
+    logit = bias + sum_j beta_j z_j + sum_j gamma_j bump(z_j - c_j)     dense main effects
+                 + sum_c w_c(v_c)                                       per-value effects
+                 + sum_{f < f'} <u_f, u_f'>                             pairwise interactions (rank k)
 
-with ``z_j = (log1p(max(I_j, 0)) - mean_j) / std_j`` (missing -> log1p value 0, exactly what a model
-trained on prepared data sees). The effect of value ``v`` with full-scale frequency ``pi_v`` is
-``w = t_c + sigma_c * s(pi_v, kappa_w) * N(0, 1)`` and its latent vector is ``u = alpha_c *
-s(pi_v, kappa_u) * N(0, I_k)`` (then centred), where ``s(pi, kappa) = n / (n + kappa)`` with ``n =
-pi * reference_rows`` expected occurrences in a 1M-row set. Rare values thus shrink towards the
-column's shared tail effect ``t_c`` and carry no interactions; ranks beyond ``head_ranks`` share
-exactly ``t_c`` (so tables stay small at full scale). Every parameter comes from the seed only;
-the bias is then calibrated on a fixed sample so the expected CTR hits ``target_ctr``.
+``z_j = (log1p(max(I_j, 0)) - mean_j) / std_j`` with missing -> 0 before standardising, which is
+exactly what a model trained on prepared data sees; ``bump(x) = exp(-x^2 / 0.72)``. Fields ``f``
+are the 26 categorical columns (``u = latent of the value``) and the 13 dense ones (``u = z_j
+D_j``). For a value with full-scale frequency ``pi`` and ``n = pi * reference_rows`` expected
+occurrences, the effect is ``w = t_c + sigma_c * s(n, kappa_effect) * N(0, 1)`` and the latent
+``u = alpha_c * s(n, kappa_latent) * N(0, I_k)`` with ``s(n, kappa) = n / (n + kappa)``: rare
+values shrink towards the column's shared tail effect ``t_c`` and carry no interactions (ranks
+beyond ``head_ranks`` share the tail parameters exactly, so tables stay small at full scale).
+Only the low-cardinality ``interaction_columns`` have latents. Every parameter is drawn from the
+seed alone; each logit component is then rescaled to its configured std on a fixed full-scale
+sample, and the bias is calibrated (Newton) so that the expected CTR is ``target_ctr``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from recsys_emb.data.synthetic_marginals import (
     DENSE_MISSING_RATES,
     DENSE_QUANTILE_PROBS,
     DENSE_QUANTILES,
+    DENSE_SMALL_CDF,
+    DENSE_SMALL_VALUES,
     MIN_TAIL_MASS_PER_VALUE,
     MISSING_GROUPS,
     VALUE_COPULA_GROUPS,
@@ -68,7 +72,7 @@ def rng_for(seed: int, *key: int) -> np.random.Generator:
 
     Args:
         seed: the user's seed (non-negative int).
-        key: stream path, e.g. ``(4, split, block)`` for a block of rows.
+        key: stream path (``SeedSequence`` spawn key), e.g. ``(4, split, block)`` for rows.
     """
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
 
@@ -124,6 +128,23 @@ class HiddenModelConfig:
     target_ctr: float = 0.22
     interaction_columns: tuple[int, ...] = (0, 1, 4, 5, 7, 8, 13, 16, 19, 21, 22, 24)
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_ctr < 1.0:
+            raise ValueError(f"target_ctr must be in (0, 1), got {self.target_ctr}")
+        if self.latent_dim < 1 or self.head_ranks < 1:
+            raise ValueError(f"latent_dim and head_ranks must be >= 1, got {self.latent_dim}, {self.head_ranks}")
+        stds = ("dense_linear_std", "dense_bump_std", "effect_std", "interaction_std", "dense_latent_ratio",
+                "tail_effect_ratio")
+        for name in stds:
+            if getattr(self, name) < 0.0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("kappa_effect", "kappa_latent", "reference_rows"):
+            if getattr(self, name) <= 0.0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        bad = [c for c in self.interaction_columns if not 0 <= c < NUM_SPARSE]
+        if bad:
+            raise ValueError(f"interaction_columns must be in 0..{NUM_SPARSE - 1}, got {bad}")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (JSON-serialisable)."""
         return asdict(self)
@@ -133,7 +154,7 @@ class SynthBlock(NamedTuple):
     """One block of generated rows (N rows).
 
     Args:
-        dense: (N, 13) int64 raw counts (undefined where missing).
+        dense: (N, 13) int64 raw counts (0 where missing).
         dense_missing: (N, 13) bool.
         ranks: (N, 26) int64 value ranks, -1 where missing.
         labels: (N,) uint8 clicks in {0, 1}.
@@ -176,6 +197,7 @@ class _CatColumn:
 
 
 def _tail_cdf(x: np.ndarray, a: float, q: float, size: int) -> np.ndarray:
+    """CDF at ``x`` of the continuous density ``~ (x + q) ** -a`` on ``[0, size]``."""
     if abs(a - 1.0) < 1e-9:
         return np.log1p(x / q) / math.log1p(size / q)
     g0, gs = q ** (1.0 - a), (size + q) ** (1.0 - a)
@@ -183,6 +205,7 @@ def _tail_cdf(x: np.ndarray, a: float, q: float, size: int) -> np.ndarray:
 
 
 def _tail_inverse_cdf(w: np.ndarray, a: float, q: float, size: int) -> np.ndarray:
+    """Tail ranks (floor of the inverse of :func:`_tail_cdf`) for uniforms ``w`` in [0, 1]."""
     if abs(a - 1.0) < 1e-9:
         x = q * np.expm1(w * math.log1p(size / q))
     else:
@@ -204,6 +227,7 @@ def _column_probs(head: np.ndarray, tail_mass: float, a: float, q: float, tail_s
 
 
 def _build_column(c: int, scale: str, head_ranks: int) -> _CatColumn:
+    """Sampler of column ``c`` at ``scale``, with the full-scale P(rank) of its first ranks."""
     spec = CAT_MARGINALS[c]
     head = np.asarray(spec.head, dtype=np.float64)
     k = len(head)
@@ -227,7 +251,8 @@ class SynthCriteoModel:
     """Seeded sampler + hidden click model of the synthetic Criteo-like data set.
 
     Everything (parameters, value codes, bias) derives from ``(seed, scale, config)`` only, never
-    from the number of rows, so train and test splits share one model.
+    from the number of rows, so train and test splits share one model. The per-value parameters
+    do not depend on the scale either (only the sampling of tail values and the bias do).
 
     Args:
         seed: non-negative integer seed.
@@ -238,7 +263,7 @@ class SynthCriteoModel:
     Example::
 
         model = SynthCriteoModel(seed=0)
-        block = model.sample(rng_for(0, 4, 0, 0), 1000)
+        block = model.sample(block_rng(0, split=0, block=0), 1000)
         p = model.probabilities(block.dense, block.dense_missing, block.ranks)  # == block.probs
     """
 
@@ -255,9 +280,14 @@ class SynthCriteoModel:
         self.vocab_sizes = [col.vocab for col in self.columns]
         # Sampling constants.
         self._dense_chol = np.linalg.cholesky(DENSE_CORRELATION)  # (13, 13)
-        self._q_probs = np.asarray(DENSE_QUANTILE_PROBS)
-        q = np.asarray(DENSE_QUANTILES, dtype=np.float64)
-        self._q_t = np.sign(q) * np.log1p(np.abs(q))  # (13, K) knots in signed-log space
+        self._small_cdf = np.asarray(DENSE_SMALL_CDF)  # (13, 14)
+        self._large_knots = []  # per column: (probabilities, log1p(values)) above the small range
+        for j in range(NUM_DENSE):
+            top = self._small_cdf[j, -1]
+            q = np.asarray(DENSE_QUANTILES[j], dtype=np.float64)
+            keep = q > DENSE_SMALL_VALUES[-1]
+            probs = np.concatenate([[top], np.asarray(DENSE_QUANTILE_PROBS)[keep]])
+            self._large_knots.append((probs, np.log1p(np.concatenate([[DENSE_SMALL_VALUES[-1]], q[keep]]))))
         self._missing_thresholds = [norm_ppf(rate) for rate, *_ in MISSING_GROUPS]
         self._dense_mean, self._dense_std = self._dense_moments()
         # Value codes: per-column 32-bit keys of the rank <-> hex bijection.
@@ -324,6 +354,7 @@ class SynthCriteoModel:
         return self._sample(rng_for(self.seed, _STREAM_CALIBRATION), 1 << 16, columns, labels=False)
 
     def _dense_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of log1p(max(I_j, 0)) (missing -> 0) under the marginals, on a fixed grid."""
         u = (np.arange(8192) + 0.5) / 8192
         x = self._dense_values(np.repeat(u[:, None], NUM_DENSE, axis=1))  # (8192, 13)
         t = np.log1p(np.maximum(x, 0)).astype(np.float64)
@@ -348,13 +379,23 @@ class SynthCriteoModel:
 
     # ----------------------------------------------------------------- sampling
     def _dense_values(self, u: np.ndarray) -> np.ndarray:
-        """Uniforms (N, 13) -> integer counts (N, 13) through the measured quantile functions."""
+        """Uniforms (N, 13) -> integer counts (N, 13) through the measured distributions.
+
+        Values up to 10 come from the exact small-value CDF; above it, the quantile function is
+        interpolated linearly in log1p space and rounded up (so knots map to themselves).
+        """
         out = np.empty(u.shape, dtype=np.int64)
-        probs = self._q_probs
+        small_values = np.asarray(DENSE_SMALL_VALUES)
         for j in range(NUM_DENSE):
-            t = np.interp(u[:, j], probs, self._q_t[j])  # (N,) signed log
-            x = np.sign(t) * np.expm1(np.abs(t))
-            out[:, j] = np.ceil(x - 1e-6).astype(np.int64)
+            uj = np.maximum(u[:, j], 1e-12)
+            idx = np.searchsorted(self._small_cdf[j], uj, side="left")  # first v with F(v) >= u
+            col = small_values[np.minimum(idx, len(small_values) - 1)]
+            large = uj > self._small_cdf[j, -1]
+            if large.any():
+                probs, t = self._large_knots[j]
+                x = np.expm1(np.interp(uj[large], probs, t))
+                col[large] = np.maximum(np.ceil(x - 1e-6), small_values[-1] + 1)
+            out[:, j] = col
         return out
 
     def sample(self, rng: np.random.Generator, n: int, labels: bool = True) -> SynthBlock:

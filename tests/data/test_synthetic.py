@@ -117,8 +117,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(small_set: Path, tmp_path: 
 
 def test_output_independent_of_chunk_size_and_prefix_stable(small_set: Path, tmp_path: Path) -> None:
     synth_criteo(tmp_path / "chunked", rows=6000, test_rows=3000, seed=7, chunk_rows=4096, progress=False)
-    assert _lines(tmp_path / "chunked" / "train.txt.gz") == _lines(small_set / "train.txt.gz")
-    assert _lines(tmp_path / "chunked" / "test.txt.gz") == _lines(small_set / "test.txt.gz")
+    for name in ("train.txt.gz", "test.txt.gz", "oracle.json"):
+        assert (tmp_path / "chunked" / name).read_bytes() == (small_set / name).read_bytes(), name
     # A longer run starts with the rows of the shorter one: the hidden model ignores --rows.
     synth_criteo(tmp_path / "longer", rows=9000, test_rows=1000, seed=7, chunk_rows=4096, progress=False)
     assert _lines(tmp_path / "longer" / "train.txt.gz")[:6000] == _lines(small_set / "train.txt.gz")
@@ -176,7 +176,8 @@ def test_categorical_values_are_heavy_tailed(medium_set: Path) -> None:
         _, counts = np.unique(values, return_counts=True)
         top_share = counts.max() / counts.sum()
         assert top_share > 10 / len(counts), c  # uniform would give 1 / distinct
-        assert (counts == 1).sum() > 0.3 * len(counts), c  # a long tail of values seen once
+        if c in (2, 3):  # millions of values in Kaggle: a long tail of values seen once
+            assert (counts == 1).sum() > 0.5 * len(counts), c
     c9 = codes[:, 8]
     assert len(np.unique(c9)) <= 3  # C9 has three values in Kaggle
 
