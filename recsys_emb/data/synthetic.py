@@ -69,6 +69,7 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
 _AUC_BINS = 1 << 21
 _AUC_LOGIT_RANGE = 30.0
+_MISSING_INT = np.iinfo(np.int64).min  # placeholder of empty integer fields while parsing
 
 
 # --------------------------------------------------------------------------- formatting
@@ -131,7 +132,7 @@ def format_rows(
 
 # --------------------------------------------------------------------------- metrics
 class _OracleMetrics:
-    """Streaming AUC (histogram of logits, 2M bins over [-30, 30]) and logloss of true probabilities.
+    """Streaming AUC (histogram of 2M logit bins over [-30, 30]) and logloss of true probabilities.
 
     Pairs whose logits fall in the same bin (width 3e-5) count as ties, so the AUC matches the
     exact rank AUC to about 1e-5.
@@ -146,7 +147,9 @@ class _OracleMetrics:
 
     def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
         """Add rows (a chunk starting on a block boundary): true logits (N,) and labels (N,)."""
-        scaled = (np.clip(logits, -_AUC_LOGIT_RANGE, _AUC_LOGIT_RANGE) + _AUC_LOGIT_RANGE) / (2 * _AUC_LOGIT_RANGE)
+        scaled = (np.clip(logits, -_AUC_LOGIT_RANGE, _AUC_LOGIT_RANGE) + _AUC_LOGIT_RANGE) / (
+            2 * _AUC_LOGIT_RANGE
+        )
         bins = np.minimum((scaled * _AUC_BINS).astype(np.int64), _AUC_BINS - 1)
         y = labels.astype(bool)
         self.pos += np.bincount(bins[y], minlength=_AUC_BINS)
@@ -166,7 +169,9 @@ class _OracleMetrics:
         negatives = int(self.neg.sum())
         auc: float | None = None
         if positives and negatives:
-            pos_above = np.cumsum(self.pos[::-1])[::-1] - self.pos  # positives in strictly higher bins
+            pos_above = (
+                np.cumsum(self.pos[::-1])[::-1] - self.pos
+            )  # positives in strictly higher bins
             wins = (self.neg * (pos_above + 0.5 * self.pos)).sum(dtype=np.float64)
             auc = float(wins / (positives * negatives))
         rows = max(self.rows, 1)
@@ -181,7 +186,7 @@ class _OracleMetrics:
 
 
 def oracle_lift(auc: float, oracle_auc: float) -> float:
-    """Share of the oracle's AUC lift over chance that a model reaches: ``(auc - .5) / (oracle - .5)``.
+    """Share of the oracle's lift over chance a model reaches: ``(auc - .5) / (oracle - .5)``.
 
     Args:
         auc: the model's test AUC.
@@ -200,7 +205,7 @@ class _Split:
 
 
 def _blocks(model: SynthCriteoModel, split: str, rows: int, chunk_rows: int) -> Any:
-    """Yield SynthBlocks of whole random blocks (the last one truncated), ``chunk_rows`` at a time."""
+    """Yield chunks of whole random blocks (the last one truncated), ``chunk_rows`` at a time."""
     per_chunk = max(chunk_rows // BLOCK_ROWS, 1)
     n_blocks = math.ceil(rows / BLOCK_ROWS)
     for first in range(0, n_blocks, per_chunk):
@@ -208,7 +213,7 @@ def _blocks(model: SynthCriteoModel, split: str, rows: int, chunk_rows: int) -> 
             model.sample(block_rng(model.seed, SPLIT_IDS[split], b), BLOCK_ROWS)
             for b in range(first, min(first + per_chunk, n_blocks))
         ]
-        block = SynthBlock(*(np.concatenate(arrays) for arrays in zip(*parts)))
+        block = SynthBlock(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
         keep = min(rows - first * BLOCK_ROWS, len(block.labels))
         yield SynthBlock(*(a[:keep] for a in block))
 
@@ -222,11 +227,15 @@ def _write_split(
 ) -> dict[str, Any]:
     metrics = _OracleMetrics()
     with open(split.tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0) as gz:
+        with gzip.GzipFile(
+            filename="", mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0
+        ) as gz:
             for block in _blocks(model, split.name, split.rows, chunk_rows):
                 cat_missing = block.ranks < 0
                 codes = model.encode(np.maximum(block.ranks, 0))  # (N, 26)
-                gz.write(format_rows(block.labels, block.dense, block.dense_missing, codes, cat_missing))
+                gz.write(
+                    format_rows(block.labels, block.dense, block.dense_missing, codes, cat_missing)
+                )
                 metrics.update(block.logits, block.labels)
                 bar.update(len(block.labels))
         raw.flush()
@@ -260,7 +269,7 @@ def synth_criteo(
         progress: tqdm bar on stderr; ``None`` shows it only on a terminal.
 
     Returns:
-        The summary: the contents of ``oracle.json`` plus ``out_dir``, ``seconds``, ``rows_per_min``.
+        The summary: ``oracle.json``'s contents plus ``out_dir``, ``seconds``, ``rows_per_min``.
     """
     if rows <= 0:
         raise ValueError(f"rows must be > 0, got {rows}")
@@ -273,7 +282,7 @@ def synth_criteo(
         raise ValueError(f"compresslevel must be in 1..9, got {compresslevel}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a directory")
+        raise NotADirectoryError(f"{out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model = SynthCriteoModel(seed, scale, config)
@@ -285,10 +294,18 @@ def synth_criteo(
         splits.append(_Split(name, n, out / f"{name}.txt.gz", Path(tmp)))
     try:
         results = {}
-        with tqdm(total=rows + test_rows, unit="row", unit_scale=True, desc="synth criteo",
-                  disable=None if progress is None else not progress, file=sys.stderr) as bar:
+        with tqdm(
+            total=rows + test_rows,
+            unit="row",
+            unit_scale=True,
+            desc="synth criteo",
+            disable=None if progress is None else not progress,
+            file=sys.stderr,
+        ) as bar:
             for split in splits:
                 results[split.name] = _write_split(model, split, chunk_rows, compresslevel, bar)
+        # Never leave an old oracle.json next to new rows (it is rewritten right after).
+        (out / "oracle.json").unlink(missing_ok=True)
         for split in splits:
             os.replace(split.tmp, split.final)
     finally:
@@ -334,15 +351,17 @@ def load_synth_model(out_dir: str | os.PathLike[str]) -> SynthCriteoModel:
     path = Path(out_dir) / "oracle.json"
     meta = json.loads(path.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise ValueError(
+            f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     hidden = dict(meta["hidden_model"])
     seed, scale, bias = hidden.pop("seed"), hidden.pop("scale"), hidden.pop("bias")
     hidden["interaction_columns"] = tuple(hidden["interaction_columns"])
     model = SynthCriteoModel(seed, scale, HiddenModelConfig(**hidden))
     if not math.isclose(model.bias, bias, rel_tol=0.0, abs_tol=1e-9):
         raise ValueError(
-            f"{path}: rebuilt hidden model has bias {model.bias!r}, the file says {bias!r}: the data set "
-            "was written by a different generator version"
+            f"{path}: rebuilt hidden model has bias {model.bias!r}, the file says {bias!r}: "
+            "the data set was written by a different generator version"
         )
     return model
 
@@ -396,9 +415,6 @@ def read_criteo_rows(path: str | os.PathLike[str]) -> tuple[np.ndarray, ...]:
     )
 
 
-_MISSING_INT = np.iinfo(np.int64).min
-
-
 def true_click_probabilities(
     out_dir: str | os.PathLike[str], split: str = "test"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -414,7 +430,9 @@ def true_click_probabilities(
     if split not in SPLIT_IDS:
         raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
     model = load_synth_model(out_dir)
-    labels, dense, dense_missing, codes, cat_missing = read_criteo_rows(Path(out_dir) / f"{split}.txt.gz")
+    labels, dense, dense_missing, codes, cat_missing = read_criteo_rows(
+        Path(out_dir) / f"{split}.txt.gz"
+    )
     ranks = model.decode(codes, cat_missing)
     return model.probabilities(dense, dense_missing, ranks), labels
 
@@ -427,17 +445,35 @@ def add_synth_criteo_arguments(parser: argparse.ArgumentParser) -> None:
         parser: the sub-command's parser.
     """
     parser.add_argument("--rows", type=int, required=True, help="training rows")
-    parser.add_argument("--out", required=True, help="output folder (train.txt.gz, test.txt.gz, oracle.json)")
-    parser.add_argument("--test-rows", type=int, default=None, help="test rows (default: rows // 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the hidden model and the rows (default 0)")
-    parser.add_argument("--scale", choices=SCALES, default="small",
-                        help="vocabulary sizes: 'small' = what ~1M rows of Criteo show (default), "
-                             "'full' = the Kaggle sizes")
-    parser.add_argument("--ctr", type=float, default=HiddenModelConfig.target_ctr,
-                        help=f"target click-through rate (default {HiddenModelConfig.target_ctr})")
-    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
-                        help=f"rows per generation step, bounds memory; output does not depend on it "
-                             f"(default {DEFAULT_CHUNK_ROWS})")
+    parser.add_argument(
+        "--out", required=True, help="output folder (train.txt.gz, test.txt.gz, oracle.json)"
+    )
+    parser.add_argument(
+        "--test-rows", type=int, default=None, help="test rows (default: rows // 5)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the hidden model and the rows (default 0)"
+    )
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="small",
+        help="vocabulary sizes: 'small' = what ~1M rows of Criteo show (default), "
+        "'full' = the Kaggle sizes",
+    )
+    parser.add_argument(
+        "--ctr",
+        type=float,
+        default=HiddenModelConfig.target_ctr,
+        help=f"target click-through rate (default {HiddenModelConfig.target_ctr})",
+    )
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=DEFAULT_CHUNK_ROWS,
+        help=f"rows per generation step, bounds memory; output does not depend on it "
+        f"(default {DEFAULT_CHUNK_ROWS})",
+    )
     parser.add_argument("--compresslevel", type=int, default=1, help="gzip level 1-9 (default 1)")
 
 
@@ -452,13 +488,28 @@ def run_synth_criteo(args: argparse.Namespace) -> int:
     """
     try:
         summary = synth_criteo(
-            args.out, args.rows, args.test_rows, seed=args.seed, scale=args.scale,
-            chunk_rows=args.chunk_rows, compresslevel=args.compresslevel,
+            args.out,
+            args.rows,
+            args.test_rows,
+            seed=args.seed,
+            scale=args.scale,
+            chunk_rows=args.chunk_rows,
+            compresslevel=args.compresslevel,
             config=HiddenModelConfig(target_ctr=args.ctr),
         )
     except (ValueError, NotADirectoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    keys = ("out_dir", "seed", "scale", "rows", "ctr", "oracle_auc", "oracle_logloss", "seconds", "rows_per_min")
+    keys = (
+        "out_dir",
+        "seed",
+        "scale",
+        "rows",
+        "ctr",
+        "oracle_auc",
+        "oracle_logloss",
+        "seconds",
+        "rows_per_min",
+    )
     print(json.dumps({k: summary[k] for k in keys}))
     return 0

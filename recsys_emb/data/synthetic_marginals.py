@@ -24,12 +24,14 @@ What is modelled (per column unless noted):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
 __all__ = [
     "CAT_MARGINALS",
+    "CatColumnSampler",
     "CatMarginal",
     "DENSE_CORRELATION",
     "DENSE_QUANTILE_PROBS",
@@ -39,13 +41,16 @@ __all__ = [
     "DENSE_MISSING_RATES",
     "MISSING_GROUPS",
     "VALUE_COPULA_GROUPS",
+    "build_cat_column",
     "norm_cdf",
     "norm_ppf",
 ]
 
+# fmt: off
 # Fraction of rows with an empty field, I1..I13 (measured; the head's CTR was 0.2165).
 DENSE_MISSING_RATES = (
-    0.4509, 0.0, 0.2033, 0.2048, 0.0501, 0.252, 0.0485, 0.0009, 0.0485, 0.4509, 0.0485, 0.7779, 0.2048,
+    0.4509, 0.0, 0.2033, 0.2048, 0.0501, 0.252, 0.0485, 0.0009, 0.0485, 0.4509, 0.0485, 0.7779,
+    0.2048,
 )
 
 # (missing rate, member columns, latent factor index or -1, loading on that factor). Columns of a
@@ -95,8 +100,8 @@ DENSE_QUANTILES = (
      2211, 3396, 4452, 8000),
     (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 8, 9, 10,
      12, 14, 16, 20, 24, 30, 36, 49, 58, 67, 82, 119, 143, 181, 314, 507, 613, 1658),
-    (0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 5, 6, 6, 7, 7, 8, 9, 10, 11, 12, 14, 15, 17, 18,
-     20, 22, 24, 26, 29, 32, 35, 37, 40, 42, 44, 46, 47, 48, 49, 49, 49, 79, 547),
+    (0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 5, 6, 6, 7, 7, 8, 9, 10, 11, 12, 14, 15, 17,
+     18, 20, 22, 24, 26, 29, 32, 35, 37, 40, 42, 44, 46, 47, 48, 49, 49, 49, 79, 547),
     (0, 0, 1, 2, 2, 3, 4, 5, 7, 8, 10, 12, 15, 17, 20, 23, 26, 30, 33, 38, 42, 47, 52, 57, 64, 71,
      79, 89, 99, 110, 124, 142, 162, 187, 221, 258, 312, 367, 455, 506, 584, 697, 887, 968, 1229,
      1634, 2642, 3189, 5639),
@@ -106,43 +111,55 @@ DENSE_QUANTILES = (
      3, 3, 4, 4, 5, 6, 7, 8, 10, 12, 15, 17, 22, 27, 38, 49, 74),
     (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1,
      1, 1, 1, 1, 2, 2, 3, 4, 5, 7, 9, 10, 12, 21, 39, 72, 98),
-    (0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 6, 6, 7, 7, 8, 9, 10, 11, 12, 13,
-     15, 16, 18, 21, 23, 27, 30, 35, 38, 42, 46, 52, 58, 74, 113, 166, 307, 770),
+    (0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 6, 6, 7, 7, 8, 9, 10, 11, 12,
+     13, 15, 16, 18, 21, 23, 27, 30, 35, 38, 42, 46, 52, 58, 74, 113, 166, 307, 770),
 )
 # Exact empirical CDF of the present values of I1..I13 at -3, -2, ..., 10 (P(X <= v)): small counts
 # are sampled from it exactly (point masses such as I1's 48% zeros); larger ones from the
 # quantiles above, interpolated in log space.
 DENSE_SMALL_VALUES = tuple(range(-3, 11))
 DENSE_SMALL_CDF = (
-    (0.0, 0.0, 0.0, 0.4811, 0.6406, 0.7302, 0.7868, 0.8271, 0.8531, 0.8766, 0.8941, 0.9077, 0.9169, 0.9262),
-    (0.0, 0.0007, 0.0997, 0.2817, 0.4388, 0.4933, 0.5229, 0.5408, 0.5577, 0.5703, 0.5824, 0.5933, 0.6028, 0.6125),
-    (0.0, 0.0, 0.0, 0.0085, 0.1607, 0.2624, 0.3409, 0.4033, 0.4537, 0.4939, 0.5287, 0.5657, 0.5923, 0.6151),
-    (0.0, 0.0, 0.0, 0.0728, 0.2235, 0.3466, 0.4366, 0.5168, 0.5716, 0.6212, 0.6623, 0.698, 0.7279, 0.7535),
-    (0.0, 0.0, 0.0, 0.0156, 0.0331, 0.0477, 0.0477, 0.0598, 0.0681, 0.0681, 0.0748, 0.081, 0.081, 0.0879),
-    (0.0, 0.0, 0.0, 0.0613, 0.0923, 0.1182, 0.1433, 0.1626, 0.177, 0.1966, 0.213, 0.2317, 0.2439, 0.2586),
-    (0.0, 0.0, 0.0, 0.2548, 0.3956, 0.4843, 0.549, 0.5973, 0.6383, 0.6719, 0.6983, 0.721, 0.7386, 0.7574),
-    (0.0, 0.0, 0.0, 0.1206, 0.2041, 0.272, 0.328, 0.3798, 0.4216, 0.4623, 0.5029, 0.53, 0.5551, 0.5796),
-    (0.0, 0.0, 0.0, 0.0312, 0.0717, 0.1055, 0.1334, 0.1557, 0.1761, 0.1967, 0.211, 0.2269, 0.2416, 0.2569),
+    (0.0, 0.0, 0.0, 0.4811, 0.6406, 0.7302, 0.7868, 0.8271, 0.8531, 0.8766, 0.8941, 0.9077, 0.9169,
+     0.9262),
+    (0.0, 0.0007, 0.0997, 0.2817, 0.4388, 0.4933, 0.5229, 0.5408, 0.5577, 0.5703, 0.5824, 0.5933,
+     0.6028, 0.6125),
+    (0.0, 0.0, 0.0, 0.0085, 0.1607, 0.2624, 0.3409, 0.4033, 0.4537, 0.4939, 0.5287, 0.5657, 0.5923,
+     0.6151),
+    (0.0, 0.0, 0.0, 0.0728, 0.2235, 0.3466, 0.4366, 0.5168, 0.5716, 0.6212, 0.6623, 0.698, 0.7279,
+     0.7535),
+    (0.0, 0.0, 0.0, 0.0156, 0.0331, 0.0477, 0.0477, 0.0598, 0.0681, 0.0681, 0.0748, 0.081, 0.081,
+     0.0879),
+    (0.0, 0.0, 0.0, 0.0613, 0.0923, 0.1182, 0.1433, 0.1626, 0.177, 0.1966, 0.213, 0.2317, 0.2439,
+     0.2586),
+    (0.0, 0.0, 0.0, 0.2548, 0.3956, 0.4843, 0.549, 0.5973, 0.6383, 0.6719, 0.6983, 0.721, 0.7386,
+     0.7574),
+    (0.0, 0.0, 0.0, 0.1206, 0.2041, 0.272, 0.328, 0.3798, 0.4216, 0.4623, 0.5029, 0.53, 0.5551,
+     0.5796),
+    (0.0, 0.0, 0.0, 0.0312, 0.0717, 0.1055, 0.1334, 0.1557, 0.1761, 0.1967, 0.211, 0.2269, 0.2416,
+     0.2569),
     (0.0, 0.0, 0.0, 0.5078, 0.9344, 0.9908, 0.9988, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0),
-    (0.0, 0.0, 0.0, 0.2675, 0.6281, 0.7633, 0.836, 0.8763, 0.9055, 0.926, 0.9406, 0.9508, 0.9571, 0.9629),
-    (0.0, 0.0, 0.0, 0.7443, 0.8842, 0.928, 0.9454, 0.9574, 0.9628, 0.97, 0.976, 0.979, 0.982, 0.9862),
-    (0.0, 0.0, 0.0, 0.0585, 0.2002, 0.3137, 0.3987, 0.4676, 0.5178, 0.5642, 0.6008, 0.637, 0.6645, 0.6875),
+    (0.0, 0.0, 0.0, 0.2675, 0.6281, 0.7633, 0.836, 0.8763, 0.9055, 0.926, 0.9406, 0.9508, 0.9571,
+     0.9629),
+    (0.0, 0.0, 0.0, 0.7443, 0.8842, 0.928, 0.9454, 0.9574, 0.9628, 0.97, 0.976, 0.979, 0.982,
+     0.9862),
+    (0.0, 0.0, 0.0, 0.0585, 0.2002, 0.3137, 0.3987, 0.4676, 0.5178, 0.5642, 0.6008, 0.637, 0.6645,
+     0.6875),
 )
 # Spearman rank correlations of I1..I13 (mid-ranks, pairwise-complete rows).
 _DENSE_SPEARMAN = (
-    (1.00, -0.01, 0.08, 0.10, -0.78, -0.62, 0.33, 0.04, -0.20, 0.88, 0.17, 0.16, -0.14),
-    (-0.01, 1.00, -0.08, -0.09, -0.02, 0.02, 0.00, 0.04, 0.03, -0.01, 0.01, -0.02, -0.07),
-    (0.08, -0.08, 1.00, 0.37, -0.10, 0.10, 0.04, 0.31, 0.07, 0.06, 0.03, 0.01, 0.38),
-    (0.10, -0.09, 0.37, 1.00, -0.16, 0.12, 0.13, 0.57, 0.29, 0.08, 0.12, 0.03, 0.75),
-    (-0.78, -0.02, -0.10, -0.16, 1.00, 0.63, -0.39, -0.21, 0.05, -0.82, -0.41, -0.23, 0.07),
-    (-0.62, 0.02, 0.10, 0.12, 0.63, 1.00, -0.22, 0.20, 0.48, -0.63, -0.22, -0.17, 0.39),
-    (0.33, 0.00, 0.04, 0.13, -0.39, -0.22, 1.00, 0.18, 0.42, 0.19, 0.88, 0.10, 0.04),
-    (0.04, 0.04, 0.31, 0.57, -0.21, 0.20, 0.18, 1.00, 0.44, 0.03, 0.20, 0.06, 0.60),
-    (-0.20, 0.03, 0.07, 0.29, 0.05, 0.48, 0.42, 0.44, 1.00, -0.20, 0.47, -0.09, 0.34),
-    (0.88, -0.01, 0.06, 0.08, -0.82, -0.63, 0.19, 0.03, -0.20, 1.00, 0.18, 0.16, -0.15),
-    (0.17, 0.01, 0.03, 0.12, -0.41, -0.22, 0.88, 0.20, 0.47, 0.18, 1.00, 0.06, 0.04),
-    (0.16, -0.02, 0.01, 0.03, -0.23, -0.17, 0.10, 0.06, -0.09, 0.16, 0.06, 1.00, -0.01),
-    (-0.14, -0.07, 0.38, 0.75, 0.07, 0.39, 0.04, 0.60, 0.34, -0.15, 0.04, -0.01, 1.00),
+    (1.0, -0.01, 0.08, 0.1, -0.78, -0.62, 0.33, 0.04, -0.2, 0.88, 0.17, 0.16, -0.14),
+    (-0.01, 1.0, -0.08, -0.09, -0.02, 0.02, 0.0, 0.04, 0.03, -0.01, 0.01, -0.02, -0.07),
+    (0.08, -0.08, 1.0, 0.37, -0.1, 0.1, 0.04, 0.31, 0.07, 0.06, 0.03, 0.01, 0.38),
+    (0.1, -0.09, 0.37, 1.0, -0.16, 0.12, 0.13, 0.57, 0.29, 0.08, 0.12, 0.03, 0.75),
+    (-0.78, -0.02, -0.1, -0.16, 1.0, 0.63, -0.39, -0.21, 0.05, -0.82, -0.41, -0.23, 0.07),
+    (-0.62, 0.02, 0.1, 0.12, 0.63, 1.0, -0.22, 0.2, 0.48, -0.63, -0.22, -0.17, 0.39),
+    (0.33, 0.0, 0.04, 0.13, -0.39, -0.22, 1.0, 0.18, 0.42, 0.19, 0.88, 0.1, 0.04),
+    (0.04, 0.04, 0.31, 0.57, -0.21, 0.2, 0.18, 1.0, 0.44, 0.03, 0.2, 0.06, 0.6),
+    (-0.2, 0.03, 0.07, 0.29, 0.05, 0.48, 0.42, 0.44, 1.0, -0.2, 0.47, -0.09, 0.34),
+    (0.88, -0.01, 0.06, 0.08, -0.82, -0.63, 0.19, 0.03, -0.2, 1.0, 0.18, 0.16, -0.15),
+    (0.17, 0.01, 0.03, 0.12, -0.41, -0.22, 0.88, 0.2, 0.47, 0.18, 1.0, 0.06, 0.04),
+    (0.16, -0.02, 0.01, 0.03, -0.23, -0.17, 0.1, 0.06, -0.09, 0.16, 0.06, 1.0, -0.01),
+    (-0.14, -0.07, 0.38, 0.75, 0.07, 0.39, 0.04, 0.6, 0.34, -0.15, 0.04, -0.01, 1.0),
 )
 # Gaussian-copula correlations: Pearson of the normal scores = 2 sin(pi * spearman / 6); positive
 # definite as is (smallest eigenvalue 0.03).
@@ -170,8 +187,9 @@ class CatMarginal(NamedTuple):
 
 _M = CatMarginal
 CAT_MARGINALS = (
-    _M(1460, 1378, 1.398, 3.684, (0.49787, 0.1728, 0.08507, 0.04867, 0.0352, 0.02133, 0.016, 0.01493,
-       0.01027, 0.0076, 0.0072, 0.00533, 0.00493, 0.00467, 0.004, 0.00387, 0.00373, 0.00307)),  # C1
+    _M(1460, 1378, 1.398, 3.684, (0.49787, 0.1728, 0.08507, 0.04867, 0.0352, 0.02133, 0.016,
+       0.01493, 0.01027, 0.0076, 0.0072, 0.00533, 0.00493, 0.00467, 0.004, 0.00387, 0.00373,
+       0.00307)),  # C1
     _M(583, 583, 3.458, 135.721, (0.12267, 0.06733, 0.04453, 0.038, 0.0348, 0.032, 0.0276, 0.02493,
        0.0216, 0.01867, 0.01627, 0.01587, 0.01453, 0.01413, 0.014, 0.01307, 0.01213, 0.01173,
        0.01147, 0.0108, 0.01067, 0.01027, 0.01027, 0.00987)),  # C2
@@ -229,11 +247,12 @@ CAT_MARGINALS = (
        0.00469, 0.00455, 0.00442, 0.00428, 0.00428, 0.00414, 0.004)),  # C24
     _M(105, 102, 3.416, 8.468, (0.32811, 0.18928, 0.1141, 0.06391, 0.04432, 0.04358, 0.03648,
        0.02963, 0.02938, 0.02253, 0.01885, 0.01347, 0.01102, 0.00784, 0.00588, 0.00514)),  # C25
-    _M(142572, 31690, 1.566, 179.115, (0.08595, 0.03257, 0.02816, 0.02644, 0.02204, 0.02032, 0.01959,
-       0.01934, 0.01273, 0.00979, 0.00808, 0.00759, 0.00661, 0.00612, 0.00563, 0.00514, 0.0049,
-       0.0049, 0.0049)),  # C26
+    _M(142572, 31690, 1.566, 179.115, (0.08595, 0.03257, 0.02816, 0.02644, 0.02204, 0.02032,
+       0.01959, 0.01934, 0.01273, 0.00979, 0.00808, 0.00759, 0.00661, 0.00612, 0.00563, 0.00514,
+       0.0049, 0.0049, 0.0049)),  # C26
 )
 del _M
+# fmt: on
 
 # (categorical column indices 0..25, copula correlation): columns whose ranks move together. In the
 # head, C3 determines C12/C16/C21 (the most frequent values coincide row for row), C4 -> C24 and
@@ -247,6 +266,102 @@ VALUE_COPULA_GROUPS: tuple[tuple[tuple[int, ...], float], ...] = (
 # Smallest probability mass per tail value (capped at 1% per column): values never seen in the
 # 7,500 rows still exist (the Kaggle counts say so), so a column's tail never has zero mass.
 MIN_TAIL_MASS_PER_VALUE = 1e-6
+
+
+@dataclass
+class CatColumnSampler:
+    """Sampler of one categorical column at one scale, plus the full-scale P(rank) of its head.
+
+    Args:
+        vocab: support size at this scale.
+        head_cdf: cumulative shares of the explicit head values (renormalised for this scale).
+        tail_a: Zipf-Mandelbrot exponent of the tail.
+        tail_q: Zipf-Mandelbrot offset of the tail.
+        tail_size: number of tail ranks at this scale.
+        full_probs: P(rank) at full scale for the first ``head_ranks`` ranks.
+    """
+
+    vocab: int  # support size at the chosen scale
+    head_cdf: np.ndarray  # cumulative shares of the explicit head values (scale's renormalisation)
+    tail_a: float
+    tail_q: float
+    tail_size: int  # number of tail ranks at this scale
+    full_probs: np.ndarray = field(repr=False)  # P(rank) at full scale for ranks < head_ranks
+
+    def ranks(self, u: np.ndarray) -> np.ndarray:
+        """Map uniforms in [0, 1) to ranks (inverse CDF)."""
+        k = len(self.head_cdf)
+        head_mass = float(self.head_cdf[-1]) if k else 0.0
+        out = np.searchsorted(self.head_cdf, u, side="right").astype(np.int64)  # (N,)
+        if self.tail_size > 0:
+            in_tail = u >= head_mass
+            w = (u[in_tail] - head_mass) / max(1.0 - head_mass, 1e-300)
+            x = _tail_inverse_cdf(w, self.tail_a, self.tail_q, self.tail_size)
+            out[in_tail] = k + np.minimum(x, self.tail_size - 1)
+        else:
+            np.minimum(out, k - 1, out=out)
+        return out
+
+
+def _tail_cdf(x: np.ndarray, a: float, q: float, size: int) -> np.ndarray:
+    """CDF at ``x`` of the continuous density ``~ (x + q) ** -a`` on ``[0, size]``."""
+    if abs(a - 1.0) < 1e-9:
+        return np.log1p(x / q) / math.log1p(size / q)
+    g0, gs = q ** (1.0 - a), (size + q) ** (1.0 - a)
+    return (g0 - (x + q) ** (1.0 - a)) / (g0 - gs)
+
+
+def _tail_inverse_cdf(w: np.ndarray, a: float, q: float, size: int) -> np.ndarray:
+    """Tail ranks (floor of the inverse of :func:`_tail_cdf`) for uniforms ``w`` in [0, 1]."""
+    if abs(a - 1.0) < 1e-9:
+        x = q * np.expm1(w * math.log1p(size / q))
+    else:
+        g0, gs = q ** (1.0 - a), (size + q) ** (1.0 - a)
+        x = (g0 - w * (g0 - gs)) ** (1.0 / (1.0 - a)) - q
+    return np.floor(np.maximum(x, 0.0)).astype(np.int64)
+
+
+def _column_probs(
+    head: np.ndarray, tail_mass: float, a: float, q: float, tail_size: int, n: int
+) -> np.ndarray:
+    """P(rank) for ranks 0..n-1 (head shares, then the tail's discretised density)."""
+    k = len(head)
+    out = np.zeros(n)
+    out[: min(k, n)] = head[: min(k, n)]
+    m = min(n, k + tail_size) - k
+    if m > 0:
+        edges = _tail_cdf(np.arange(m + 1, dtype=np.float64), a, q, tail_size)
+        out[k : k + m] = tail_mass * np.diff(edges)
+    return out
+
+
+def build_cat_column(c: int, scale: str, head_ranks: int) -> CatColumnSampler:
+    """Sampler of column ``c`` at ``scale``, with the full-scale P(rank) of its first ranks."""
+    spec = CAT_MARGINALS[c]
+    head = np.asarray(spec.head, dtype=np.float64)
+    k = len(head)
+
+    def masses(vocab: int) -> tuple[np.ndarray, float, int]:
+        tail_size = max(vocab - k, 0)
+        floor = min(MIN_TAIL_MASS_PER_VALUE * tail_size, 0.01)  # unseen values still occur
+        tail_mass = max(1.0 - float(head.sum()), floor) if tail_size else 0.0
+        return head / head.sum() * (1.0 - tail_mass), tail_mass, tail_size
+
+    full_head, full_tail_mass, full_tail = masses(spec.vocab_full)
+    full_probs = _column_probs(
+        full_head,
+        full_tail_mass,
+        spec.tail_a,
+        spec.tail_q,
+        full_tail,
+        min(head_ranks, spec.vocab_full),
+    )
+    vocab = spec.vocab_full if scale == "full" else spec.vocab_small
+    scale_head, _, tail_size = masses(vocab)
+    return CatColumnSampler(
+        vocab, np.cumsum(scale_head), spec.tail_a, spec.tail_q, tail_size, full_probs
+    )
+
 
 _ERF_P = 0.3275911
 _ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)

@@ -10,42 +10,42 @@ A block of rows is drawn in three vectorised steps (see :meth:`SynthCriteoModel.
 The hidden model is a factorisation machine over all 39 fields plus per-value effects and smooth
 dense effects, built so that the signal lives where a 1M-row data set can learn it::
 
-    logit = bias + sum_j beta_j z_j + sum_j gamma_j bump(z_j - c_j)     dense main effects
-                 + sum_c w_c(v_c)                                       per-value effects
-                 + sum_{f < f'} <u_f, u_f'>                             pairwise interactions (rank k)
+    logit = bias + sum_j beta_j z_j + sum_j gamma_j bump(z_j - c_j)   dense main effects
+                 + sum_c w_c(v_c)                                     per-value effects
+                 + sum_{f < f'} <u_f, u_f'>                           interactions (rank k)
 
 ``z_j = (log1p(max(I_j, 0)) - mean_j) / std_j`` with missing -> 0 before standardising, which is
-exactly what a model trained on prepared data sees; ``bump(x) = exp(-x^2 / 0.72)``. Fields ``f``
-are the 26 categorical columns (``u = latent of the value``) and the 13 dense ones (``u = z_j
+exactly what a model trained on prepared data sees; ``bump(x) = exp(-x^2 / (2 width^2))``. Fields
+``f`` are the 26 categorical columns (``u`` = latent of the value) and the 13 dense ones (``u = z_j
 D_j``). For a value with full-scale frequency ``pi`` and ``n = pi * reference_rows`` expected
-occurrences, the effect is ``w = t_c + sigma_c * s(n, kappa_effect) * N(0, 1)`` and the latent
-``u = alpha_c * s(n, kappa_latent) * N(0, I_k)`` with ``s(n, kappa) = n / (n + kappa)``: rare
-values shrink towards the column's shared tail effect ``t_c`` and carry no interactions (ranks
-beyond ``head_ranks`` share the tail parameters exactly, so tables stay small at full scale).
-Only the low-cardinality ``interaction_columns`` have latents. Every parameter is drawn from the
-seed alone; each logit component is then rescaled to its configured std on a fixed full-scale
-sample, and the bias is calibrated (Newton) so that the expected CTR is ``target_ctr``.
+occurrences, the effect is ``w = t_c + sigma_c * s(n, kappa_effect) * N(0, 1)`` and the latent ``u
+= alpha_c * s(n, kappa_latent) * N(0, I_k)`` with ``s(n, kappa) = n / (n + kappa)``: rare values
+shrink towards the column's shared tail effect ``t_c`` and carry no interactions (ranks beyond
+``head_ranks`` share the tail parameters exactly, so tables stay small at full scale). Only the
+low-cardinality ``interaction_columns`` have latents. Every parameter is drawn from the seed alone;
+each logit component is then rescaled to its configured std on a fixed full-scale sample, and the
+bias is calibrated (Newton) so that the expected CTR is ``target_ctr``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from recsys_emb.data.synthetic_marginals import (
-    CAT_MARGINALS,
     DENSE_CORRELATION,
     DENSE_MISSING_RATES,
     DENSE_QUANTILE_PROBS,
     DENSE_QUANTILES,
     DENSE_SMALL_CDF,
     DENSE_SMALL_VALUES,
-    MIN_TAIL_MASS_PER_VALUE,
     MISSING_GROUPS,
     VALUE_COPULA_GROUPS,
+    CatColumnSampler,
+    build_cat_column,
     norm_cdf,
     norm_ppf,
 )
@@ -101,6 +101,7 @@ class HiddenModelConfig:
         dense_bump_std: std of the non-monotone dense term ``sum_j gamma_j bump(z_j - c_j)``.
         effect_std: std of the summed per-value effects ``sum_c w_c(v_c)``.
         interaction_std: std of the factorisation-machine term over all 39 fields.
+        dense_bump_width: width (std, in units of ``z``) of the dense bumps.
         dense_latent_ratio: size of a dense field's latent vector (per unit of ``z``) relative to
             a frequent categorical value's.
         tail_effect_ratio: std of a column's shared tail effect relative to its value effects.
@@ -115,11 +116,12 @@ class HiddenModelConfig:
     """
 
     latent_dim: int = 2
-    dense_linear_std: float = 0.5
+    dense_linear_std: float = 0.4
     dense_bump_std: float = 0.8
     effect_std: float = 0.7
     interaction_std: float = 0.6
     dense_latent_ratio: float = 1.0
+    dense_bump_width: float = 1.0
     tail_effect_ratio: float = 0.5
     kappa_effect: float = 5000.0
     kappa_latent: float = 5000.0
@@ -132,13 +134,21 @@ class HiddenModelConfig:
         if not 0.0 < self.target_ctr < 1.0:
             raise ValueError(f"target_ctr must be in (0, 1), got {self.target_ctr}")
         if self.latent_dim < 1 or self.head_ranks < 1:
-            raise ValueError(f"latent_dim and head_ranks must be >= 1, got {self.latent_dim}, {self.head_ranks}")
-        stds = ("dense_linear_std", "dense_bump_std", "effect_std", "interaction_std", "dense_latent_ratio",
-                "tail_effect_ratio")
+            raise ValueError(
+                f"latent_dim and head_ranks must be >= 1, got {self.latent_dim}, {self.head_ranks}"
+            )
+        stds = (
+            "dense_linear_std",
+            "dense_bump_std",
+            "effect_std",
+            "interaction_std",
+            "dense_latent_ratio",
+            "tail_effect_ratio",
+        )
         for name in stds:
             if getattr(self, name) < 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("kappa_effect", "kappa_latent", "reference_rows"):
+        for name in ("kappa_effect", "kappa_latent", "reference_rows", "dense_bump_width"):
             if getattr(self, name) <= 0.0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         bad = [c for c in self.interaction_columns if not 0 <= c < NUM_SPARSE]
@@ -170,83 +180,6 @@ class SynthBlock(NamedTuple):
     probs: np.ndarray
 
 
-@dataclass
-class _CatColumn:
-    """Sampler of one categorical column at the chosen scale, plus full-scale probabilities."""
-
-    vocab: int  # support size at the chosen scale
-    head_cdf: np.ndarray  # cumulative shares of the explicit head values (scale's renormalisation)
-    tail_a: float
-    tail_q: float
-    tail_size: int  # number of tail ranks at this scale
-    full_probs: np.ndarray = field(repr=False)  # P(rank) at full scale for ranks < head_ranks
-
-    def ranks(self, u: np.ndarray) -> np.ndarray:
-        """Map uniforms in [0, 1) to ranks (inverse CDF)."""
-        k = len(self.head_cdf)
-        head_mass = float(self.head_cdf[-1]) if k else 0.0
-        out = np.searchsorted(self.head_cdf, u, side="right").astype(np.int64)  # (N,)
-        if self.tail_size > 0:
-            in_tail = u >= head_mass
-            w = (u[in_tail] - head_mass) / max(1.0 - head_mass, 1e-300)
-            x = _tail_inverse_cdf(w, self.tail_a, self.tail_q, self.tail_size)
-            out[in_tail] = k + np.minimum(x, self.tail_size - 1)
-        else:
-            np.minimum(out, k - 1, out=out)
-        return out
-
-
-def _tail_cdf(x: np.ndarray, a: float, q: float, size: int) -> np.ndarray:
-    """CDF at ``x`` of the continuous density ``~ (x + q) ** -a`` on ``[0, size]``."""
-    if abs(a - 1.0) < 1e-9:
-        return np.log1p(x / q) / math.log1p(size / q)
-    g0, gs = q ** (1.0 - a), (size + q) ** (1.0 - a)
-    return (g0 - (x + q) ** (1.0 - a)) / (g0 - gs)
-
-
-def _tail_inverse_cdf(w: np.ndarray, a: float, q: float, size: int) -> np.ndarray:
-    """Tail ranks (floor of the inverse of :func:`_tail_cdf`) for uniforms ``w`` in [0, 1]."""
-    if abs(a - 1.0) < 1e-9:
-        x = q * np.expm1(w * math.log1p(size / q))
-    else:
-        g0, gs = q ** (1.0 - a), (size + q) ** (1.0 - a)
-        x = (g0 - w * (g0 - gs)) ** (1.0 / (1.0 - a)) - q
-    return np.floor(np.maximum(x, 0.0)).astype(np.int64)
-
-
-def _column_probs(head: np.ndarray, tail_mass: float, a: float, q: float, tail_size: int, n: int) -> np.ndarray:
-    """P(rank) for ranks 0..n-1 (head shares, then the tail's discretised density)."""
-    k = len(head)
-    out = np.zeros(n)
-    out[: min(k, n)] = head[: min(k, n)]
-    m = min(n, k + tail_size) - k
-    if m > 0:
-        edges = _tail_cdf(np.arange(m + 1, dtype=np.float64), a, q, tail_size)
-        out[k : k + m] = tail_mass * np.diff(edges)
-    return out
-
-
-def _build_column(c: int, scale: str, head_ranks: int) -> _CatColumn:
-    """Sampler of column ``c`` at ``scale``, with the full-scale P(rank) of its first ranks."""
-    spec = CAT_MARGINALS[c]
-    head = np.asarray(spec.head, dtype=np.float64)
-    k = len(head)
-
-    def masses(vocab: int) -> tuple[np.ndarray, float, int]:
-        tail_size = max(vocab - k, 0)
-        floor = min(MIN_TAIL_MASS_PER_VALUE * tail_size, 0.01)  # unseen values still occur
-        tail_mass = max(1.0 - float(head.sum()), floor) if tail_size else 0.0
-        return head / head.sum() * (1.0 - tail_mass), tail_mass, tail_size
-
-    full_head, full_tail_mass, full_tail = masses(spec.vocab_full)
-    full_probs = _column_probs(
-        full_head, full_tail_mass, spec.tail_a, spec.tail_q, full_tail, min(head_ranks, spec.vocab_full)
-    )
-    vocab = spec.vocab_full if scale == "full" else spec.vocab_small
-    scale_head, _, tail_size = masses(vocab)
-    return _CatColumn(vocab, np.cumsum(scale_head), spec.tail_a, spec.tail_q, tail_size, full_probs)
-
-
 class SynthCriteoModel:
     """Seeded sampler + hidden click model of the synthetic Criteo-like data set.
 
@@ -267,7 +200,9 @@ class SynthCriteoModel:
         p = model.probabilities(block.dense, block.dense_missing, block.ranks)  # == block.probs
     """
 
-    def __init__(self, seed: int = 0, scale: str = "small", config: HiddenModelConfig | None = None) -> None:
+    def __init__(
+        self, seed: int = 0, scale: str = "small", config: HiddenModelConfig | None = None
+    ) -> None:
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         if seed < 0:
@@ -276,7 +211,7 @@ class SynthCriteoModel:
         self.scale = scale
         self.config = config or HiddenModelConfig()
         cfg = self.config
-        self.columns = [_build_column(c, scale, cfg.head_ranks) for c in range(NUM_SPARSE)]
+        self.columns = [build_cat_column(c, scale, cfg.head_ranks) for c in range(NUM_SPARSE)]
         self.vocab_sizes = [col.vocab for col in self.columns]
         # Sampling constants.
         self._dense_chol = np.linalg.cholesky(DENSE_CORRELATION)  # (13, 13)
@@ -287,11 +222,15 @@ class SynthCriteoModel:
             q = np.asarray(DENSE_QUANTILES[j], dtype=np.float64)
             keep = q > DENSE_SMALL_VALUES[-1]
             probs = np.concatenate([[top], np.asarray(DENSE_QUANTILE_PROBS)[keep]])
-            self._large_knots.append((probs, np.log1p(np.concatenate([[DENSE_SMALL_VALUES[-1]], q[keep]]))))
+            self._large_knots.append(
+                (probs, np.log1p(np.concatenate([[DENSE_SMALL_VALUES[-1]], q[keep]])))
+            )
         self._missing_thresholds = [norm_ppf(rate) for rate, *_ in MISSING_GROUPS]
         self._dense_mean, self._dense_std = self._dense_moments()
         # Value codes: per-column 32-bit keys of the rank <-> hex bijection.
-        self.code_keys = rng_for(self.seed, _STREAM_CODES).integers(0, 2**32, NUM_SPARSE, dtype=np.uint64)
+        self.code_keys = rng_for(self.seed, _STREAM_CODES).integers(
+            0, 2**32, NUM_SPARSE, dtype=np.uint64
+        )
         self._init_parameters()
         self.bias = 0.0
         self.bias = self._calibrate_bias()
@@ -308,14 +247,16 @@ class SynthCriteoModel:
         tail_effect = cfg.tail_effect_ratio * col_effect * rng.standard_normal(NUM_SPARSE)
         self.dense_linear = rng.standard_normal(NUM_DENSE)
         self.dense_bump = rng.standard_normal(NUM_DENSE)
-        self.dense_bump_center = rng.uniform(-1.0, 1.5, NUM_DENSE)
+        self.dense_bump_center = rng.uniform(-0.5, 1.0, NUM_DENSE)
         self.dense_latent = cfg.dense_latent_ratio * rng.standard_normal((NUM_DENSE, k))  # (13, k)
         self.effects: list[np.ndarray] = []  # per column (H + 2,): [missing, ranks 0..H-1, tail]
         self.latents: list[np.ndarray] = []  # per column (H + 2, k)
         for c, col in enumerate(self.columns):
             col_rng = rng_for(self.seed, _STREAM_MODEL, 1 + c)
             miss = CAT_MISSING_RATES[c]
-            pi = np.concatenate([[miss], (1.0 - miss) * col.full_probs, [0.0]])  # (H + 2,) full scale
+            pi = np.concatenate(
+                [[miss], (1.0 - miss) * col.full_probs, [0.0]]
+            )  # (H + 2,) full scale
             n = pi * cfg.reference_rows  # expected occurrences in reference_rows rows
             zeta = col_rng.standard_normal(len(pi))
             xi = col_rng.standard_normal((len(pi), k))
@@ -350,11 +291,13 @@ class SynthCriteoModel:
         """A fixed 65,536-row feature sample (at full scale, or at this model's scale)."""
         columns = self.columns
         if full_scale and self.scale != "full":
-            columns = [_build_column(c, "full", self.config.head_ranks) for c in range(NUM_SPARSE)]
+            columns = [
+                build_cat_column(c, "full", self.config.head_ranks) for c in range(NUM_SPARSE)
+            ]
         return self._sample(rng_for(self.seed, _STREAM_CALIBRATION), 1 << 16, columns, labels=False)
 
     def _dense_moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std of log1p(max(I_j, 0)) (missing -> 0) under the marginals, on a fixed grid."""
+        """Mean and std of log1p(max(I_j, 0)) (missing -> 0) under the marginals (fixed grid)."""
         u = (np.arange(8192) + 0.5) / 8192
         x = self._dense_values(np.repeat(u[:, None], NUM_DENSE, axis=1))  # (8192, 13)
         t = np.log1p(np.maximum(x, 0)).astype(np.float64)
@@ -364,7 +307,7 @@ class SynthCriteoModel:
         return mean, np.sqrt(np.maximum(second - mean**2, 1e-12))
 
     def _calibrate_bias(self) -> float:
-        """Bias making the mean true probability of a fixed 65,536-row sample equal ``target_ctr``."""
+        """Bias making the mean true probability on a fixed 65,536-row sample ``target_ctr``."""
         block = self._calibration_sample(full_scale=False)
         logits = self.logits(block.dense, block.dense_missing, block.ranks)  # bias is 0 here
         target = self.config.target_ctr
@@ -408,7 +351,9 @@ class SynthCriteoModel:
         """
         return self._sample(rng, n, self.columns, labels)
 
-    def _sample(self, rng: np.random.Generator, n: int, columns: list[_CatColumn], labels: bool) -> SynthBlock:
+    def _sample(
+        self, rng: np.random.Generator, n: int, columns: list[CatColumnSampler], labels: bool
+    ) -> SynthBlock:
         # 1. missingness: two shared factors + one normal per group.
         factors = rng.standard_normal((n, 2))  # (N, 2)
         group_noise = rng.standard_normal((n, len(MISSING_GROUPS)))  # (N, G)
@@ -442,7 +387,9 @@ class SynthCriteoModel:
         return SynthBlock(dense, dense_missing, ranks, clicks, logits, probs)
 
     # ----------------------------------------------------------------- hidden model
-    def components(self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray) -> dict[str, np.ndarray]:
+    def components(
+        self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """The logit's terms per row (they sum to ``logits - bias``).
 
         Args:
@@ -455,25 +402,39 @@ class SynthCriteoModel:
         """
         t = np.where(dense_missing, 0.0, np.log1p(np.maximum(dense, 0)))  # (N, 13)
         z = (t - self._dense_mean) / self._dense_std  # (N, 13)
-        bump = np.exp(-0.5 * ((z - self.dense_bump_center) / 0.6) ** 2)  # (N, 13)
-        idx = np.where(ranks < 0, 0, np.minimum(ranks, self._head_ranks) + 1) + self._offsets  # (N, 26)
+        width = self.config.dense_bump_width
+        bump = np.exp(-0.5 * ((z - self.dense_bump_center) / width) ** 2)  # (N, 13)
+        idx = (
+            np.where(ranks < 0, 0, np.minimum(ranks, self._head_ranks) + 1) + self._offsets
+        )  # (N, 26)
         lat = self._all_latents[idx]  # (N, 26, k)
         dense_lat = z[:, :, None] * self.dense_latent  # (N, 13, k): latent of each dense field
         total = lat.sum(1) + dense_lat.sum(1)  # (N, k)
-        squares = np.einsum("nck,nck->n", lat, lat) + np.einsum("njk,njk->n", dense_lat, dense_lat)  # (N,)
+        squares = np.einsum("nck,nck->n", lat, lat) + np.einsum(
+            "njk,njk->n", dense_lat, dense_lat
+        )  # (N,)
         return {
             "dense_linear": z @ self.dense_linear,
             "dense_bump": bump @ self.dense_bump,
             "effects": self._all_effects[idx].sum(1),
-            "interactions": 0.5 * (np.einsum("nk,nk->n", total, total) - squares),  # all field pairs
+            "interactions": 0.5
+            * (np.einsum("nk,nk->n", total, total) - squares),  # all field pairs
         }
 
     def logits(self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray) -> np.ndarray:
         """True click logits of rows (arguments as in :meth:`components`)."""
         parts = self.components(dense, dense_missing, ranks)
-        return self.bias + parts["dense_linear"] + parts["dense_bump"] + parts["effects"] + parts["interactions"]
+        return (
+            self.bias
+            + parts["dense_linear"]
+            + parts["dense_bump"]
+            + parts["effects"]
+            + parts["interactions"]
+        )
 
-    def probabilities(self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    def probabilities(
+        self, dense: np.ndarray, dense_missing: np.ndarray, ranks: np.ndarray
+    ) -> np.ndarray:
         """True click probabilities ``sigmoid(logits(...))`` (same arguments as :meth:`logits`)."""
         return _sigmoid(self.logits(dense, dense_missing, ranks))
 
@@ -515,8 +476,8 @@ class SynthCriteoModel:
         if bad.any():
             row, col = map(int, np.argwhere(bad)[0])
             raise ValueError(
-                f"value {int(codes[row, col]):08x} of C{col + 1} (row {row}) was not generated by this "
-                f"model (seed {self.seed}, scale {self.scale})"
+                f"value {int(codes[row, col]):08x} of C{col + 1} (row {row}) was not generated "
+                f"by this model (seed {self.seed}, scale {self.scale})"
             )
         return ranks
 
@@ -531,7 +492,7 @@ _INV1, _INV2 = np.uint64(pow(0x7FEB352D, -1, 2**32)), np.uint64(pow(0x846CA68B, 
 
 
 def _normalise(shrink: np.ndarray, draws: np.ndarray, pi: np.ndarray) -> np.ndarray:
-    """Centre ``shrink * draws`` (V, k) and rescale it so its pi-weighted variance is the expected one.
+    """Centre ``shrink * draws`` (V, k), rescaled to its expected pi-weighted variance.
 
     The draws are N(0, 1) for the values of one column with probabilities ``pi`` (mass not in
     ``pi`` sits at 0). A column with a few dominant values would otherwise get a spread set by a

@@ -33,7 +33,7 @@ def _lines(path: Path) -> list[str]:
 
 
 def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney AUC with average ranks for ties (independent of the generator's histogram AUC)."""
+    """Mann-Whitney AUC, average ranks for ties (independent of the generator's histogram AUC)."""
     order = np.argsort(scores, kind="mergesort")
     s = scores[order]
     ranks = np.empty(len(s))
@@ -64,7 +64,11 @@ def medium_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_files_have_exact_criteo_format(small_set: Path) -> None:
-    assert sorted(p.name for p in small_set.iterdir()) == ["oracle.json", "test.txt.gz", "train.txt.gz"]
+    assert sorted(p.name for p in small_set.iterdir()) == [
+        "oracle.json",
+        "test.txt.gz",
+        "train.txt.gz",
+    ]
     for name, expected_rows in (("train.txt.gz", 6000), ("test.txt.gz", 3000)):
         lines = _lines(small_set / name)
         assert len(lines) == expected_rows
@@ -92,7 +96,9 @@ def test_format_rows_matches_python_reference() -> None:
     labels = rng.integers(0, 2, n)
     dense = rng.choice([-3, -1, 0, 1, 9, 10, 99, 100, 12345, 10**9, 2**40], size=(n, 13))
     dense_missing = rng.random((n, 13)) < 0.3
-    codes = rng.choice([0, 1, 0xABC, 0xDEADBEEF, 0xFFFFFFFF, 0x0F00000F], size=(n, 26)).astype(np.uint32)
+    codes = rng.choice([0, 1, 0xABC, 0xDEADBEEF, 0xFFFFFFFF, 0x0F00000F], size=(n, 26)).astype(
+        np.uint32
+    )
     cat_missing = rng.random((n, 26)) < 0.3
     cat_missing[0, -5:] = True  # trailing empty fields
     expected = "".join(
@@ -115,12 +121,18 @@ def test_same_seed_same_bytes_other_seed_other_bytes(small_set: Path, tmp_path: 
     assert _lines(tmp_path / "other" / "train.txt.gz") != _lines(small_set / "train.txt.gz")
 
 
-def test_output_independent_of_chunk_size_and_prefix_stable(small_set: Path, tmp_path: Path) -> None:
-    synth_criteo(tmp_path / "chunked", rows=6000, test_rows=3000, seed=7, chunk_rows=4096, progress=False)
+def test_output_independent_of_chunk_size_and_prefix_stable(
+    small_set: Path, tmp_path: Path
+) -> None:
+    synth_criteo(
+        tmp_path / "chunked", rows=6000, test_rows=3000, seed=7, chunk_rows=4096, progress=False
+    )
     for name in ("train.txt.gz", "test.txt.gz", "oracle.json"):
         assert (tmp_path / "chunked" / name).read_bytes() == (small_set / name).read_bytes(), name
     # A longer run starts with the rows of the shorter one: the hidden model ignores --rows.
-    synth_criteo(tmp_path / "longer", rows=9000, test_rows=1000, seed=7, chunk_rows=4096, progress=False)
+    synth_criteo(
+        tmp_path / "longer", rows=9000, test_rows=1000, seed=7, chunk_rows=4096, progress=False
+    )
     assert _lines(tmp_path / "longer" / "train.txt.gz")[:6000] == _lines(small_set / "train.txt.gz")
     assert _lines(tmp_path / "longer" / "test.txt.gz") == _lines(small_set / "test.txt.gz")[:1000]
 
@@ -163,7 +175,7 @@ def test_missing_rates_follow_calibrated_constants(medium_set: Path) -> None:
     _, _, dense_missing, _, cat_missing = read_criteo_rows(medium_set / "train.txt.gz")
     np.testing.assert_allclose(dense_missing.mean(0), DENSE_MISSING_RATES, atol=0.015)
     np.testing.assert_allclose(cat_missing.mean(0), CAT_MISSING_RATES, atol=0.015)
-    # Criteo's missing groups: I1 and I10 are missing together, and so are C3, C4, C12, C16, C21, C24.
+    # Criteo's missing groups: I1 and I10 go missing together, so do C3, C4, C12, C16, C21, C24.
     np.testing.assert_array_equal(dense_missing[:, 0], dense_missing[:, 9])
     for c in (3, 11, 15, 20, 23):
         np.testing.assert_array_equal(cat_missing[:, 2], cat_missing[:, c])
@@ -171,7 +183,16 @@ def test_missing_rates_follow_calibrated_constants(medium_set: Path) -> None:
 
 def test_categorical_values_are_heavy_tailed(medium_set: Path) -> None:
     _, _, _, codes, cat_missing = read_criteo_rows(medium_set / "train.txt.gz")
-    for c in (2, 3, 6, 9, 12, 14, 23, 25):  # C3, C4, C7, C10, C13, C15, C24, C26: large vocabularies
+    for c in (
+        2,
+        3,
+        6,
+        9,
+        12,
+        14,
+        23,
+        25,
+    ):  # C3, C4, C7, C10, C13, C15, C24, C26: large vocabularies
         values = codes[~cat_missing[:, c], c]
         _, counts = np.unique(values, return_counts=True)
         top_share = counts.max() / counts.sum()
@@ -187,7 +208,7 @@ def test_scales_follow_vocabulary_figures() -> None:
     small = SynthCriteoModel(0, "small")
     assert full.vocab_sizes == [m.vocab_full for m in CAT_MARGINALS]
     assert full.vocab_sizes[2] == 10131227  # C3 in the Kaggle figures
-    assert all(s <= f for s, f in zip(small.vocab_sizes, full.vocab_sizes))
+    assert all(s <= f for s, f in zip(small.vocab_sizes, full.vocab_sizes, strict=True))
     # Per-value parameters depend on the seed only; the scale changes the tail and the bias.
     for c in range(26):
         np.testing.assert_array_equal(full.effects[c], small.effects[c])
@@ -233,6 +254,9 @@ def test_cli_prints_one_json_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert len(out) == 1
     summary = json.loads(out[0])
     assert summary["rows"] == {"train": 2000, "test": 400}  # test rows default to rows // 5
-    assert summary["oracle_auc"] == json.loads((tmp_path / "cli" / "oracle.json").read_text())["oracle_auc"]
+    assert (
+        summary["oracle_auc"]
+        == json.loads((tmp_path / "cli" / "oracle.json").read_text())["oracle_auc"]
+    )
     assert run_synth_criteo(parser.parse_args(["--rows", "0", "--out", str(tmp_path / "x")])) == 2
     assert "rows must be > 0" in capsys.readouterr().err
