@@ -5,7 +5,8 @@ Sub-commands::
     recsys-emb synth criteo --rows N --out DIR [--test-rows M] [--seed S]
     recsys-emb prepare criteo --input FILE... --out DIR [--vocab-from DIR] [--min-count N | --hash-buckets N] [--strict]
     recsys-emb train --config CFG [--train PATH] [--valid PATH] [--test PATH] [--run-dir DIR] [--set k=v ...] [--resume]
-    recsys-emb evaluate --run-dir DIR --data PATH
+    recsys-emb evaluate --run-dir DIR --data PATH [--checkpoint]
+    recsys-emb plan --config CFG --world-size N [--device cpu|cuda] [--set k=v ...]
     recsys-emb doctor [--json]
 
 Heavy imports happen inside each command so ``recsys-emb --help`` and ``doctor`` stay fast and
@@ -38,6 +39,21 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", type=Path, required=True, help="a finished `recsys-emb train` run folder")
     p.add_argument("--data", required=True, help="raw Criteo TSV(.gz) (encoded with the run's vocabulary) or a prepared folder")
     p.add_argument("--batch-size", type=int, default=16384, help="evaluation batch size")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="score RUN_DIR/checkpoint sharded on the current world (works under torchrun, any number of "
+                        "ranks) instead of the exported best model.pt")
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="print the sharding plan and per-rank memory of a config",
+                       description="Plan the embedding tables of an experiment for N ranks without training.")
+    p.add_argument("--config", type=Path, required=True, help="experiment YAML")
+    p.add_argument("--world-size", type=int, required=True, help="number of ranks (processes) to plan for")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="device type to plan for (default: from the config)")
+    p.add_argument("--train", help="training data (overrides data.train): needed for the vocabulary sizes")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value with a dotted key, e.g. --set sharding.type=row_wise (repeatable)")
+    p.add_argument("--out", type=Path, help="also write the plan to this file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(sub)
     _add_evaluate(sub)
+    _add_plan(sub)
     doctor = sub.add_parser("doctor", help="check the installed torch / fbgemm_gpu / torchrec stack")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -88,9 +105,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from recsys_emb.evaluate import evaluate_run
+    from recsys_emb.evaluate import evaluate_checkpoint, evaluate_run
 
+    if args.checkpoint:
+        result = evaluate_checkpoint(args.run_dir, args.data, batch_size=args.batch_size)
+        if int(__import__("os").environ.get("RANK", "0")) == 0:
+            print(json.dumps(result))
+        return 0
     print(json.dumps(evaluate_run(args.run_dir, args.data, batch_size=args.batch_size)))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from recsys_emb.config.experiment import ExperimentConfig
+    from recsys_emb.config.io import load_config
+    from recsys_emb.distributed.plan_cli import plan_experiment
+
+    overrides = list(args.overrides) + ([f"data.train={args.train}"] if args.train else [])
+    cfg = load_config(ExperimentConfig, args.config, overrides)
+    text, warnings = plan_experiment(cfg, args.world_size, args.device)
+    print(text)
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    if args.out is not None:
+        from recsys_emb.utils import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
     return 0
 
 
@@ -116,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "plan":
+            return cmd_plan(args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"recsys-emb {args.command}: error: {e}", file=sys.stderr)
         return 2

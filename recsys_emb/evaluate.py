@@ -41,6 +41,63 @@ def evaluate_run(run_dir: str | Path, data: str | Path, batch_size: int = 16384)
     return evaluate(model, Split(root), batch_size, env)
 
 
+def evaluate_checkpoint(run_dir: str | Path, data: str | Path | None = None, split: str = "valid",
+                        batch_size: int | None = None) -> dict[str, Any]:
+    """Sharded evaluation of ``RUN_DIR/checkpoint`` on the CURRENT world (torchrun ranks or one process).
+
+    The checkpoint may have been written by any number of ranks: DCP reshards it onto this world's
+    plan (``run_dir/config.yaml``'s ``sharding`` section). Metrics are reduced over all ranks.
+
+    Args:
+        run_dir: a ``recsys-emb train`` run folder with a ``checkpoint/``.
+        data: raw or prepared data to score; None = the run's own ``split``.
+        split: ``valid``, ``test`` or ``train`` when ``data`` is None.
+        batch_size: global evaluation batch size (default: the run's ``train.eval_batch_size``).
+    """
+    from recsys_emb.data.resolve import resolve_data
+    from recsys_emb.train.checkpoint import load_checkpoint
+    from recsys_emb.train.env import init_distributed, shutdown
+    from recsys_emb.train.loop import build_ctr_model, evaluate
+    from recsys_emb.train.optim import build_optimizer, materialize_state, shard_model
+
+    run_dir = Path(run_dir)
+    for needed in ("config.yaml", "checkpoint/trainer_state.json", "data/meta.json"):
+        if not (run_dir / needed).exists():
+            raise FileNotFoundError(f"{run_dir / needed} is missing: is {run_dir} a `recsys-emb train` run with a checkpoint?")
+    cfg = load_config(ExperimentConfig, run_dir / "config.yaml")
+    vocab_root = run_dir / "data"
+    if data is not None:
+        data = Path(data)
+        if not data.exists():
+            raise FileNotFoundError(f"--data: {data} does not exist")
+        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+        target = Split(data) if is_prepared(data) else None
+    env = init_distributed(cfg.train.device)
+    try:
+        if data is None:
+            splits = resolve_data(cfg.data)
+            if split not in splits:
+                raise ValueError(f"the run has no '{split}' split (it has: {', '.join(sorted(splits))})")
+            target = splits[split]
+        elif target is None:  # raw data: rank 0 prepares into the cache, then everyone reads it
+            if env.rank == 0:
+                prepare_cached([data], cfg.data, cache, "eval", vocab_root.resolve())
+            if env.world_size > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+            target = Split(prepare_cached([data], cfg.data, cache, "eval", vocab_root.resolve()))
+        check_compatible({"train": Split(vocab_root), "eval": target})
+        model = build_ctr_model(cfg, _MetaOnly(vocab_root), "meta")  # type: ignore[arg-type]
+        dmp, unfused = shard_model(model, env, cfg.train, cfg.sharding)
+        optimizer = build_optimizer(dmp, unfused, cfg.train)
+        materialize_state(optimizer)
+        load_checkpoint(run_dir / "checkpoint", dmp, optimizer)
+        return evaluate(dmp, target, batch_size or cfg.train.eval_batch_size, env)
+    finally:
+        shutdown(env)
+
+
 class _MetaOnly:
     """The part of PreparedCTRData that model building needs, read from a vocabulary folder."""
 

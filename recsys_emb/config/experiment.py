@@ -16,6 +16,7 @@ Example (configs/criteo_dcnv2_tiny.yaml)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from recsys_emb.config.model import ModelConfig
 
@@ -108,6 +109,54 @@ class TrainConfig:
             raise ValueError(f"train.device must be auto, cpu or cuda, got '{self.device}'")
 
 
+SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel")
+COMPUTE_KERNELS = ("fused", "fused_uvm", "fused_uvm_caching", "dense")
+
+
+@dataclass
+class TableShardingConfig:
+    """How one table is sharded (unset fields fall back to the section-wide values)."""
+
+    type: str | None = None  # table_wise | row_wise | column_wise | table_row_wise | data_parallel
+    compute_kernel: str | None = None  # fused | fused_uvm | fused_uvm_caching (CUDA) | dense (data_parallel)
+
+    def __post_init__(self) -> None:
+        if self.type is not None and self.type not in SHARDING_TYPES:
+            raise ValueError(f"sharding type '{self.type}' is not one of {list(SHARDING_TYPES)}")
+        if self.compute_kernel is not None and self.compute_kernel not in COMPUTE_KERNELS:
+            raise ValueError(f"compute kernel '{self.compute_kernel}' is not one of {list(COMPUTE_KERNELS)}")
+
+
+@dataclass
+class ShardingConfig:
+    """How the embedding tables are distributed over ranks (see docs/distributed.md).
+
+    ``type: auto`` lets TorchRec's planner choose per table (within ``tables`` constraints and the
+    memory budget); a sharding type applies to every table unless ``tables`` overrides it.
+    """
+
+    type: str = "auto"  # auto | table_wise | row_wise | column_wise | table_row_wise | data_parallel
+    compute_kernel: str = "auto"  # auto (fused) | fused | fused_uvm | fused_uvm_caching | dense
+    memory_budget_gb: float | None = None  # per-rank budget for tables + optimizer state (None = device size)
+    tables: dict[str, TableShardingConfig] = field(default_factory=dict)  # per-table overrides, by table name
+
+    def __post_init__(self) -> None:
+        if self.type != "auto" and self.type not in SHARDING_TYPES:
+            raise ValueError(f"sharding.type '{self.type}' is not auto or one of {list(SHARDING_TYPES)}")
+        if self.compute_kernel != "auto" and self.compute_kernel not in COMPUTE_KERNELS:
+            raise ValueError(f"sharding.compute_kernel '{self.compute_kernel}' is not auto or one of {list(COMPUTE_KERNELS)}")
+        if self.memory_budget_gb is not None and self.memory_budget_gb <= 0:
+            raise ValueError(f"sharding.memory_budget_gb must be > 0, got {self.memory_budget_gb}")
+
+
+@dataclass
+class EmbeddingConfig:
+    """Which EBC-compatible embedding module the model uses (see recsys_emb/modules/registry.py)."""
+
+    type: str = "ebc"  # ebc (stock per-feature tables) | unified | dnis | optembed | semantic_ids
+    options: dict[str, Any] = field(default_factory=dict)  # the technique's own options, validated strictly
+
+
 @dataclass
 class ExperimentConfig:
     """A whole experiment: data, model and training."""
@@ -116,3 +165,5 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)

@@ -112,18 +112,29 @@ class PreparedCTRData:
 class BatchIterator:
     """Yields :class:`Batch` objects over a row range of a :class:`PreparedCTRData`.
 
-    Each epoch visits rows ``[start, stop)`` in an order that depends only on ``(seed, epoch)``; rank
-    ``r`` of ``world_size`` takes every ``world_size``-th batch-sized block of that order, so the union
-    over ranks is the whole epoch and ranks see disjoint rows.
+    Each epoch visits rows ``[start, stop)`` in an order that depends only on ``(seed, epoch)``, cut
+    into GLOBAL batches of ``batch_size`` rows. With ``world_size`` ranks, every global batch is split
+    into ``world_size`` contiguous parts and rank ``r`` yields part ``r``, so step ``s`` of a sharded
+    run sees exactly the rows of step ``s`` of a one-process run, ranks see disjoint rows, and every
+    rank yields the SAME number of batches (a sharded forward is a collective: a rank that ran out of
+    batches would leave the others waiting).
+
+    Part sizes: with ``equal_parts=True`` (training: TorchRec's sharded backward needs equal per-rank
+    batch sizes) every part has ``len(global batch) // world_size`` rows and the at most
+    ``world_size - 1`` leftover rows of a final, incomplete global batch are not used this epoch
+    (:attr:`rows_left_out` counts them; with shuffling they are different rows every epoch). With
+    ``equal_parts=False`` (evaluation: forward only) parts differ by at most one row and every row is
+    used; a part may then be empty (0 rows) when a global batch has fewer rows than ranks.
 
     Args:
         data: the prepared data.
-        batch_size: rows per (per-rank) batch.
+        batch_size: rows per GLOBAL batch (all ranks together).
         start, stop: the row range to use (default: all rows).
         shuffle: permute the rows every epoch; otherwise keep file order (evaluation).
         seed: base seed of the permutation.
         rank, world_size: this process' slice.
-        drop_last: drop a final incomplete batch.
+        drop_last: drop a final incomplete global batch.
+        equal_parts: give every rank the same number of rows per batch (see above).
     """
 
     def __init__(
@@ -138,6 +149,7 @@ class BatchIterator:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        equal_parts: bool = False,
     ) -> None:
         stop = len(data) if stop is None else stop
         if not 0 <= start <= stop <= len(data):
@@ -146,34 +158,63 @@ class BatchIterator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if equal_parts and batch_size % world_size:
+            raise ValueError(
+                f"global batch size {batch_size} is not divisible by the world size {world_size}: "
+                f"ranks need equal batch sizes (choose a multiple of {world_size})"
+            )
         self.data, self.batch_size = data, batch_size
         self.start, self.stop = start, stop
         self.shuffle, self.seed = shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.equal_parts = equal_parts
 
     @property
     def rows(self) -> int:
         return self.stop - self.start
 
-    def _blocks(self) -> int:
-        full, rest = divmod(self.rows, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+    def _bounds(self) -> list[tuple[int, int]]:
+        """Row bounds (relative to ``start``) of this rank's part of every global batch."""
+        bounds = []
+        for lo in range(0, self.rows, self.batch_size):
+            hi = min(lo + self.batch_size, self.rows)
+            size = hi - lo
+            if size < self.batch_size and self.drop_last:
+                break
+            if self.equal_parts:
+                part = size // self.world_size
+                if part == 0:
+                    break
+                bounds.append((lo + self.rank * part, lo + (self.rank + 1) * part))
+            else:
+                base, extra = divmod(size, self.world_size)
+                a = lo + self.rank * base + min(self.rank, extra)
+                bounds.append((a, a + base + (1 if self.rank < extra else 0)))
+        return bounds
 
     def num_batches(self) -> int:
-        """Batches this rank gets per epoch (ranks may differ by one)."""
-        blocks = self._blocks()
-        return len(range(self.rank, blocks, self.world_size))
+        """Batches per epoch (the same on every rank)."""
+        return len(self._bounds())
+
+    @property
+    def rows_left_out(self) -> int:
+        """Rows per epoch no rank sees (``drop_last`` / ``equal_parts`` remainders), over all ranks."""
+        used = 0
+        for lo in range(0, self.rows, self.batch_size):
+            size = min(self.batch_size, self.rows - lo)
+            if size < self.batch_size and self.drop_last:
+                break
+            used += (size // self.world_size) * self.world_size if self.equal_parts else size
+        return self.rows - used
 
     def epoch(self, epoch: int = 0, skip: int = 0) -> Iterator[Batch]:
-        """Iterate over one epoch, skipping this rank's first ``skip`` batches (for resuming)."""
+        """Iterate over one epoch, skipping the first ``skip`` batches (for resuming)."""
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
             order = self.start + rng.permutation(self.rows)
         else:
             order = None
-        for block in range(self.rank, self._blocks(), self.world_size)[skip:]:
-            lo = block * self.batch_size
-            hi = min(lo + self.batch_size, self.rows)
+        for lo, hi in self._bounds()[skip:]:
             if order is None:
                 yield self.data.batch(slice(self.start + lo, self.start + hi))
             else:

@@ -37,7 +37,8 @@ from recsys_emb.train.checkpoint import export_model, load_checkpoint, load_mode
 from recsys_emb.train.env import DistEnv, init_distributed, shutdown
 from recsys_emb.train.metrics import CTRMetrics
 from recsys_emb.train.optim import build_optimizer, dense_parameters, materialize_state, shard_model
-from recsys_emb.utils import atomic_save_json
+from recsys_emb.distributed.planning import describe_plan, table_dims
+from recsys_emb.utils import atomic_save_json, atomic_write_text
 
 TRAIN_EVAL_ROWS = 100_000  # rows of the training split re-scored at the end for "train" metrics
 
@@ -57,8 +58,11 @@ def table_configs(data: PreparedCTRData, embedding_dim: int, init_bound: float |
 
 def build_ctr_model(cfg: ExperimentConfig, data: PreparedCTRData, device: str | torch.device = "cpu") -> nn.Module:
     """The unsharded ``CTRTrain(model)`` for a config and its training data (``device='meta'`` for DMP)."""
+    from recsys_emb.modules.registry import build_embedding
+
     tables = table_configs(data, cfg.model.embedding_dim, cfg.model.embedding_init_bound)
-    model = build_model(cfg.model, None, tables, len(data.dense_features), device=torch.device(device))
+    embedding = build_embedding(cfg.embedding, tables, torch.device(device), data=data)
+    model = build_model(cfg.model, embedding, tables, len(data.dense_features), device=torch.device(device))
     return CTRTrain(model)
 
 
@@ -160,20 +164,32 @@ def _train(cfg: ExperimentConfig, run_dir: Path, env: DistEnv, resume: bool, int
     torch.manual_seed(tc.seed)
     model = build_ctr_model(cfg, train_data, device="meta")
     embedding_parameters = embedding_parameter_count(model)
-    dmp, unfused = shard_model(model, env, tc)
+    dims = table_dims(model)
+    dmp, unfused = shard_model(model, env, tc, cfg.sharding)
     optimizer = build_optimizer(dmp, unfused, tc)
     clip_params = dense_parameters(dmp, unfused)
     if env.is_main:
-        log(f"[train] plan:\n{dmp.plan}")
+        text, warnings = describe_plan(
+            dims, dmp.plan, env.world_size, tc.embedding_optimizer.name, cfg.sharding.memory_budget_gb
+        )
+        atomic_write_text(run_dir / "plan.txt", text + "\n")
+        log(f"[train] sharding plan ({env.world_size} rank(s), {env.device.type}):\n{text}")
+        for warning in warnings:
+            log(f"[train] WARNING: {warning}")
 
-    per_rank_batch = max(1, tc.batch_size // env.world_size)
+    # Global batches split over ranks: every rank runs the same number of steps (no hang at epoch end).
     loader = BatchIterator(
-        train_data, per_rank_batch, start=train_start, stop=train_stop, shuffle=tc.shuffle, seed=tc.seed,
-        rank=env.rank, world_size=env.world_size,
+        train_data, tc.batch_size, start=train_start, stop=train_stop, shuffle=tc.shuffle, seed=tc.seed,
+        rank=env.rank, world_size=env.world_size, equal_parts=True,
     )
+    if env.is_main and loader.rows_left_out:
+        log(
+            f"[train] {loader.rows_left_out} row(s) per epoch are left out: the last global batch is split into "
+            f"{env.world_size} equal parts (shuffling makes them different rows each epoch)"
+        )
     state: dict[str, Any] = {
         "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_auc": -math.inf, "best_step": None,
-        "best_valid": None, "bad_evals": 0, "history": [], "stop": False, "stop_reason": None, "done": False, "last_eval_step": None,
+        "best_valid": None, "bad_evals": 0, "history": [], "train_loss": [], "stop": False, "stop_reason": None, "done": False, "last_eval_step": None,
         "train_seconds": 0.0, "train_samples": 0,
     }
     if resume:
@@ -183,7 +199,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, env: DistEnv, resume: bool, int
         if state["stop_reason"] == "max_steps" and (tc.max_steps is None or state["global_step"] < tc.max_steps):
             state.update(stop=False, stop_reason=None)
         state["done"] = state["stop"] or state["epoch"] >= tc.epochs
-        log(f"[train] resumed from {checkpoint_dir} at step {state['global_step']} (epoch {state['epoch']})")
+        if env.is_main:
+            log(f"[train] resumed from {checkpoint_dir} at step {state['global_step']} (epoch {state['epoch']})")
 
     writer = None
     if tc.tensorboard and env.is_main:
@@ -245,9 +262,14 @@ def _train(cfg: ExperimentConfig, run_dir: Path, env: DistEnv, resume: bool, int
             if step % tc.log_every_steps == 0:
                 rate = window_samples / max(now - window_start, 1e-9)
                 window_samples, window_start = 0, now
-                bar.set_postfix(loss=f"{loss.item():.4f}", sps=f"{rate:,.0f}")
+                mean_loss = loss.detach().clone()
+                if env.world_size > 1:  # the global batch's loss: mean of the ranks' equal-sized parts
+                    dist.all_reduce(mean_loss)
+                    mean_loss /= env.world_size
+                state["train_loss"].append([step, float(mean_loss)])
+                bar.set_postfix(loss=f"{float(mean_loss):.4f}", sps=f"{rate:,.0f}")
                 if writer is not None:
-                    writer.add_scalar("train/loss", loss.item(), step)
+                    writer.add_scalar("train/loss", float(mean_loss), step)
                     writer.add_scalar("train/samples_per_second", rate, step)
                     writer.add_scalar("train/lr_dense", tc.dense_optimizer.lr, step)
                     writer.add_scalar("train/lr_embedding", tc.embedding_optimizer.lr, step)
@@ -293,6 +315,7 @@ def _finish(cfg, run_dir, env, dmp, splits, state, writer) -> dict[str, Any]:  #
     results.update(
         steps=state["global_step"], best_step=state["best_step"], epochs_completed=state["epoch"],
         stop_reason=state["stop_reason"], world_size=env.world_size, history=state["history"],
+        train_loss=state.get("train_loss", []),
     )
     if env.is_main:
         atomic_save_json(run_dir / "metrics.json", results)

@@ -10,27 +10,27 @@ DeepFM) are placed data-parallel by the planner and get the same optimizer type 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.distributed import DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.planner.types import ParameterConstraints
-from torchrec.distributed.sharding_plan import get_default_sharders
-from torchrec.distributed.types import ShardingType
+from torchrec.distributed.types import ShardingPlan
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 
-from recsys_emb.config.experiment import OptimizerConfig, TrainConfig
+from recsys_emb.config.experiment import OptimizerConfig, ShardingConfig, TrainConfig
+from recsys_emb.distributed.planning import table_infos, plan_sharding
+from recsys_emb.distributed.init import init_deterministically, table_inits
+from recsys_emb.distributed.sharders import default_sharders
 from recsys_emb.train.env import DistEnv
 
 FBGEMM_DIM_MULTIPLE = 4
 CPU_FUSED_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")  # FBGEMM TBE's CPU optimizers
-SHARDED_TYPES = [t.value for t in (ShardingType.TABLE_WISE, ShardingType.COLUMN_WISE, ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)]
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
@@ -69,33 +69,52 @@ def _tables(model: nn.Module):  # noqa: ANN202
             yield module_name, prefix, cfg, tables[cfg.name].weight
 
 
-def fused_table_names(model: nn.Module) -> list[str]:
-    """Names of the tables that get a fused optimizer (dim % 4 == 0)."""
-    return [cfg.name for _, _, cfg, _ in _tables(model) if cfg.embedding_dim % FBGEMM_DIM_MULTIPLE == 0]
+def table_weights(model: nn.Module, fused_names: set[str] | None = None) -> tuple[list[nn.Parameter], list[str]]:
+    """Split the model's embedding-table weights into (fused params, parameter names of the others).
 
-
-def table_weights(model: nn.Module) -> tuple[list[nn.Parameter], list[str]]:
-    """Split the model's embedding-table weights into (fusable params, names of non-fusable ones).
-
-    Fusable: tables of EmbeddingBagCollection/EmbeddingCollection modules with dim % 4 == 0.
+    Fused: tables named in ``fused_names`` (default: every table with dim % 4 == 0).
     """
     fused: list[nn.Parameter] = []
     unfused: list[str] = []
     for module_name, prefix, cfg, weight in _tables(model):
-        if cfg.embedding_dim % FBGEMM_DIM_MULTIPLE == 0:
+        is_fused = cfg.embedding_dim % FBGEMM_DIM_MULTIPLE == 0 if fused_names is None else cfg.name in fused_names
+        if is_fused:
             fused.append(weight)
         else:
             unfused.append(".".join(p for p in (module_name, prefix, cfg.name, "weight") if p))
     return fused, unfused
 
 
-def shard_model(model: nn.Module, env: DistEnv, train: TrainConfig) -> tuple[DistributedModelParallel, list[str]]:
-    """Attach fused table optimizers and wrap ``model`` (ideally built on ``meta``) in DMP.
+def broadcast_plan(make_plan: Callable[[], ShardingPlan], env: DistEnv) -> ShardingPlan:
+    """Plan on rank 0 and send the plan (or rank 0's error) to every rank, so all ranks agree or all raise."""
+    if env.world_size == 1:
+        return make_plan()
+    payload: list[Any] = [None]
+    if env.rank == 0:
+        try:
+            payload[0] = make_plan()
+        except Exception as err:  # noqa: BLE001 - re-raised on every rank below
+            payload[0] = err
+    torch.distributed.broadcast_object_list(payload, src=0)
+    if isinstance(payload[0], Exception):
+        raise payload[0]
+    return payload[0]
+
+
+def shard_model(
+    model: nn.Module, env: DistEnv, train: TrainConfig, sharding: ShardingConfig | None = None
+) -> tuple[DistributedModelParallel, list[str]]:
+    """Attach fused table optimizers, plan the sharding and wrap ``model`` (ideally built on ``meta``) in DMP.
 
     Returns:
         The DMP model and the parameter names of tables trained by a regular (non-fused) optimizer.
+
+    Raises:
+        ShardingError: the requested sharding cannot run (the message says why and what would).
     """
-    fused, unfused = table_weights(model)
+    sharding = sharding or ShardingConfig()
+    infos = table_infos(model, sharding)
+    fused, unfused = table_weights(model, {t.name for t in infos if t.fused})
     if fused and env.device.type == "cpu" and train.embedding_optimizer.name not in CPU_FUSED_OPTIMIZERS:
         raise ValueError(
             f"train.embedding_optimizer.name={train.embedding_optimizer.name} has no FBGEMM CPU kernel "
@@ -105,21 +124,52 @@ def shard_model(model: nn.Module, env: DistEnv, train: TrainConfig) -> tuple[Dis
         apply_optimizer_in_backward(
             optimizer_class(train.embedding_optimizer.name), fused, optimizer_kwargs(train.embedding_optimizer)
         )
-    topology = Topology(world_size=env.world_size, compute_device=env.device.type, local_world_size=env.world_size)
-    # A data_parallel table silently skips its in-backward (fused) optimizer, so tables that carry one
-    # must be sharded with the fused kernel; the planner picks among the sharded layouts.
-    constraints = {
-        name: ParameterConstraints(sharding_types=SHARDED_TYPES, compute_kernels=[EmbeddingComputeKernel.FUSED.value])
-        for name in fused_table_names(model)
-    }
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
-    sharders = get_default_sharders()
-    if env.world_size > 1:
-        plan = planner.collective_plan(model, sharders, torch.distributed.group.WORLD)
-    else:
-        plan = planner.plan(model, sharders)
+    sharders = default_sharders()
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+    plan = broadcast_plan(
+        lambda: plan_sharding(
+            model, sharding, world_size=env.world_size, device_type=env.device.type, batch_size=train.batch_size,
+            local_world_size=local_world_size, sharders=sharders,
+        ),
+        env,
+    )
+    _check_meta_initialisable(model)
+    inits = table_inits(model)
     dmp = DistributedModelParallel(model, device=env.device, plan=plan, sharders=sharders)
+    # TorchRec initialises shards with each rank's own RNG: redo it so the start depends only on the seed
+    init_deterministically(dmp, inits, train.seed)
     return dmp, unfused
+
+
+def _check_meta_initialisable(model: nn.Module) -> None:
+    """DMP materialises meta parameters of non-table modules with ``reset_parameters()``: a module without
+    one would silently keep uninitialised memory, and meta BUFFERS would silently become zeros."""
+    for name, module in model.named_modules():
+        if isinstance(module, (EmbeddingBagCollection, EmbeddingCollection)):
+            continue
+        if any(p.device.type == "meta" for p in module._parameters.values() if p is not None) and not hasattr(
+            module, "reset_parameters"
+        ):
+            raise TypeError(
+                f"module '{name}' ({type(module).__name__}) has parameters on the meta device but no reset_parameters(): "
+                "DistributedModelParallel could not initialise them; give it a reset_parameters() method"
+            )
+        meta_buffers = [b for b, t in module._buffers.items() if t is not None and t.device.type == "meta"]
+        if meta_buffers and not _inside_table_module(model, name):
+            raise TypeError(
+                f"module '{name}' ({type(module).__name__}) has buffers {meta_buffers} on the meta device: "
+                "DistributedModelParallel would fill them with zeros; build buffers (hash salts, code tables, "
+                "running statistics) on a real device even when the model is built on meta"
+            )
+
+
+def _inside_table_module(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        owner = model.get_submodule(".".join(parts[:i])) if parts[:i] != [""] else model
+        if isinstance(owner, (EmbeddingBagCollection, EmbeddingCollection)):
+            return True
+    return False
 
 
 def build_optimizer(model: DistributedModelParallel, unfused_tables: list[str], train: TrainConfig) -> CombinedOptimizer:

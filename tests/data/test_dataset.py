@@ -54,6 +54,45 @@ def test_rank_slices_are_disjoint_and_complete(prepared_dir: Path, world_size: i
     assert merged == sorted(data.dense[:, 1].tolist())
 
 
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_rank_parts_reassemble_the_one_process_batches(prepared_dir: Path, world_size: int) -> None:
+    """Step s of a sharded run = the rows of step s of a 1-process run, split contiguously over ranks."""
+    data = PreparedCTRData.open(prepared_dir)  # 3000 rows; 3000 % 210 = 60 rows in the last batch
+    single = [b.dense_features[:, 1].tolist() for b in BatchIterator(data, 210, shuffle=True, seed=4).epoch(1)]
+    parts = [
+        [b.dense_features[:, 1].tolist() for b in BatchIterator(data, 210, shuffle=True, seed=4, rank=r, world_size=world_size).epoch(1)]
+        for r in range(world_size)
+    ]
+    assert all(len(p) == len(single) for p in parts)  # same number of steps on every rank
+    for step, rows in enumerate(single):
+        assert sorted(x for p in parts for x in p[step]) == sorted(rows)
+        sizes = [len(p[step]) for p in parts]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_equal_parts_for_training(prepared_dir: Path) -> None:
+    data = PreparedCTRData.open(prepared_dir)
+    # 1000 rows, global batch 300: three full batches (150 + 150) and one of 100 -> 50 + 50.
+    its = [BatchIterator(data, 300, stop=1000, rank=r, world_size=2, equal_parts=True) for r in range(2)]
+    assert [[len(b.labels) for b in it.epoch(0)] for it in its] == [[150, 150, 150, 50]] * 2
+    assert its[0].rows_left_out == 0
+    # 1001 rows: the 101-row last batch gives 50 + 50 and leaves one row out (reported).
+    its = [BatchIterator(data, 300, stop=1001, rank=r, world_size=2, equal_parts=True) for r in range(2)]
+    assert [len(b.labels) for b in its[1].epoch(0)] == [150, 150, 150, 50]
+    assert its[0].rows_left_out == 1
+    # a last global batch smaller than the world size is skipped entirely
+    it = BatchIterator(data, 300, stop=902, rank=0, world_size=3, equal_parts=True)
+    assert [len(b.labels) for b in it.epoch(0)] == [100, 100, 100] and it.rows_left_out == 2
+    with pytest.raises(ValueError, match="divisible"):
+        BatchIterator(data, 301, rank=0, world_size=2, equal_parts=True)
+
+
+def test_evaluation_parts_may_be_empty(prepared_dir: Path) -> None:
+    data = PreparedCTRData.open(prepared_dir)
+    sizes = [[len(b.labels) for b in BatchIterator(data, 100, stop=101, rank=r, world_size=3).epoch(0)] for r in range(3)]
+    assert sizes == [[34, 1], [33, 0], [33, 0]]
+
+
 def test_skip_resumes_mid_epoch(prepared_dir: Path) -> None:
     data = PreparedCTRData.open(prepared_dir)
     it = BatchIterator(data, 64, shuffle=True, seed=5)
