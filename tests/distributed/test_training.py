@@ -60,7 +60,7 @@ def test_two_rank_training_follows_one_process(data: tuple[Path, Path], tmp_path
         assert abs(curve_1[step] - curve_2[step]) < 1e-3, (step, curve_1[step], curve_2[step])
     assert abs(single["test"]["auc"] - double["test"]["auc"]) < 2e-3
     assert abs(single["test"]["logloss"] - double["test"]["logloss"]) < 2e-3
-    assert (tmp_path / "two" / "plan.txt").read_text().count("row_wise") == 4
+    assert (tmp_path / "two" / "plan.txt").read_text().count(" row_wise ") == 4
 
 
 def test_checkpoint_reshards_two_one_two(data: tuple[Path, Path], tmp_path: Path) -> None:
