@@ -56,7 +56,15 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="also write the plan to this file")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Technique sub-commands: name -> (module, add-arguments function, run function, help). Their modules
+# are imported only when that sub-command runs, so `recsys-emb --help` stays fast.
+TECHNIQUE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "retrieve": ("recsys_emb.retrieval.driver", "add_retrieve_arguments", "run_retrieve",
+                 "candidate retrieval: exact/FAISS single-vector vs kNN-Embed"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-emb", description="Embedding techniques for recommender systems on TorchRec.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -75,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(sub)
     doctor = sub.add_parser("doctor", help="check the installed torch / fbgemm_gpu / torchrec stack")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    chosen = argv[0] if argv else None
+    for name, (module, add_fn, _, help_text) in TECHNIQUE_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, add_help=chosen == name)
+        if chosen == name:
+            import importlib
+
+            getattr(importlib.import_module(module), add_fn)(p)
     return parser
 
 
@@ -140,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         from recsys_emb.doctor import run_doctor
 
         return run_doctor(as_json="--json" in argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     from recsys_emb.config.io import ConfigError
 
     try:
@@ -158,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "plan":
             return cmd_plan(args)
+        if args.command in TECHNIQUE_COMMANDS:
+            import importlib
+
+            module, _, run_fn, _ = TECHNIQUE_COMMANDS[args.command]
+            return int(getattr(importlib.import_module(module), run_fn)(args))
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"recsys-emb {args.command}: error: {e}", file=sys.stderr)
         return 2

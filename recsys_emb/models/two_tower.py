@@ -1,0 +1,223 @@
+"""Two-tower retrieval model (matrix factorisation when the towers are empty) with in-batch softmax.
+
+Shape glossary: B batch of (user, positive item) pairs, D embedding dim, U users, N items.
+
+User and item ids are looked up in one stock ``torchrec.EmbeddingBagCollection`` with two tables
+(``user`` and ``item``, one id per bag), so the big parameters are ordinary TorchRec tables that a
+planner could shard. An optional MLP per tower maps the table rows to the final embedding; with
+``tower_layers: []`` the score is the plain dot product of the two rows (matrix factorisation).
+
+Loss: in-batch sampled softmax (Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large
+Corpus Item Recommendations", RecSys 2019): for each user in the batch the other positives are the
+negatives, ``logits = u @ i.T / temperature`` (B, B), cross entropy with the diagonal as the target.
+
+* ``logq_correction``: subtract ``log q_j`` from column j, q_j the probability that item j appears
+  in a batch (its share of training interactions), as in Yi et al., so popular items are not
+  over-penalised for being frequent negatives.
+* Accidental hits (the same item as another row's positive) are masked out of that row's negatives.
+* ``normalize``: L2-normalise both towers (cosine similarity); the exported embeddings are the
+  normalised ones, so inner-product retrieval over them is exact cosine retrieval.
+
+Deviation from DESIGN.md: :func:`train_two_tower` trains unsharded (sparse row gradients for the EBC
+tables with ``torch.optim.SparseAdam``, Adam for the towers) rather than through
+``DistributedModelParallel``; it is a base model for retrieval experiments on catalogues of up to
+~10^5 rows, where that is simple and fast. The module itself is a plain ``nn.Module`` over a stock
+EBC, so it can be wrapped in DMP like the CTR models.
+
+Reduction: with ``tower_layers: []``, ``normalize: false`` the model is exactly MF, ``score(u, i) =
+<E_user[u], E_item[i]>`` (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from tqdm import tqdm
+
+
+@dataclass
+class TwoTowerConfig:
+    """Options of the two-tower base model (the YAML ``model:`` section of a retrieval config)."""
+
+    embedding_dim: int = 64  # table width D (a multiple of 4 for FBGEMM)
+    tower_layers: list[int] = field(default_factory=list)  # MLP widths per tower; [] = matrix factorisation
+    normalize: bool = True  # L2-normalise both towers (cosine scores)
+    temperature: float = 0.1  # softmax temperature
+    logq_correction: bool = True  # subtract log item frequency from in-batch logits
+    init_std: float = 0.1  # N(0, init_std) table init
+    epochs: int = 10
+    batch_size: int = 2048
+    lr: float = 0.005  # Adam learning rate
+    weight_decay: float = 0.0  # L2 on the rows looked up in a batch (added to the loss)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1 or self.temperature <= 0 or self.epochs < 0 or self.batch_size < 2 or self.lr <= 0:
+            raise ValueError("model: embedding_dim >= 1, temperature > 0, epochs >= 0, batch_size >= 2, lr > 0 required")
+
+
+def _tower(dim: int, layers: list[int]) -> nn.Module:
+    mods: list[nn.Module] = []
+    width = dim
+    for i, out in enumerate(layers):
+        mods.append(nn.Linear(width, out))
+        if i < len(layers) - 1:
+            mods.append(nn.ReLU())
+        width = out
+    return nn.Sequential(*mods)
+
+
+class TwoTower(nn.Module):
+    """User tower x item tower over one ``EmbeddingBagCollection`` with tables ``user`` and ``item``.
+
+    Args:
+        num_users: U.
+        num_items: N.
+        config: model options.
+
+    Example::
+
+        model = TwoTower(100, 500, TwoTowerConfig(embedding_dim=16))
+        loss = model.loss(torch.tensor([0, 1, 2]), torch.tensor([10, 11, 12]))
+        users = model.user_embeddings()  # (100, 16)
+    """
+
+    def __init__(self, num_users: int, num_items: int, config: TwoTowerConfig, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.num_users, self.num_items = num_users, num_items
+        init = partial(nn.init.normal_, std=config.init_std)
+        tables = [
+            EmbeddingBagConfig(name="user", embedding_dim=config.embedding_dim, num_embeddings=num_users,
+                               feature_names=["user"], pooling=PoolingType.SUM, init_fn=init),
+            EmbeddingBagConfig(name="item", embedding_dim=config.embedding_dim, num_embeddings=num_items,
+                               feature_names=["item"], pooling=PoolingType.SUM, init_fn=init),
+        ]
+        self.embedding = EmbeddingBagCollection(tables, device=device)
+        self.user_tower = _tower(config.embedding_dim, list(config.tower_layers))
+        self.item_tower = _tower(config.embedding_dim, list(config.tower_layers))
+        self.register_buffer("log_q", torch.zeros(num_items), persistent=True)  # log item frequency
+
+    @property
+    def output_dim(self) -> int:
+        return self.config.tower_layers[-1] if self.config.tower_layers else self.config.embedding_dim
+
+    def set_item_frequency(self, counts: Tensor) -> None:
+        """Set q_j from training interaction counts (N,) for the logQ correction."""
+        q = counts.float().clamp_min(1.0) / counts.float().sum().clamp_min(1.0)
+        self.log_q.copy_(q.log())
+
+    def _lookup(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """Table rows of (B,) users and (B,) items in one EBC call: ``(B, D), (B, D)``."""
+        b = users.numel()
+        if items.numel() != b:
+            raise ValueError(f"users and items must have the same length, got {b} and {items.numel()}")
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=["user", "item"],
+            values=torch.cat([users.reshape(-1), items.reshape(-1)]).long(),
+            lengths=torch.ones(2 * b, dtype=torch.int32),
+        )
+        kt = self.embedding(kjt).to_dict()
+        return kt["user"], kt["item"]
+
+    def _finish(self, x: Tensor, tower: nn.Module) -> Tensor:
+        x = tower(x)
+        return F.normalize(x, dim=-1) if self.config.normalize else x
+
+    def encode_users(self, users: Tensor, raw: bool = False) -> Tensor:
+        """(B,) user ids -> (B, D_out) user embeddings (``raw``: table rows before the tower)."""
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=["user", "item"], values=users.reshape(-1).long(),
+                                                  lengths=torch.cat([torch.ones(users.numel(), dtype=torch.int32),
+                                                                     torch.zeros(users.numel(), dtype=torch.int32)]))
+        rows = self.embedding(kjt)["user"]
+        return rows if raw else self._finish(rows, self.user_tower)
+
+    def encode_items(self, items: Tensor, raw: bool = False) -> Tensor:
+        """(B,) item ids -> (B, D_out) item embeddings (``raw``: table rows before the tower)."""
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=["user", "item"], values=items.reshape(-1).long(),
+                                                  lengths=torch.cat([torch.zeros(items.numel(), dtype=torch.int32),
+                                                                     torch.ones(items.numel(), dtype=torch.int32)]))
+        rows = self.embedding(kjt)["item"]
+        return rows if raw else self._finish(rows, self.item_tower)
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        """(B,) users, (B,) items -> (B,) scores <user_emb, item_emb> (no temperature)."""
+        u, i = self._lookup(users, items)
+        return (self._finish(u, self.user_tower) * self._finish(i, self.item_tower)).sum(-1)
+
+    def loss(self, users: Tensor, items: Tensor) -> Tensor:
+        """In-batch softmax loss of (B,) positive pairs (mean over the batch)."""
+        u_raw, i_raw = self._lookup(users, items)
+        u, i = self._finish(u_raw, self.user_tower), self._finish(i_raw, self.item_tower)
+        logits = u @ i.T / self.config.temperature  # (B, B)
+        if self.config.logq_correction:
+            logits = logits - self.log_q[items].unsqueeze(0)
+        same = items.unsqueeze(0) == items.unsqueeze(1)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))  # accidental hits are not negatives
+        target = torch.arange(users.numel())
+        loss = F.cross_entropy(logits, target)
+        if self.config.weight_decay:
+            loss = loss + self.config.weight_decay * (u_raw.pow(2).sum(-1) + i_raw.pow(2).sum(-1)).mean()
+        return loss
+
+    @torch.no_grad()
+    def user_embeddings(self, batch_size: int = 65536) -> Tensor:
+        """(U, D_out) embeddings of every user."""
+        ids = torch.arange(self.num_users)
+        return torch.cat([self.encode_users(ids[s : s + batch_size]) for s in range(0, self.num_users, batch_size)])
+
+    @torch.no_grad()
+    def item_embeddings(self, batch_size: int = 65536) -> Tensor:
+        """(N, D_out) embeddings of every item."""
+        ids = torch.arange(self.num_items)
+        return torch.cat([self.encode_items(ids[s : s + batch_size]) for s in range(0, self.num_items, batch_size)])
+
+
+def train_two_tower(users: Tensor, items: Tensor, num_users: int, num_items: int, config: TwoTowerConfig,
+                    show_progress: bool = True) -> tuple[TwoTower, list[float]]:
+    """Train a :class:`TwoTower` on positive pairs ``(users[j], items[j])``; returns the model and per-epoch mean loss."""
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = TwoTower(num_users, num_items, config)
+    model.set_item_frequency(torch.bincount(items, minlength=num_items))
+    # sparse row gradients for the tables (only the rows of a batch are touched) + dense Adam for the towers
+    for bag in model.embedding.embedding_bags.values():
+        bag.sparse = True
+    table_params = list(model.embedding.parameters())
+    tower_params = [p for p in model.parameters() if all(p is not t for t in table_params)]
+    opts: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(table_params, lr=config.lr)]
+    if tower_params:
+        opts.append(torch.optim.Adam(tower_params, lr=config.lr))
+    n = users.numel()
+    steps = math.ceil(n / config.batch_size)
+    history: list[float] = []
+    model.train()
+    for epoch in range(config.epochs):
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        bar = tqdm(range(steps), desc=f"two-tower epoch {epoch + 1}/{config.epochs}", disable=not show_progress, leave=False)
+        for s in bar:
+            idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
+            if idx.numel() < 2:
+                continue
+            loss = model.loss(users[idx], items[idx])
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in opts:
+                opt.step()
+            total += float(loss.detach()) * idx.numel()
+            if s % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        history.append(total / max(n, 1))
+    model.eval()
+    return model, history

@@ -1,0 +1,262 @@
+"""``recsys-emb retrieve --config CFG``: base embeddings -> indexes -> single-vector vs kNN-Embed.
+
+Steps: read a LightGCN-format folder (``train.txt``/``test.txt``, plain or ``.gz``); train the
+two-tower base model (or load user/item embeddings produced by any model); build the exact index,
+the configured FAISS index and the kNN-Embed retriever; retrieve K = max(eval.ks) candidates for
+every evaluated user (training items excluded) and report recall/NDCG/diversity/speed per method.
+
+Run folder: ``config.yaml`` (resolved), ``embeddings.pt`` (``{"user": (U, D), "item": (N, D)}``),
+``metrics.json``; the metrics are also printed as one JSON line.
+
+Embedding files for ``base.source: load``: a ``torch.save`` dict with float tensors ``user`` (U, D)
+and ``item`` (N, D) (read with ``weights_only=True``), or an ``.npz`` with arrays ``user``, ``item``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from recsys_emb.models.two_tower import TwoTowerConfig, train_two_tower
+from recsys_emb.retrieval.data import InteractionData, load_interaction_data
+from recsys_emb.retrieval.evaluate import MethodResult, nan_to_none, summarize, timed
+from recsys_emb.retrieval.index import IndexConfig, build_index
+from recsys_emb.retrieval.knn_embed import KnnEmbed, KnnEmbedConfig
+from recsys_emb.utils import atomic_save_json, atomic_write_bytes
+
+
+@dataclass
+class RetrieveDataConfig:
+    """Where the interactions are."""
+
+    path: str = ""  # folder with train.txt[.gz] and test.txt[.gz] (`user item item ...` per line)
+    train: str = "train"  # split file stem used for training and exclusion
+    test: str = "test"  # split file stem used for evaluation
+
+
+@dataclass
+class BaseConfig:
+    """Where the user/item embeddings come from."""
+
+    source: str = "train"  # train (two-tower below) | load (embeddings file)
+    embeddings: str | None = None  # source=load: .pt dict or .npz with `user` (U, D) and `item` (N, D)
+    model: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+
+    def __post_init__(self) -> None:
+        if self.source not in ("train", "load"):
+            raise ValueError(f"base.source {self.source!r} is not one of ['train', 'load']")
+        if self.source == "load" and not self.embeddings:
+            raise ValueError("base.source 'load' needs base.embeddings (a .pt or .npz file)")
+
+
+@dataclass
+class RetrieveEvalConfig:
+    """What is evaluated."""
+
+    ks: list[int] = field(default_factory=lambda: [20, 50, 100])  # cutoffs; K = max(ks) is retrieved
+    max_users: int = 0  # evaluate a seeded random subset of users with test items (0 = all)
+    seed: int = 0  # user subset seed
+    knn_embed_exact: bool = True  # also run kNN-Embed with exact per-cluster search when index.kind != exact
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"eval.ks must be a non-empty list of positive ints, got {self.ks}")
+
+
+@dataclass
+class RetrieveConfig:
+    """A retrieval experiment (``configs/retrieval_*.yaml``)."""
+
+    name: str = "retrieval"
+    data: RetrieveDataConfig = field(default_factory=RetrieveDataConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
+    index: IndexConfig = field(default_factory=lambda: IndexConfig(kind="hnsw"))
+    knn_embed: KnnEmbedConfig = field(default_factory=KnnEmbedConfig)
+    eval: RetrieveEvalConfig = field(default_factory=RetrieveEvalConfig)
+    threads: int = 1  # torch/FAISS threads (0 = library default; 1 avoids OpenMP oversubscription on shared CPUs)
+    show_progress: bool = True  # tqdm bars
+
+
+def load_embeddings(path: str | Path) -> tuple[Tensor, Tensor]:
+    """Read ``(user (U, D), item (N, D))`` from a ``.pt`` dict or an ``.npz`` file."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"user", "item"} - set(z.files)
+            if missing:
+                raise ValueError(f"{path}: missing arrays {sorted(missing)} (has {z.files})")
+            user, item = torch.from_numpy(z["user"]), torch.from_numpy(z["item"])
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"user", "item"} <= set(state):
+            raise ValueError(f"{path}: expected a dict with tensors 'user' and 'item'")
+        user, item = state["user"], state["item"]
+    user, item = user.float(), item.float()
+    if user.dim() != 2 or item.dim() != 2 or user.shape[1] != item.shape[1]:
+        raise ValueError(f"{path}: user {tuple(user.shape)} and item {tuple(item.shape)} must be (U, D) and (N, D)")
+    return user, item
+
+
+def save_embeddings(path: str | Path, user: Tensor, item: Tensor) -> None:
+    import io  # noqa: PLC0415
+
+    buf = io.BytesIO()
+    torch.save({"user": user.contiguous(), "item": item.contiguous()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def base_embeddings(cfg: RetrieveConfig, data: InteractionData) -> tuple[Tensor, Tensor, dict]:
+    """Train the two-tower model or load embeddings; returns ``(user, item, info)``."""
+    if cfg.base.source == "load":
+        assert cfg.base.embeddings is not None
+        user, item = load_embeddings(cfg.base.embeddings)
+        if user.shape[0] < data.num_users or item.shape[0] < data.num_items:
+            raise ValueError(f"{cfg.base.embeddings}: {user.shape[0]} users / {item.shape[0]} items, "
+                             f"but the data has {data.num_users} / {data.num_items}")
+        return user, item, {"source": str(cfg.base.embeddings)}
+    users, items = data.train.pairs()
+    t0 = time.perf_counter()
+    model, losses = train_two_tower(users, items, data.num_users, data.num_items, cfg.base.model, cfg.show_progress)
+    return model.user_embeddings(), model.item_embeddings(), {
+        "source": "two_tower", "epoch_loss": losses, "train_seconds": time.perf_counter() - t0}
+
+
+def evaluation_users(data: InteractionData, cfg: RetrieveEvalConfig) -> Tensor:
+    """Users with >= 1 test item (a seeded random subset when ``max_users``), sorted."""
+    users = torch.nonzero(data.test.counts() > 0).squeeze(1)
+    if cfg.max_users and users.numel() > cfg.max_users:
+        g = torch.Generator().manual_seed(cfg.seed)
+        users = users[torch.randperm(users.numel(), generator=g)[: cfg.max_users]].sort().values
+    return users
+
+
+def evaluate_methods(cfg: RetrieveConfig, data: InteractionData, user_emb: Tensor, item_emb: Tensor,
+                     extra_single_kinds: tuple[str, ...] = ()) -> dict:
+    """Build every retriever and evaluate them on the same users; returns the metrics dict.
+
+    Methods: ``single[exact]``, ``single[<index.kind>]`` and ``single[<extra kind>]`` (single-vector
+    top-K), ``knn_embed[<index.kind>]`` and, when ``eval.knn_embed_exact``, ``knn_embed[exact]``.
+    """
+    ks = sorted(cfg.eval.ks)
+    k = ks[-1]
+    users = evaluation_users(data, cfg.eval)
+    exclude = data.train.select(users)
+    test = data.test.select(users)
+    q = user_emb[users]
+    popularity = torch.bincount(data.train.items, minlength=data.num_items)
+    exact_cfg = dataclasses.replace(cfg.index, kind="exact")
+    results: list[MethodResult] = []
+    build_seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    exact = build_index(item_emb, exact_cfg)
+    build_seconds["single[exact]"] = time.perf_counter() - t0
+    results.append(timed("single[exact]", lambda: exact.search(q, k, exclude)))
+    for kind in dict.fromkeys([cfg.index.kind, *extra_single_kinds]):
+        if kind == "exact":
+            continue
+        t0 = time.perf_counter()
+        ann = build_index(item_emb, dataclasses.replace(cfg.index, kind=kind))
+        build_seconds[f"single[{kind}]"] = time.perf_counter() - t0
+        results.append(timed(f"single[{kind}]", lambda ann=ann: ann.search(q, k, exclude)))
+
+    kinds = [cfg.index.kind] + (["exact"] if cfg.index.kind != "exact" and cfg.eval.knn_embed_exact else [])
+    knn_info: dict = {}
+    knn_runs: dict[str, dict[int, MethodResult]] = {}
+    assignments = None
+    for kind in sorted(kinds, key=lambda x: x != "exact"):
+        t0 = time.perf_counter()
+        icfg = dataclasses.replace(cfg.index, kind=kind)
+        if assignments is None:
+            knn = KnnEmbed.fit(item_emb, cfg.knn_embed, icfg, popularity)
+            assignments = knn.assignments
+        else:
+            knn = KnnEmbed(item_emb, assignments, cfg.knn_embed.num_clusters, cfg.knn_embed, icfg, popularity)
+        knn.fit_users(user_emb, data.train.csr, users=users)
+        name = f"knn_embed[{kind}]"
+        build_seconds[name] = time.perf_counter() - t0
+        # kNN-Embed splits the budget K itself, so each cutoff gets its own run with budget K = cutoff
+        knn_runs[name] = {kk: timed(name, lambda kk=kk: knn.retrieve_users(users, q, kk, exclude)) for kk in ks}
+        knn_info = {
+            "cluster_sizes": {"min": int(knn.cluster_sizes.min()), "max": int(knn.cluster_sizes.max()),
+                              "mean": float(knn.cluster_sizes.float().mean())},
+            "users_without_history": int((~knn.has_history[users]).sum()) if knn.has_history is not None else 0,
+        }
+    assert assignments is not None
+    reference = results[0].ids
+    c = cfg.knn_embed.num_clusters
+    methods = {r.name: nan_to_none(summarize(r, test, assignments, c, item_emb, ks, reference)) for r in results}
+    for name, runs in knn_runs.items():
+        merged: dict[str, float] = {}
+        for kk, run in runs.items():
+            m = summarize(run, test, assignments, c, item_emb, [kk], reference[:, :kk])
+            merged.update({key: v for key, v in m.items() if key.endswith(f"@{kk}")})
+        merged.update(runs[k].timing())  # speed at the largest budget
+        methods[name] = nan_to_none(merged)
+    for name, secs in build_seconds.items():
+        methods[name]["build_seconds"] = secs
+    return {"users": int(users.numel()), "k": k, "methods": methods, "knn_embed": knn_info,
+            "num_users": data.num_users, "num_items": data.num_items}
+
+
+def add_retrieve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``recsys-emb retrieve``."""
+    parser.add_argument("--config", type=Path, required=True, help="retrieval YAML (e.g. configs/retrieval_gowalla.yaml)")
+    parser.add_argument("--data", help="interaction folder (overrides data.path)")
+    parser.add_argument("--embeddings", help="load user/item embeddings from this .pt/.npz (sets base.source=load)")
+    parser.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>-<time>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value with a dotted key, e.g. --set knn_embed.num_clusters=16")
+
+
+def run_retrieve(args: argparse.Namespace) -> int:
+    """Entry point of ``recsys-emb retrieve``; prints the metrics as one JSON line."""
+    from recsys_emb.config.io import load_config, save_config  # noqa: PLC0415
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if args.embeddings:
+        overrides += ["base.source=load", f"base.embeddings={args.embeddings}"]
+    cfg = load_config(RetrieveConfig, args.config, overrides)
+    if not cfg.data.path:
+        raise ValueError(f"{args.config}: data.path is empty (set it or pass --data FOLDER)")
+    previous_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+        if cfg.index.threads == 0:
+            cfg.index.threads = cfg.threads
+    try:
+        run_dir = args.run_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        print(f"[retrieve] run dir: {run_dir}", file=sys.stderr)
+        data = load_interaction_data(cfg.data.path, cfg.data.train, cfg.data.test)
+        user_emb, item_emb, info = base_embeddings(cfg, data)
+        save_embeddings(run_dir / "embeddings.pt", user_emb, item_emb)
+        metrics = evaluate_methods(cfg, data, user_emb, item_emb)
+        metrics["base"] = info
+        atomic_save_json(run_dir / "metrics.json", metrics)
+    finally:
+        torch.set_num_threads(previous_threads)
+    print(json.dumps({"name": cfg.name, "users": metrics["users"], "methods": metrics["methods"]}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recsys-emb retrieve", description=__doc__.splitlines()[0])
+    add_retrieve_arguments(parser)
+    return run_retrieve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
