@@ -1,6 +1,6 @@
 """Candidate retrieval: item indexes (exact torch reference + FAISS) and kNN-Embed multi-interest retrieval.
 
-See docs/knn_embed.md. ``index`` has no hard dependency on FAISS (only the FAISS kinds need it).
+See docs/techniques/knn_embed.md. ``index`` has no hard dependency on FAISS (only the FAISS kinds need it).
 """
 
 from recsys_emb.retrieval.index import (

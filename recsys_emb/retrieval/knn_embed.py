@@ -23,7 +23,7 @@ What it does, on top of any user/item embeddings (two-tower, MF, LightGCN, ...):
    indexes returning fewer, or every cluster with mass exhausted), refilled from the user's
    single-vector ranking over the whole catalogue (:func:`merge_candidates`).
 
-Choices not fixed by the paper (also in docs/knn_embed.md):
+Choices not fixed by the paper (also in docs/techniques/knn_embed.md):
 
 * k-means runs on L2-normalised item embeddings by default (``spherical: true``; the retrieval score
   is an inner product, so direction is what defines an interest); items are assigned to the centroid
