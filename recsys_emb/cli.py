@@ -59,6 +59,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 # Technique sub-commands: name -> (module, add-arguments function, run function, help). Their modules
 # are imported only when that sub-command runs, so `recsys-emb --help` stays fast.
 TECHNIQUE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "train-graph": ("recsys_emb.train.graph_loop", "add_graph_arguments", "run_graph",
+                    "train + full-ranking evaluation of NGCF / LightGCN / MF (BPR)"),
     "retrieve": ("recsys_emb.retrieval.driver", "add_retrieve_arguments", "run_retrieve",
                  "candidate retrieval: exact/FAISS single-vector vs kNN-Embed"),
 }

@@ -1,0 +1,111 @@
+"""Graph collaborative filtering in one file: LightGCN (or NGCF / MF) with BPR and full ranking.
+
+Trains on an NGCF/LightGCN-format folder (train.txt, test.txt, optional valid.txt) and prints
+recall@20 / ndcg@20 after every epoch, then shows how to get the trained user/item embedding
+matrices for retrieval. Without --data it builds a small random two-community graph.
+
+    python examples/graph_cf.py                                     # synthetic, seconds
+    python examples/graph_cf.py --data ../shared/datasets/lightgcnpp_ml1m_lastfm/lastfm --epochs 3
+    python examples/graph_cf.py --model ngcf --propagation neighbor  # shardable EBC hop
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recsys_emb.data.graphs import load_graph_dataset
+from recsys_emb.models.graph import GraphBPRTrain, GraphModelConfig
+from recsys_emb.train.graph_loop import (
+    BPRSampler,
+    GraphDataConfig,
+    GraphExperimentConfig,
+    GraphTrainConfig,
+    build_graph_model,
+    evaluate_model,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, help="graph folder (default: a generated two-community graph)")
+    p.add_argument("--model", default="lightgcn", choices=["lightgcn", "ngcf", "mf"])
+    p.add_argument("--propagation", default="full", choices=["full", "neighbor"])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small graphs on a busy machine)")
+    return p.parse_args(argv)
+
+
+def synthetic_graph(root: Path, users: int = 400, items: int = 300, per_user: int = 15, seed: int = 0) -> Path:
+    """Users of community c (half the users) interact with items of community c; 20% held out.
+
+    Held-out items are random within the community, so recall@20 ~0.15 is the best one can do here
+    (a random ranking gets ~0.07)."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for u in range(users):
+        half = np.arange(items // 2) + (items // 2 if u >= users // 2 else 0)
+        chosen = rng.choice(half, per_user, replace=False)
+        cut = int(per_user * 0.8)
+        train.append(" ".join(map(str, [u, *chosen[:cut]])))
+        test.append(" ".join(map(str, [u, *chosen[cut:]])))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.txt").write_text("\n".join(train) + "\n")
+    (root / "test.txt").write_text("\n".join(test) + "\n")
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = args.data or synthetic_graph(Path(tempfile.mkdtemp()) / "graph")
+    cfg = GraphExperimentConfig(
+        data=GraphDataConfig(path=str(data)),
+        model=GraphModelConfig(name=args.model, embedding_dim=args.dim, num_layers=args.layers,
+                               propagation=args.propagation, message_dropout=[0.1]),
+        train=GraphTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                               l2=1e-4, progress=False),
+    )
+    graph = load_graph_dataset(data)
+    print(graph.summary())
+
+    # 1. the model: two stock TorchRec tables (user, item) + propagation over the normalised graph
+    model = build_graph_model(cfg, graph)
+    train = GraphBPRTrain(model, cfg.train.l2, "final" if args.model == "ngcf" else "ego")
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+
+    # 2. BPR: each training interaction once per epoch with a uniform negative (fixed seed)
+    sampler = BPRSampler(graph.train, graph.num_items, cfg.train.batch_size, cfg.train.seed)
+    split = "valid" if "valid" in graph.splits else "test"
+    for epoch in range(cfg.train.epochs):
+        model.train()
+        t0, losses = time.perf_counter(), []
+        for users, pos, neg in sampler.epoch(epoch):
+            loss, _ = train(users, pos, neg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        # 3. full ranking over all items the user did not train on
+        m = evaluate_model(model, graph, split, cfg.train)
+        print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f} ({time.perf_counter() - t0:.1f}s)  "
+              f"{split} recall@20 {m['recall@20']:.4f} ndcg@20 {m['ndcg@20']:.4f}")
+
+    # 4. the trained embedding matrices, e.g. for candidate retrieval: score(u, i) = users[u] @ items[i]
+    users, items = model.user_item_embeddings()
+    top = torch.topk(users[:3] @ items.T, 5).indices
+    print(f"user embeddings {tuple(users.shape)}, item embeddings {tuple(items.shape)}; top-5 items of users 0-2:\n{top}")
+
+
+if __name__ == "__main__":
+    main()

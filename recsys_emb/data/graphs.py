@@ -1,0 +1,325 @@
+"""User-item interaction graphs in the NGCF/LightGCN text format, and their normalised adjacency.
+
+File format (NGCF, Wang et al. SIGIR 2019; LightGCN, He et al. SIGIR 2020; also LightGCN++):
+``train.txt`` / ``valid.txt`` / ``test.txt`` hold one line per user, ``user item item ...``,
+space-separated, 0-based integer ids. A line with only a user id (no items) is allowed. Files may be
+gzipped (``train.txt.gz``). Malformed lines (a non-integer or negative token, a user id seen twice
+in the same file) raise :class:`GraphFormatError` naming file, line and token; repeated items on
+one line are kept once and counted (``GraphSplit.duplicates``), never silently dropped.
+
+``load_graph_dataset(root)`` reads every split found in ``root``; the number of users/items is the
+largest id in ANY split + 1, so items that occur only in valid/test exist as (isolated) nodes.
+
+Normalised adjacency. Nodes are ``[users..., items...]`` (N = U + I). ``A`` is the symmetric 0/1
+bipartite adjacency of the training interactions. ``normalized_adjacency(graph, kind)`` returns a
+:class:`NormalizedAdjacency`: the off-diagonal part as CSR (row = receiving node, columns = its
+neighbours, values = weights) plus a per-node self-loop weight ``diag``, so that
+``P @ E == csr @ E + diag[:, None] * E``. Kinds:
+
+- ``sym``: ``D^-1/2 A D^-1/2`` (LightGCN; NGCF paper's Laplacian ``L``). ``diag = 0``.
+- ``sym_self_loop``: ``D~^-1/2 (A + I) D~^-1/2`` with ``D~ = D + I`` (GCN renormalisation).
+- ``row_self_loop``: ``D~^-1 (A + I)``: the NGCF reference code's default (``adj_type=norm``).
+- ``row``: ``D^-1 A`` (NGCF reference ``adj_type=gcmc``, the "mean" adjacency).
+- ``row_plus_identity``: ``D^-1 A + I`` (NGCF reference code's fallback ``mean_adj + I``).
+- ``plain``: ``A`` itself (NGCF reference ``adj_type=plain``).
+
+Isolated nodes (degree 0) get ``D^-1/2 = D^-1 = 0`` instead of ``inf``: their rows and columns are
+zero (plus their self-loop where the kind has one), never NaN.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+AdjacencyKind = Literal["sym", "sym_self_loop", "row_self_loop", "row", "row_plus_identity", "plain"]
+ADJACENCY_KINDS: tuple[str, ...] = ("sym", "sym_self_loop", "row_self_loop", "row", "row_plus_identity", "plain")
+SYMMETRIC_KINDS: tuple[str, ...] = ("sym", "sym_self_loop", "plain")  # P == P^T
+SPLITS = ("train", "valid", "test")
+
+
+class GraphFormatError(ValueError):
+    """A graph text file is malformed; the message names file, line and the offending token."""
+
+
+@dataclass
+class GraphSplit:
+    """One split as CSR over users: items of user ``u`` are ``indices[indptr[u]:indptr[u+1]]`` (sorted).
+
+    Shapes: ``indptr`` (U + 1,), ``indices`` (nnz,), both int64.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    path: str = ""
+    lines: int = 0  # user lines read from the file
+    duplicates: int = 0  # repeated (user, item) pairs within a line, kept once
+
+    @property
+    def num_users(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    def users(self) -> np.ndarray:
+        """The user id of every interaction, aligned with ``indices`` (nnz,)."""
+        return np.repeat(np.arange(self.num_users, dtype=np.int64), np.diff(self.indptr))
+
+    def items_of(self, user: int) -> np.ndarray:
+        return self.indices[self.indptr[user] : self.indptr[user + 1]]
+
+    def resized(self, num_users: int) -> GraphSplit:
+        """The same split with ``num_users`` rows (extra users have no items)."""
+        if num_users < self.num_users:
+            raise ValueError(f"cannot shrink a split from {self.num_users} to {num_users} users")
+        pad = np.full(num_users - self.num_users, self.indptr[-1], dtype=np.int64)
+        return GraphSplit(np.concatenate([self.indptr, pad]), self.indices, self.path, self.lines, self.duplicates)
+
+
+@dataclass
+class GraphDataset:
+    """All splits of one data set with a common user/item id space."""
+
+    num_users: int
+    num_items: int
+    splits: dict[str, GraphSplit] = field(default_factory=dict)
+    root: str = ""
+
+    @property
+    def train(self) -> GraphSplit:
+        return self.splits["train"]
+
+    def summary(self) -> dict[str, object]:
+        items_in_train = np.zeros(self.num_items, dtype=bool)
+        items_in_train[self.train.indices] = True
+        out: dict[str, object] = {
+            "root": self.root, "num_users": self.num_users, "num_items": self.num_items,
+            "items_not_in_train": int((~items_in_train).sum()),
+            "users_without_train_items": int((np.diff(self.train.indptr) == 0).sum()),
+        }
+        for name, split in self.splits.items():
+            out[name] = {"interactions": split.nnz, "lines": split.lines, "duplicates_removed": split.duplicates}
+        return out
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")  # noqa: SIM115
+
+
+def _parse_lines(lines: list[str], where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (user of every line, user of every interaction, item of every interaction).
+
+    Fast path: all tokens converted by numpy at once; any error is then located line by line.
+    """
+    counts = np.fromiter((len(line.split()) for line in lines), dtype=np.int64, count=len(lines))
+    with warnings.catch_warnings():  # a bad token stops the C parser early (a warning): caught below
+        warnings.simplefilter("ignore")
+        try:
+            ids = np.fromstring(" ".join(lines), dtype=np.int64, sep=" ")
+        except ValueError:
+            ids = np.zeros(0, dtype=np.int64)
+    if len(ids) != counts.sum() or (ids < 0).any():
+        _locate_error(lines, where)
+    line_of = np.flatnonzero(counts)  # 0-based line index of every non-blank line
+    starts = np.concatenate([[0], np.cumsum(counts[line_of])[:-1]]).astype(np.int64)
+    users = ids[starts]
+    uniq, first = np.unique(users, return_index=True)
+    if len(uniq) != len(users):
+        dup = np.setdiff1d(np.arange(len(users)), first)[0]
+        earlier = int(first[np.searchsorted(uniq, users[dup])])
+        raise GraphFormatError(f"{where}:{line_of[dup] + 1}: user {users[dup]} already has a line ({where}:{line_of[earlier] + 1})")
+    item_counts = counts[line_of] - 1  # (lines,)
+    is_item = np.ones(len(ids), dtype=bool)
+    is_item[starts] = False
+    return users, np.repeat(users, item_counts), ids[is_item]
+
+
+def _locate_error(lines: list[str], where: str) -> None:
+    """Raise a :class:`GraphFormatError` for the first bad token (slow path, only on errors)."""
+    for lineno, line in enumerate(lines, start=1):
+        for col, token in enumerate(line.split()):
+            try:
+                value = int(token)
+            except ValueError:
+                raise GraphFormatError(f"{where}:{lineno}: '{token}' is not an integer id (expected 'user item item ...')") from None
+            if value < 0:
+                field_name = "user id" if col == 0 else f"item id (field {col + 1})"
+                raise GraphFormatError(f"{where}:{lineno}: negative {field_name} {value} (ids are 0-based)")
+    raise GraphFormatError(f"{where}: could not parse (expected 'user item item ...' lines)")
+
+
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting (numpy 2's hash-based unique is several times slower on 1M ints)."""
+    x = np.sort(x)
+    return x[np.concatenate([[True], x[1:] != x[:-1]])] if len(x) else x
+
+
+def _to_split(line_users: np.ndarray, users: np.ndarray, items: np.ndarray, num_users: int | None, path: str) -> GraphSplit:
+    n = int(line_users.max()) + 1 if len(line_users) else 0
+    if num_users is not None:
+        if n > num_users:
+            raise GraphFormatError(f"{path}: user id {n - 1} >= num_users={num_users}")
+        n = num_users
+    stride = int(items.max()) + 1 if len(items) else 1
+    keys = _sorted_unique(users * stride + items)  # sorted by (user, item), duplicates removed
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys // stride, minlength=n), out=indptr[1:])
+    return GraphSplit(indptr, keys % stride, path, len(line_users), len(items) - len(keys))
+
+
+def read_graph_file(path: str | Path, num_users: int | None = None) -> GraphSplit:
+    """Read one ``user item item ...`` file (plain or .gz) into a :class:`GraphSplit`."""
+    path = Path(path)
+    with _open_text(path) as f:
+        parsed = _parse_lines(f.read().splitlines(), str(path))
+    return _to_split(*parsed, num_users, str(path))
+
+
+def parse_graph_text(text: str, where: str = "<text>") -> GraphSplit:
+    """Parse the file format from a string (tests, small examples)."""
+    return _to_split(*_parse_lines(text.splitlines(), where), None, where)
+
+
+def find_split_file(root: str | Path, split: str) -> Path | None:
+    """``root/split.txt`` or ``root/split.txt.gz``, or None."""
+    for name in (f"{split}.txt", f"{split}.txt.gz"):
+        if (Path(root) / name).is_file():
+            return Path(root) / name
+    return None
+
+
+def load_graph_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> GraphDataset:
+    """Read ``train`` (required) and whichever of the other ``splits`` exist in ``root``.
+
+    Item ids must be < the common item count, which is the largest id seen in any split + 1.
+    """
+    root = Path(root)
+    if find_split_file(root, "train") is None:
+        raise FileNotFoundError(f"{root}: no train.txt or train.txt.gz (NGCF/LightGCN format 'user item item ...')")
+    raw = {s: read_graph_file(p) for s in splits if (p := find_split_file(root, s)) is not None}
+    num_users = max(sp.num_users for sp in raw.values())
+    num_items = max((int(sp.indices.max()) + 1 for sp in raw.values() if sp.nnz), default=0)
+    return GraphDataset(num_users, num_items, {s: sp.resized(num_users) for s, sp in raw.items()}, str(root))
+
+
+def graph_from_interactions(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> GraphDataset:
+    """A one-split (train) data set from interaction arrays (duplicates kept once and counted)."""
+    keys = _sorted_unique(np.asarray(users, dtype=np.int64) * num_items + np.asarray(items, dtype=np.int64))
+    u, i = keys // num_items, keys % num_items
+    indptr = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(u, minlength=num_users), out=indptr[1:])
+    split = GraphSplit(indptr, i, "<arrays>", int(len(np.unique(u))), int(len(users) - len(keys)))
+    return GraphDataset(num_users, num_items, {"train": split})
+
+
+# --------------------------------------------------------------------------------------------
+# Normalised adjacency
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NormalizedAdjacency:
+    """``P = csr + diag(diag)`` over N = U + I nodes (users first).
+
+    ``indptr`` (N + 1,), ``indices`` (nnz,) int64 and ``values`` (nnz,) float32 are the off-diagonal
+    part in CSR (row = receiving node); ``diag`` (N,) float32 holds the self-loop weights.
+    """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    values: torch.Tensor
+    diag: torch.Tensor
+    num_users: int
+    num_items: int
+    kind: str
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_users + self.num_items
+
+    def has_diag(self) -> bool:
+        return bool((self.diag != 0).any())
+
+    def to_sparse_csr(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """The off-diagonal part as a ``torch.sparse_csr_tensor`` (optionally with replaced values)."""
+        n = self.num_nodes
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+            return torch.sparse_csr_tensor(self.indptr, self.indices, self.values if values is None else values, (n, n),
+                                           check_invariants=False)
+
+    def to_dense(self) -> torch.Tensor:
+        """Dense (N, N) ``P`` (small graphs / tests only)."""
+        dense = torch.diag(self.diag)
+        dense[self.row_ids(), self.indices] += self.values
+        return dense
+
+    def row_ids(self) -> torch.Tensor:
+        """The receiving node of every off-diagonal entry (nnz,)."""
+        return torch.repeat_interleave(torch.arange(self.num_nodes), self.indptr.diff())
+
+
+def bipartite_edges(graph: GraphDataset, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Both directions of every interaction as node ids: (rows, cols), each (2 * nnz,)."""
+    sp = graph.splits[split]
+    u = sp.users()
+    i = sp.indices + graph.num_users
+    return np.concatenate([u, i]), np.concatenate([i, u])
+
+
+def _safe_power(deg: np.ndarray, p: float) -> np.ndarray:
+    out = np.zeros_like(deg, dtype=np.float64)
+    nz = deg > 0
+    out[nz] = deg[nz] ** p
+    return out
+
+
+def normalized_adjacency(graph: GraphDataset, kind: str = "sym", split: str = "train") -> NormalizedAdjacency:
+    """Build ``P`` of the given ``kind`` (see the module docstring) from the ``split`` interactions."""
+    if kind not in ADJACENCY_KINDS:
+        raise ValueError(f"unknown adjacency kind '{kind}' (choose from {list(ADJACENCY_KINDS)})")
+    n = graph.num_users + graph.num_items
+    rows, cols = bipartite_edges(graph, split)
+    order = np.lexsort((cols, rows))
+    rows, cols = rows[order], cols[order]
+    deg = np.bincount(rows, minlength=n).astype(np.float64)  # D (self-loops excluded)
+    ones = np.ones(n)
+    if kind == "sym":
+        d = _safe_power(deg, -0.5)
+        values, diag = d[rows] * d[cols], 0.0 * ones
+    elif kind == "sym_self_loop":
+        d = _safe_power(deg + 1.0, -0.5)
+        values, diag = d[rows] * d[cols], d * d
+    elif kind == "row_self_loop":
+        d = _safe_power(deg + 1.0, -1.0)
+        values, diag = d[rows], d
+    elif kind == "row":
+        d = _safe_power(deg, -1.0)
+        values, diag = d[rows], 0.0 * ones
+    elif kind == "row_plus_identity":
+        d = _safe_power(deg, -1.0)
+        values, diag = d[rows], ones
+    else:  # plain
+        values, diag = np.ones(len(rows)), 0.0 * ones
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return NormalizedAdjacency(
+        indptr=torch.from_numpy(indptr),
+        indices=torch.from_numpy(cols.astype(np.int64)),
+        values=torch.from_numpy(values.astype(np.float32)),
+        diag=torch.from_numpy(diag.astype(np.float32)),
+        num_users=graph.num_users,
+        num_items=graph.num_items,
+        kind=kind,
+    )
