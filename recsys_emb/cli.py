@@ -7,6 +7,12 @@ Sub-commands::
     recsys-emb train --config CFG [--train PATH] [--valid PATH] [--test PATH] [--run-dir DIR] [--set k=v ...] [--resume]
     recsys-emb evaluate --run-dir DIR --data PATH [--checkpoint]
     recsys-emb plan --config CFG --world-size N [--device cpu|cuda] [--set k=v ...]
+    recsys-emb prepare movielens --input DIR --out DIR          (MovieLens-100K CTR data)
+    recsys-emb search dnis|optembed --config CFG ...           (learned embedding dimensions)
+    recsys-emb train-seq --config CFG --data-path DIR ...     (DIN / two-stage / DARE)
+    recsys-emb train-graph --config CFG --data DIR ...         (NGCF / LightGCN)
+    recsys-emb sid embed|train|assign ...                      (semantic IDs)
+    recsys-emb retrieve --config CFG ...                       (exact/FAISS + kNN-Embed)
     recsys-emb doctor [--json]
 
 Heavy imports happen inside each command so ``recsys-emb --help`` and ``doctor`` stay fast and
@@ -59,8 +65,14 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 # Technique sub-commands: name -> (module, add-arguments function, run function, help). Their modules
 # are imported only when that sub-command runs, so `recsys-emb --help` stays fast.
 TECHNIQUE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "search": ("recsys_emb.search.cli", "add_search_arguments", "run_search",
+               "learned embedding dimensions: DNIS / OptEmbed search -> real smaller tables -> retrain"),
+    "train-seq": ("recsys_emb.train.sequence_loop", "add_train_seq_arguments", "run_train_seq",
+                  "train DIN / two-stage long-sequence / DARE rankers on behaviour sequences"),
     "train-graph": ("recsys_emb.train.graph_loop", "add_graph_arguments", "run_graph",
                     "train + full-ranking evaluation of NGCF / LightGCN / MF (BPR)"),
+    "sid": ("recsys_emb.semantic_ids.cli", "add_sid_arguments", "run_sid",
+            "semantic IDs: embed item text, train the RQ-VAE, assign IDs"),
     "retrieve": ("recsys_emb.retrieval.driver", "add_retrieve_arguments", "run_retrieve",
                  "candidate retrieval: exact/FAISS single-vector vs kNN-Embed"),
 }
@@ -79,6 +91,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from recsys_emb.data.criteo import add_prepare_criteo_arguments
 
     add_prepare_criteo_arguments(prepare.add_parser("criteo", help="Criteo TSV(.gz) -> arrays + meta.json"))
+    from recsys_emb.data.movielens import add_movielens_arguments
+
+    add_movielens_arguments(prepare.add_parser("movielens", help="MovieLens-100K ratings -> CTR train/valid/test arrays"))
 
     _add_train(sub)
     _add_evaluate(sub)
@@ -165,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             from recsys_emb.data.synthetic import run_synth_criteo
 
             return run_synth_criteo(args)
+        if args.command == "prepare" and args.dataset == "movielens":
+            from recsys_emb.data.movielens import run_movielens
+
+            return run_movielens(args)
         if args.command == "prepare":
             from recsys_emb.data.criteo import run_prepare_criteo
 

@@ -62,10 +62,17 @@ def init_distributed(device_name: str = "auto") -> DistEnv:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group(backend=backend)
     else:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
-        dist.init_process_group(backend=backend, rank=0, world_size=1)
+        # A private rendezvous on a fresh local port (never MASTER_PORT inherited from a parent process,
+        # which may be taken); retried because another process can grab the port in between.
+        for attempt in range(5):
+            try:
+                dist.init_process_group(
+                    backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+                )
+                break
+            except (RuntimeError, OSError):
+                if attempt == 4:
+                    raise
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend, True)
 
 

@@ -1,4 +1,4 @@
-"""Sharded == unsharded on 2 gloo CPU processes, for EBC, EC and our pre-transform wrapper.
+"""Sharded == unsharded on 2 gloo CPU processes, for EBC, EC, our pre-transform wrapper and Unified Embedding.
 
 For each module kind and each of table_wise / column_wise / row_wise / table_row_wise: the same weights and the same
 global batch (each rank feeds its half) give the same forward as the unsharded module on that half;
@@ -54,6 +54,13 @@ def make_module(kind: str, device: str) -> nn.Module:
         tables = [EmbeddingConfig(name=f"t{i}", embedding_dim=16, num_embeddings=40 + 10 * i, feature_names=[f])
                   for i, f in enumerate(FEATURES)]
         return EmbeddingCollection(tables=tables, device=torch.device(device))
+    if kind == "unified":  # feature multiplexing: 2 salted probes per feature into one shared table
+        from recsys_emb.config.experiment import EmbeddingConfig as TechniqueConfig
+        from recsys_emb.modules.registry import build_embedding
+
+        tables = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=16, num_embeddings=40 + 10 * i, feature_names=[f])
+                  for i, f in enumerate(FEATURES)]
+        return build_embedding(TechniqueConfig(type="unified", options={"num_rows": 64, "probes": 2}), tables, device)
     shared = [EmbeddingBagConfig(name="shared", embedding_dim=16, num_embeddings=64, feature_names=FEATURES)]
     return TransformedEmbeddingBagCollection(SaltedRemap(64), shared, device=device)
 
@@ -153,10 +160,12 @@ def check_parity(rank: int, world_size: int, kind: str, sharding_type: str) -> N
 
 
 def run_all(rank: int, world_size: int, kind: str) -> None:
-    for sharding_type in ("table_wise", "column_wise", "row_wise", "table_row_wise"):
+    # TorchRec's EmbeddingCollection sharder has no table_row_wise
+    types = ("table_wise", "column_wise", "row_wise") + (("table_row_wise",) if kind != "ec" else ())
+    for sharding_type in types:
         check_parity(rank, world_size, kind, sharding_type)
 
 
-@pytest.mark.parametrize("kind", ["ebc", "ec", "wrapper"])
+@pytest.mark.parametrize("kind", ["ebc", "ec", "wrapper", "unified"])
 def test_sharded_equals_unsharded_two_ranks(kind: str) -> None:
     run_ranks(run_all, 2, kind)

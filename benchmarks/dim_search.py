@@ -1,0 +1,168 @@
+"""Base vs DNIS vs OptEmbed on synthetic Criteo-like data or MovieLens-100K: test AUC, REAL embedding bytes, search time.
+
+For each seed: the plain model (``configs/criteo_dlrm.yaml`` settings, trained by ``recsys-emb
+train``), a DNIS search (``configs/criteo_dnis.yaml``) and an OptEmbed search
+(``configs/criteo_optembed.yaml``), each followed by ``derive_tables`` and a retrain of the derived
+compact model from scratch with the ordinary training loop. Search lengths are scaled to the data:
+``--search-epochs`` passes over the training rows for DNIS warm-up and search and for the OptEmbed
+supernet (the configs' step counts are sized for the full Criteo data).
+
+    python benchmarks/dim_search.py --rows 1000000 --seeds 0 1 2     # the issue's setting (hours on 2 cores)
+    python benchmarks/dim_search.py --rows 100000 --seeds 0 1 2 --target 0.6 --name dim_search_100k_target06
+    python benchmarks/dim_search.py --dataset movielens_100k --ml100k data/movielens_100k --batch-size 512 \\
+        --epochs 10 --seeds 0 1 2 --target 0.6 --name dim_search_ml100k
+
+Writes ``benchmarks/results/NAME.{json,md,png}`` (``--name``, default ``dim_search``). Wall-clock times on a shared machine are
+distorted by other jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from recsys_emb.config.experiment import ExperimentConfig  # noqa: E402
+from recsys_emb.config.io import load_config  # noqa: E402
+from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=["synthetic", "movielens_100k"], default="synthetic")
+    p.add_argument("--ml100k", type=Path, help="prepared MovieLens-100K folder with train/ valid/ test/ "
+                   "(python datasets/movielens_100k/prepare.py --input ml-100k --out DIR)")
+    p.add_argument("--rows", type=int, default=100_000, help="synthetic training rows (last 10%% validate)")
+    p.add_argument("--test-rows", type=int, default=None, help="test rows (default rows // 5)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (the data is generated once, seed 0)")
+    p.add_argument("--search-epochs", type=float, default=1.0, help="passes over the training rows per search phase")
+    p.add_argument("--target", type=float, default=0.5, help="DNIS target compression and OptEmbed budget")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--epochs", type=int, default=2, help="max epochs of the base model and of each retrain")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "dim_search", help="work folder (data and runs)")
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--name", default="dim_search", help="results file stem")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from recsys_emb.data.synthetic import synth_criteo
+    from recsys_emb.search.cli import run_search_experiment
+    from recsys_emb.train.loop import train
+
+    from recsys_emb.data.dataset import PreparedCTRData
+
+    if args.dataset == "synthetic":
+        data_dir = args.out / f"synth_{args.rows}"
+        if not (data_dir / "train.txt.gz").is_file():
+            synth_criteo(data_dir, rows=args.rows, test_rows=args.test_rows or args.rows // 5, seed=0)
+        train_rows = int(args.rows * 0.9)
+        data = [f"data.train={data_dir / 'train.txt.gz'}", f"data.test={data_dir / 'test.txt.gz'}"]
+        base_config = REPO / "configs" / "criteo_dlrm.yaml"
+        search_configs = {t: (REPO / "configs" / f"criteo_{t}.yaml", []) for t in ("dnis", "optembed")}
+    else:
+        if args.ml100k is None:
+            raise SystemExit("--dataset movielens_100k needs --ml100k PREPARED_DIR")
+        train_rows = len(PreparedCTRData.open(args.ml100k / "train"))
+        data = [f"data.{s}={args.ml100k / s}" for s in ("train", "valid", "test")]
+        base_config = REPO / "configs" / "movielens_dcnv2.yaml"
+        search_configs = {t: (base_config, [f"embedding.type={t}"]) for t in ("dnis", "optembed")}
+    steps = max(1, int(args.search_epochs * train_rows / args.batch_size))
+    common = [*data, f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}", "train.tensorboard=false",
+              "train.checkpoint_every_steps=100000"]
+    results: dict[str, list[dict]] = {"base": [], "dnis": [], "optembed": []}
+    for seed in args.seeds:
+        seeded = [*common, f"train.seed={seed}"]
+        run_dir = args.out / f"base_s{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        metrics = train(load_config(ExperimentConfig, base_config, seeded), run_dir)
+        results["base"].append({"seed": seed, "test_auc": metrics["test"]["auc"], "test_logloss": metrics["test"]["logloss"],
+                                "embedding_bytes": metrics["embedding_parameters"] * 4, "seconds": time.perf_counter() - t0})
+        searches = {
+            "dnis": [f"embedding.options.search.warmup_steps={steps}", f"embedding.options.search.search_steps={steps}",
+                     f"embedding.options.search.target_compression={args.target}"],
+            "optembed": [f"embedding.options.search.supernet_steps={2 * steps}", f"embedding.options.search.budget={args.target}",
+                         "embedding.options.search.eval_rows=20000", "embedding.options.search.generations=6"],
+        }
+        for technique, extra in searches.items():
+            run_dir = args.out / f"{technique}_s{seed}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            path, select = search_configs[technique]
+            cfg = load_config(ExperimentConfig, path, [*seeded, *select, *extra])
+            t0 = time.perf_counter()
+            report = run_search_experiment(cfg, technique, run_dir, progress=False)
+            results[technique].append({
+                "seed": seed, "test_auc": report["retrain"]["test"]["auc"], "test_logloss": report["retrain"]["test"]["logloss"],
+                "embedding_bytes": report["embedding_bytes_after"], "remap_bytes": report["remap_bytes"],
+                "search_seconds": report["search_seconds"], "seconds": time.perf_counter() - t0,
+                "masked_test_auc": report.get("test_searched_masked", {}).get("auc"),
+            })
+    return {"dataset": args.dataset, "rows": train_rows, "model": load_config(ExperimentConfig, base_config).model.name,
+            "search_steps": steps, "target": args.target, "results": results}
+
+
+def summarize(summary: dict) -> str:
+    base = statistics.mean(r["test_auc"] for r in summary["results"]["base"])
+    base_bytes = statistics.mean(r["embedding_bytes"] for r in summary["results"]["base"])
+    lines = ["| method | test AUC (mean ± sd) | Δ AUC vs base | embedding bytes | x smaller | search s | total s | seeds |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for name, rows in summary["results"].items():
+        aucs = [r["test_auc"] for r in rows]
+        sd = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
+        nbytes = statistics.mean(r["embedding_bytes"] for r in rows)
+        search = statistics.mean(r.get("search_seconds", 0.0) for r in rows)
+        total = statistics.mean(r["seconds"] for r in rows)
+        lines.append(f"| {name} | {statistics.mean(aucs):.4f} ± {sd:.4f} | {statistics.mean(aucs) - base:+.4f} | {nbytes:,.0f} | "
+                     f"{base_bytes / nbytes:.2f} | {search:.0f} | {total:.0f} | {len(rows)} |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, rows in summary["results"].items():
+        ax.scatter([r["embedding_bytes"] / 1e6 for r in rows], [r["test_auc"] for r in rows], label=name)
+    ax.set_xlabel("embedding MB (fp32, real tables)")
+    ax.set_ylabel("test AUC")
+    ax.set_title(f"dimension search, {summary['dataset']}, {summary['rows']:,} training rows")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    summary = run(args)
+    summary["command"] = "python benchmarks/dim_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    summary["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    args.results.mkdir(parents=True, exist_ok=True)
+    atomic_save_json(args.results / f"{args.name}.json", summary)
+    plot(summary, args.results / f"{args.name}.png")
+    table = summarize(summary)
+    md = (f"# Dimension search: base vs DNIS vs OptEmbed\n\nCommand: `{summary['command'].strip()}`  \n"
+          f"{summary['dataset']}: {summary['rows']:,} training rows, {summary['model']} dim 16; search phases of "
+          f"{summary['search_steps']} steps; target: keep {1 - summary['target']:.0%} (DNIS) / budget {summary['target']:.0%} "
+          f"(OptEmbed). Bytes are the REAL derived tables (fp32), not counting the int32 id remap. Machine: "
+          f"{summary['machine']['platform']}, {summary['machine']['cpus']} CPUs shared with other jobs (times distorted).\n\n"
+          f"{table}\n\n![AUC vs bytes]({args.name}.png)\n")
+    atomic_write_text(args.results / f"{args.name}.md", md)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""DIN: Deep Interest Network (Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", KDD 2018).
+
+What it does: the user's behaviours (a jagged history of item, category and recency-position ids) are
+weighted by a LOCAL ACTIVATION UNIT, an MLP over ``[q, k, q - k, q * k]`` for the target (query) ``q``
+and every behaviour (key) ``k``; the weighted sum of the behaviours, concatenated with the target, goes
+through an MLP to a click logit.
+
+Faithful to the paper:
+
+* the activation weights are NOT normalised (the paper keeps the intensity of the user interest);
+  ``softmax=True`` gives the reference code's softmax over each user's behaviours instead;
+* Dice (Sec. 4.3): ``p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + eps))``, ``f(s) = p(s) s + (1 - p(s)) alpha s``
+  with mini-batch statistics in training and running (moving-average) statistics at inference; PReLU is
+  the alternative (``activation: prelu``);
+* mini-batch-aware L2 regularisation (Sec. 4.2): per mini-batch, ``lambda/2 * sum_j ||w_j||^2 / n_j``
+  over only the embedding rows ``j`` that occur in the batch, where ``n_j`` is the row's number of
+  occurrences in the training set (``SequenceDataset.feature_frequencies()``); its gradient is
+  ``lambda * w_j / n_j`` for those rows and 0 for all others. It is computed from the looked-up
+  embeddings (one per distinct id), so it works with sharded tables and fused optimizers;
+* GAUC / RelaImpr: recsys_emb/train/ranking_metrics.py.
+
+Deviations: no user-profile or context features (the data sets have none), the behaviour and target
+tokens also carry a recency-position embedding (target position 0), and the MLP has no input
+BatchNorm. The histories stay jagged end to end: the activation unit runs on the ``(N, .)`` values of
+the behaviours (``N`` = total history length of the batch) and pooling is a segment sum. With a
+``DecoupledEmbeddingCollection`` in DARE mode the activation unit sees the attention embeddings and the
+pooled values / target representation come from the representation embeddings (tied = plain DIN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm.jagged_softmax)
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+from recsys_emb.data.sequences import GROUP_FEATURES
+
+ACTIVATIONS = ("dice", "prelu", "relu", "sigmoid")
+
+
+@dataclass
+class DINConfig:
+    """DIN options (the embedding layout is set in ``SequenceModelConfig``)."""
+
+    attention_hidden: list[int] = field(default_factory=lambda: [80, 40])  # local activation unit MLP
+    attention_activation: str = "dice"  # dice | prelu | relu | sigmoid
+    softmax: bool = False  # normalise the activation weights per user (reference code); paper: False
+    mlp: list[int] = field(default_factory=lambda: [200, 80])  # hidden layers of the output MLP
+    mlp_activation: str = "dice"  # dice | prelu | relu | sigmoid
+    dice_momentum: float = 0.01  # weight of the batch in Dice's running statistics
+    dice_eps: float = 1e-8  # epsilon of Dice's normalisation
+    mba_lambda: float = 0.0  # mini-batch-aware L2 strength (0 = off)
+
+    def __post_init__(self) -> None:
+        for name in ("attention_activation", "mlp_activation"):
+            if getattr(self, name) not in ACTIVATIONS:
+                raise ValueError(f"din.{name} must be one of {list(ACTIVATIONS)}, got '{getattr(self, name)}'")
+        if not 0.0 < self.dice_momentum <= 1.0:
+            raise ValueError(f"din.dice_momentum must be in (0, 1], got {self.dice_momentum}")
+        if self.mba_lambda < 0:
+            raise ValueError(f"din.mba_lambda must be >= 0, got {self.mba_lambda}")
+
+
+class Dice(nn.Module):
+    """Data-adaptive activation (DIN Sec. 4.3), per feature, on ``(R, F)`` inputs.
+
+    Training: normalises with the batch mean and (biased) variance and updates the running statistics
+    ``running = (1 - momentum) * running + momentum * batch`` (unbiased variance). Eval: uses the
+    running statistics. An empty batch passes through; one row gives ``p = 1/2``.
+
+    Args:
+        num_features: F.
+        momentum: weight of each batch in the running statistics.
+        eps: added to the variance.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.01, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.alpha = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] > 0:
+            mean = x.mean(0)  # (F,)
+            var = x.var(0, unbiased=False)  # (F,)
+            with torch.no_grad():
+                unbiased = x.var(0, unbiased=True) if x.shape[0] > 1 else var
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        p = torch.sigmoid((x - mean) / torch.sqrt(var + self.eps))  # (R, F)
+        return p * x + (1 - p) * self.alpha * x
+
+
+def make_activation(name: str, num_features: int, dice_momentum: float = 0.01, dice_eps: float = 1e-8) -> nn.Module:
+    if name == "dice":
+        return Dice(num_features, dice_momentum, dice_eps)
+    if name == "prelu":
+        return nn.PReLU(num_features, init=0.25)
+    if name == "relu":
+        return nn.ReLU()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    raise ValueError(f"unknown activation '{name}' (choose from {list(ACTIVATIONS)})")
+
+
+class ActivationMLP(nn.Sequential):
+    """``Linear -> activation`` per hidden layer, then a final ``Linear`` to ``out_dim``."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, activation: str, dice_momentum: float = 0.01, dice_eps: float = 1e-8) -> None:
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(in_dim, width), make_activation(activation, width, dice_momentum, dice_eps)]
+            in_dim = width
+        layers.append(nn.Linear(in_dim, out_dim))
+        super().__init__(*layers)
+
+
+# ----------------------------------------------------------------------------------- jagged helpers
+
+
+def segment_ids(lengths: Tensor) -> Tensor:
+    """(N,) row index of every jagged value: ``[0]*lengths[0] + [1]*lengths[1] + ...``."""
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths.long())
+
+
+def jagged_softmax(logits: Tensor, lengths: Tensor) -> Tensor:
+    """Softmax of ``(N,)`` logits within each jagged row (FBGEMM's kernel for float32; else torch segment ops)."""
+    if logits.numel() == 0:
+        return logits
+    lengths = lengths.long()
+    if logits.dtype == torch.float32:
+        offsets = torch.zeros(lengths.numel() + 1, dtype=torch.long, device=lengths.device)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        out, _ = torch.ops.fbgemm.jagged_softmax(logits.unsqueeze(1), offsets, int(lengths.max()))
+        return out.squeeze(1)
+    seg = segment_ids(lengths)
+    peak = torch.full((lengths.numel(),), -torch.inf, dtype=logits.dtype, device=logits.device)
+    peak = peak.scatter_reduce(0, seg, logits.detach(), "amax")  # softmax is shift invariant: no gradient needed
+    e = torch.exp(logits - peak[seg])
+    total = torch.zeros(lengths.numel(), dtype=logits.dtype, device=logits.device).index_add(0, seg, e)
+    return e / total[seg]
+
+
+def jagged_weighted_sum(weights: Tensor, values: Tensor, lengths: Tensor) -> Tensor:
+    """``out[b] = sum_i weights_i values_i`` over row ``b``'s values: (N,), (N, D) -> (B, D); empty rows give 0."""
+    seg = segment_ids(lengths)
+    out = torch.zeros(lengths.numel(), values.shape[1], dtype=values.dtype, device=values.device)
+    return out.index_add(0, seg, weights.unsqueeze(1) * values)
+
+
+def sequence_tokens(embeddings: Mapping[str, JaggedTensor], groups: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+    """Concatenate the groups' embeddings into behaviour and target tokens.
+
+    Returns:
+        ``(behaviours (N, G*D), lengths (B,), targets (B, G*D))``.
+    """
+    hist = [embeddings[GROUP_FEATURES[g][0]] for g in groups]
+    lengths = hist[0].lengths()
+    behaviours = torch.cat([jt.values() for jt in hist], dim=1)  # (N, G*D)
+    targets = torch.cat([embeddings[GROUP_FEATURES[g][1]].values() for g in groups], dim=1)  # (B, G*D)
+    if targets.shape[0] != lengths.numel():
+        raise ValueError(f"every example needs exactly one target id per feature: {targets.shape[0]} targets for {lengths.numel()} rows")
+    return behaviours, lengths, targets
+
+
+# ----------------------------------------------------------------------------------- MBA regulariser
+
+
+class MiniBatchAwareL2(nn.Module):
+    """``lambda/2 * sum_{j in batch} ||w_j||^2 / n_j`` per table, from the looked-up rows (DIN Sec. 4.2).
+
+    Args:
+        frequencies: feature group -> (rows,) training-set occurrence counts ``n_j`` (clamped to >= 1).
+        lam: lambda.
+        groups: the feature groups whose tables are regularised.
+    """
+
+    def __init__(self, frequencies: Mapping[str, Tensor], lam: float, groups: Sequence[str]) -> None:
+        super().__init__()
+        self.lam = lam
+        self.groups = list(groups)
+        for g in self.groups:
+            self.register_buffer(f"inv_freq_{g}", 1.0 / torch.as_tensor(frequencies[g], dtype=torch.float32).clamp(min=1.0), persistent=False)
+
+    def forward(self, features: KeyedJaggedTensor, embeddings: Mapping[str, JaggedTensor]) -> Tensor:
+        total = torch.zeros((), device=features.values().device)
+        for g in self.groups:
+            keys = GROUP_FEATURES[g]
+            ids = torch.cat([features[k].values() for k in keys]).long()  # (M,)
+            rows = torch.cat([embeddings[k].values() for k in keys])  # (M, D)
+            if ids.numel() == 0:
+                continue
+            uniq, inverse = torch.unique(ids, return_inverse=True)
+            first = torch.full((uniq.numel(),), ids.numel(), dtype=torch.long, device=ids.device)
+            first = first.scatter_reduce(0, inverse, torch.arange(ids.numel(), device=ids.device), "amin")
+            inv_freq = getattr(self, f"inv_freq_{g}")[uniq]  # (U,)
+            total = total + 0.5 * self.lam * (rows[first].pow(2).sum(1) * inv_freq.to(rows.dtype)).sum()
+        return total
+
+
+# ----------------------------------------------------------------------------------- the model
+
+
+class LocalActivationUnit(nn.Module):
+    """``a(q, k) = MLP([q, k, q - k, q * k])``: (N, E), (N, E) -> (N,) unnormalised weights."""
+
+    def __init__(self, dim: int, hidden: Sequence[int], activation: str, dice_momentum: float = 0.01, dice_eps: float = 1e-8) -> None:
+        super().__init__()
+        self.mlp = ActivationMLP(4 * dim, hidden, 1, activation, dice_momentum, dice_eps)
+
+    def forward(self, query: Tensor, keys: Tensor) -> Tensor:
+        return self.mlp(torch.cat([query, keys, query - keys, query * keys], dim=1)).squeeze(1)
+
+
+class DIN(nn.Module):
+    """DIN over jagged behaviour sequences: ``forward(kjt) -> logits (B,)``.
+
+    Shapes: B examples, N = total history length in the batch, G feature groups, D_a / D_r attention /
+    representation dims (equal and shared for plain DIN), E_a = G*D_a, E_r = G*D_r.
+
+    Args:
+        embedding: a ``DecoupledEmbeddingCollection`` (tied = plain DIN, decoupled = DIN + DARE).
+        groups: feature groups forming a token, e.g. ``("item", "category", "position")``.
+        config: DIN options.
+        frequencies: per group training-set row counts (needed when ``config.mba_lambda > 0``).
+
+    Example::
+
+        emb = DecoupledEmbeddingCollection(coupled_table_configs(ds.table_sizes(), 16))
+        model = DIN(emb, ("item", "category", "position"), DINConfig())
+        logits = model(batch.sparse_features)  # (B,)
+    """
+
+    def __init__(
+        self,
+        embedding: nn.Module,
+        groups: Sequence[str],
+        config: DINConfig,
+        frequencies: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.groups = list(groups)
+        self.config = config
+        att_dim = len(self.groups) * embedding.attention_dim
+        rep_dim = len(self.groups) * embedding.representation_dim
+        self.activation_unit = LocalActivationUnit(att_dim, config.attention_hidden, config.attention_activation, config.dice_momentum, config.dice_eps)
+        self.mlp = ActivationMLP(2 * rep_dim, config.mlp, 1, config.mlp_activation, config.dice_momentum, config.dice_eps)
+        self.mba: MiniBatchAwareL2 | None = None
+        if config.mba_lambda > 0:
+            if frequencies is None:
+                raise ValueError("din.mba_lambda > 0 needs the training-set frequencies n_j (SequenceDataset.feature_frequencies())")
+            self.mba = MiniBatchAwareL2(frequencies, config.mba_lambda, self.groups)
+        self._last: tuple[KeyedJaggedTensor, dict, dict] | None = None
+
+    def forward(self, features: KeyedJaggedTensor) -> Tensor:
+        att, rep = self.embedding(features)
+        keys, lengths, query = sequence_tokens(att, self.groups)  # (N, E_a), (B,), (B, E_a)
+        values, _, target = sequence_tokens(rep, self.groups) if rep is not att else (keys, lengths, query)
+        seg = segment_ids(lengths)  # (N,)
+        weights = self.activation_unit(query[seg], keys)  # (N,)
+        if self.config.softmax:
+            weights = jagged_softmax(weights, lengths)
+        interest = jagged_weighted_sum(weights, values, lengths)  # (B, E_r)
+        self._last = (features, att, rep) if self.training else None
+        return self.mlp(torch.cat([interest, target], dim=1)).squeeze(1)  # (B,)
+
+    def aux_loss(self, labels: Tensor | None = None) -> Tensor | None:
+        """The mini-batch-aware L2 penalty of the last training forward (None when off or in eval)."""
+        if self.mba is None or self._last is None:
+            return None
+        features, att, rep = self._last
+        penalty = self.mba(features, att)
+        if rep is not att:
+            penalty = penalty + self.mba(features, rep)
+        return penalty
+
+
+def bce(logits: Tensor, labels: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))

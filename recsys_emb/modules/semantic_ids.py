@@ -1,0 +1,259 @@
+"""Semantic-ID features: item id -> SID pieces (pre-lookup transform) + a stock table.
+
+Paper: Singh et al., "Better Generalization with Semantic IDs: A Case Study in Ranking for
+Recommendations" (RecSys 2024). Items get semantic IDs from an RQ-VAE over content embeddings
+(recsys_emb/semantic_ids/); a ranking model then embeds an item as the sum of the embeddings of the
+PIECES of its ID (unigrams, bigrams, prefix n-grams, or SentencePiece pieces) instead of, or next
+to, a random-hash/vocabulary item-id embedding. New items share pieces with similar old items.
+
+Pieces of every item are computed offline and stored as jagged buffers (``item_offsets``,
+``item_rows``: table rows, row 0 = unknown), so the transform is parameter-free and runs before
+TorchRec's input all-to-all: :func:`semantic_id_embedding_bag_collection` returns a stock
+:class:`~recsys_emb.modules.wrapper.TransformedEmbeddingBagCollection` (sharded by the wrapper
+sharder). The raw codes are kept as the ``codes`` buffer for inspection and checkpoints.
+
+Reduction: one level whose code is the item id, unigram tokens, ``dense`` mapping -> row ``1 + id``,
+i.e. exactly the plain item-id embedding (tested). Deviations from the paper: the SID table's
+pieces are pooled with the bag's pooling (sum by default) together with all ids of a multi-id bag;
+ids outside the code table (new items without codes, OOV ids) map to the shared row 0.
+
+Shapes: B batch size, N items with codes, P pieces per item (jagged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys_emb.modules.registry import register_embedding
+from recsys_emb.modules.wrapper import TransformedEmbeddingBagCollection
+
+
+class SemanticIdTransform(nn.Module):
+    """``KJT -> KJT``: replace the ids of ``features`` by the table rows of their SID pieces.
+
+    Args:
+        item_offsets: (N + 1,) offsets of each item's rows in ``item_rows``.
+        item_rows: (total pieces,) table rows of the pieces (row 0 = unknown).
+        features: input features holding item ids (all share this code table).
+        keep_item_id: also pass the original id features through; the SID features are then
+            named ``<feature>_sid`` (otherwise they keep the feature name).
+        id_offset: item id ``v`` has codes row ``v - id_offset`` (e.g. 2 when ids 0/1 mean missing/OOV).
+        codes: optional (N, L) code matrix, stored as a buffer for inspection.
+
+    Example::
+
+        # item 0 -> rows [1, 5], item 1 -> rows [2, 5]; feature "item": bags [[0], [1, 0]]
+        t = SemanticIdTransform(torch.tensor([0, 2, 4]), torch.tensor([1, 5, 2, 5]), ["item"])
+        kjt = KeyedJaggedTensor.from_lengths_sync(["item"], torch.tensor([0, 1, 0]), torch.tensor([1, 2]))
+        t(kjt)["item"]   # values [1, 5, 2, 5, 1, 5], lengths [2, 4]
+    """
+
+    def __init__(
+        self,
+        item_offsets: Tensor,
+        item_rows: Tensor,
+        features: Sequence[str],
+        *,
+        keep_item_id: bool = False,
+        id_offset: int = 0,
+        codes: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        offsets = torch.as_tensor(item_offsets, dtype=torch.long)
+        rows = torch.as_tensor(item_rows, dtype=torch.long)
+        if offsets.ndim != 1 or offsets.numel() < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != rows.numel():
+            raise ValueError("item_offsets must start at 0 and end at len(item_rows)")
+        if bool((offsets[1:] < offsets[:-1]).any()):
+            raise ValueError("item_offsets must be non-decreasing")
+        if not features:
+            raise ValueError("SemanticIdTransform needs at least one feature")
+        # one extra "unknown item" at index N with the single piece row 0
+        self.register_buffer("item_offsets", torch.cat([offsets, offsets[-1:] + 1]))
+        self.register_buffer("item_rows", torch.cat([rows, rows.new_zeros(1)]))
+        self.register_buffer("codes", torch.as_tensor(codes, dtype=torch.long) if codes is not None else torch.zeros(0, 0, dtype=torch.long))
+        self.features = list(features)
+        self.keep_item_id = keep_item_id
+        self.id_offset = int(id_offset)
+        self.num_items = offsets.numel() - 1
+
+    def output_name(self, feature: str) -> str:
+        return f"{feature}_sid" if self.keep_item_id else feature
+
+    def pieces(self, ids: Tensor, lengths: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Rows (values), new bag lengths and repeated weights for ids ``ids`` in bags ``lengths``."""
+        item = ids.long() - self.id_offset
+        known = (item >= 0) & (item < self.num_items)
+        item = torch.where(known, item, torch.full_like(item, self.num_items))  # (n,)
+        start = self.item_offsets[item]  # (n,)
+        count = self.item_offsets[item + 1] - start  # (n,)
+        owner = torch.repeat_interleave(torch.arange(item.numel(), device=ids.device), count)  # (total,)
+        first = torch.cumsum(count, 0) - count  # (n,)
+        within = torch.arange(owner.numel(), device=ids.device) - first[owner]  # (total,)
+        values = self.item_rows[start[owner] + within]  # (total,)
+        bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=ids.device), lengths.long())  # (n,)
+        new_lengths = torch.zeros(lengths.numel(), dtype=torch.long, device=ids.device).index_add_(0, bag, count)
+        return values, new_lengths.to(lengths.dtype), None if weights is None else weights[owner]
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        stride = features.stride()
+        values, lengths, weights = features.values(), features.lengths(), features.weights_or_none()
+        missing = [f for f in self.features if f not in features.keys()]
+        if missing:
+            raise KeyError(f"SemanticIdTransform: features {missing} are not in the input KJT (keys {features.keys()})")
+        out_keys: list[str] = []
+        out_values: list[Tensor] = []
+        out_lengths: list[Tensor] = []
+        out_weights: list[Tensor] = []
+        start = 0
+        for i, (key, n) in enumerate(zip(features.keys(), features.length_per_key())):
+            v = values[start:start + n]
+            ln = lengths[i * stride:(i + 1) * stride]
+            w = None if weights is None else weights[start:start + n]
+            start += n
+            if key not in self.features or self.keep_item_id:
+                out_keys.append(key)
+                out_values.append(v.long())
+                out_lengths.append(ln)
+                if w is not None:
+                    out_weights.append(w)
+            if key in self.features:
+                pv, pl, pw = self.pieces(v, ln, w)
+                out_keys.append(self.output_name(key))
+                out_values.append(pv)
+                out_lengths.append(pl)
+                if pw is not None:
+                    out_weights.append(pw)
+        return KeyedJaggedTensor(
+            keys=out_keys,
+            values=torch.cat(out_values),
+            lengths=torch.cat(out_lengths),
+            weights=torch.cat(out_weights) if weights is not None else None,
+            stride=stride,
+        )
+
+
+def semantic_id_embedding_bag_collection(
+    tables: Sequence[EmbeddingBagConfig],
+    features: Sequence[str],
+    item_offsets: Tensor | np.ndarray,
+    item_rows: Tensor | np.ndarray,
+    num_rows: int,
+    *,
+    keep_item_id: bool = False,
+    id_offset: int = 0,
+    embedding_dim: int | None = None,
+    pooling: PoolingType | None = None,
+    codes: Tensor | np.ndarray | None = None,
+    is_weighted: bool = False,
+    device: torch.device | str | None = None,
+) -> TransformedEmbeddingBagCollection:
+    """The plain ``tables`` with the item features' lookups replaced by (or joined with) a SID table.
+
+    Args:
+        tables: the per-feature tables the model would otherwise use.
+        features: item-id features that get SID pieces (they share one SID table).
+        item_offsets, item_rows: jagged table rows of every item's pieces (see SemanticIdTransform).
+        num_rows: rows of the SID table (row 0 = unknown).
+        keep_item_id: keep the item-id tables as well (SID features are then ``<feature>_sid``).
+        id_offset: item id ``v`` has codes row ``v - id_offset``.
+        embedding_dim: SID table dim (default: the dim of the first item feature's table).
+        pooling: SID table pooling (default: that table's pooling).
+        codes: (N, L) codes kept as a buffer.
+        device: where to build the tables (``meta`` for DistributedModelParallel).
+    """
+    table_of = {f: t for t in tables for f in t.feature_names}
+    unknown = [f for f in features if f not in table_of]
+    if unknown:
+        raise ValueError(f"semantic_ids: features {unknown} have no table (features: {sorted(table_of)})")
+    item_max = int(np.asarray(item_rows).max()) if len(item_rows) else 0
+    if item_max >= num_rows:
+        raise ValueError(f"semantic_ids: piece row {item_max} >= num_rows {num_rows}")
+    first = table_of[features[0]]
+    sid_feature_names = [f"{f}_sid" if keep_item_id else f for f in features]
+    sid_table = EmbeddingBagConfig(
+        num_embeddings=int(num_rows),
+        embedding_dim=int(embedding_dim or first.embedding_dim),
+        name="semantic_ids",
+        feature_names=sid_feature_names,
+        pooling=pooling if pooling is not None else first.pooling,
+    )
+    out_tables: list[EmbeddingBagConfig] = []
+    for t in tables:
+        kept = [f for f in t.feature_names if keep_item_id or f not in features]
+        if kept == list(t.feature_names):
+            out_tables.append(t)
+        elif kept:
+            out_tables.append(replace(t, feature_names=kept))
+    out_tables.append(sid_table)
+    transform = SemanticIdTransform(
+        torch.as_tensor(np.asarray(item_offsets)), torch.as_tensor(np.asarray(item_rows)), features,
+        keep_item_id=keep_item_id, id_offset=id_offset,
+        codes=None if codes is None else torch.as_tensor(np.asarray(codes)),
+    )
+    return TransformedEmbeddingBagCollection(transform, out_tables, is_weighted=is_weighted, device=device)
+
+
+@dataclass
+class SemanticIdOptions:
+    """``embedding: {type: semantic_ids, options: {...}}`` of a CTR experiment."""
+
+    codes: str = ""  # SID file written by `recsys-emb sid assign` (row i = item id i + id_offset)
+    features: list[str] = field(default_factory=list)  # item-id features that get SID pieces
+    tokenizer: str = "prefix_ngram"  # unigram | bigram | prefix_ngram | sentencepiece
+    mapping: str = "dense"  # dense | vocab | hash (see recsys_emb/semantic_ids/tokenizers.py)
+    num_rows: int | None = None  # rows of the hashed SID table (mapping: hash)
+    levels: int | None = None  # use only the first `levels` levels of the IDs (None = all, suffix included)
+    sentencepiece_model: str | None = None  # a trained .model (tokenizer: sentencepiece); required for it
+    keep_item_id: bool = False  # keep the item-id embedding next to the SID features
+    id_offset: int = 0  # item id v has codes row v - id_offset (2 for vocab ids with 0=missing, 1=OOV)
+    embedding_dim: int | None = None  # SID table dim (default: the item feature's dim)
+    seed: int = 0  # hash salt
+
+    def __post_init__(self) -> None:
+        if not self.codes:
+            raise ValueError("embedding.options.codes: path of a SID file (`recsys-emb sid assign`) is required")
+        if not self.features:
+            raise ValueError("embedding.options.features: name at least one item-id feature")
+        if self.tokenizer == "sentencepiece" and not self.sentencepiece_model:
+            raise ValueError("embedding.options.sentencepiece_model is required for tokenizer 'sentencepiece'")
+
+
+def item_piece_rows(
+    codes: np.ndarray, level_sizes: Sequence[int], options: SemanticIdOptions
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Tokenise ``codes`` as ``options`` says -> (item_offsets, item_rows, num_rows)."""
+    from recsys_emb.semantic_ids.tokenizers import PieceTable, build_tokenizer
+
+    tok = build_tokenizer(options.tokenizer, codes, level_sizes, levels=options.levels,
+                          sentencepiece_model=options.sentencepiece_model, seed=options.seed)
+    pieces = tok.pieces(codes)
+    table = PieceTable(tok, options.mapping, options.num_rows, options.seed).fit(pieces)
+    offsets, rows = table.item_rows(pieces)
+    return offsets, rows, table.num_rows
+
+
+@register_embedding("semantic_ids", SemanticIdOptions)
+def build_semantic_ids(
+    options: SemanticIdOptions,
+    tables: list[EmbeddingBagConfig],
+    device: torch.device | str | None = None,
+    **context: Any,
+) -> TransformedEmbeddingBagCollection:
+    """Registry builder: load the SID file, tokenise, and wrap ``tables`` (see module docstring)."""
+    from recsys_emb.semantic_ids.codes import SemanticIds
+
+    sids = SemanticIds.load(options.codes)
+    offsets, rows, num_rows = item_piece_rows(sids.codes, sids.level_sizes, options)
+    return semantic_id_embedding_bag_collection(
+        tables, options.features, offsets, rows, num_rows, keep_item_id=options.keep_item_id,
+        id_offset=options.id_offset, embedding_dim=options.embedding_dim, codes=sids.codes, device=device,
+    )
+

@@ -1,0 +1,101 @@
+"""Ranking metrics for behaviour-sequence models: GAUC and RelaImpr (Zhou et al., KDD 2018, Sec. 5.3).
+
+* GAUC = sum_u w_u AUC_u / sum_u w_u, where AUC_u is the AUC over user ``u``'s rows and the weight
+  ``w_u`` is the user's number of impressions (rows). Users whose rows are all positive or all
+  negative have no AUC and are skipped (in both sums).
+* RelaImpr = (AUC(model) - 0.5) / (AUC(base) - 0.5) - 1, reported in percent.
+
+The global AUC/logloss come from :mod:`recsys_emb.train.metrics` (exact, ties averaged).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from recsys_emb.train.metrics import log_loss, roc_auc
+
+
+def group_auc(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, groups: torch.Tensor | np.ndarray) -> tuple[float, int]:
+    """Impression-weighted mean of per-group AUCs (ties get average ranks), skipping single-class groups.
+
+    Args:
+        scores: (N,) real scores (only their order within a group matters).
+        labels: (N,) binary labels.
+        groups: (N,) integer group (user) ids.
+
+    Returns:
+        ``(gauc, number of groups counted)``; ``(nan, 0)`` when no group has both classes.
+    """
+    s = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64).ravel()
+    y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.float64).ravel()
+    g = np.asarray(groups.detach().cpu() if isinstance(groups, torch.Tensor) else groups).ravel()
+    if s.size == 0:
+        return math.nan, 0
+    order = np.lexsort((s, g))  # by group, then score
+    s, y, g = s[order], y[order], g[order]
+    n = s.size
+    # tie blocks: consecutive rows with the same (group, score) share the average 1-based rank in their group
+    new_block = np.ones(n, dtype=bool)
+    new_block[1:] = (g[1:] != g[:-1]) | (s[1:] != s[:-1])
+    block = np.cumsum(new_block) - 1
+    block_start = np.flatnonzero(new_block)
+    block_end = np.append(block_start[1:], n)  # exclusive
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = g[1:] != g[:-1]
+    group_idx = np.cumsum(new_group) - 1
+    group_start = np.flatnonzero(new_group)
+    avg_rank = (block_start + block_end + 1) / 2.0 - group_start[group_idx[block_start]]  # per block, rank in group
+    ranks = avg_rank[block]  # (N,)
+    num_groups = len(group_start)
+    pos = np.bincount(group_idx, weights=y, minlength=num_groups)
+    cnt = np.bincount(group_idx, minlength=num_groups).astype(np.float64)
+    neg = cnt - pos
+    rank_sum = np.bincount(group_idx, weights=ranks * y, minlength=num_groups)
+    valid = (pos > 0) & (neg > 0)
+    if not valid.any():
+        return math.nan, 0
+    auc = (rank_sum[valid] - pos[valid] * (pos[valid] + 1) / 2) / (pos[valid] * neg[valid])
+    weight = cnt[valid]
+    return float((auc * weight).sum() / weight.sum()), int(valid.sum())
+
+
+def rela_impr(auc_model: float, auc_base: float) -> float:
+    """RelaImpr in percent: ``((auc_model - 0.5) / (auc_base - 0.5) - 1) * 100``."""
+    if auc_base == 0.5:
+        raise ValueError("RelaImpr is undefined for a base AUC of 0.5")
+    return ((auc_model - 0.5) / (auc_base - 0.5) - 1.0) * 100.0
+
+
+class RankingMetrics:
+    """Accumulates logits, labels and user ids; :meth:`compute` gives AUC, GAUC and logloss (all ranks)."""
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, users: torch.Tensor) -> None:
+        self._parts.append(
+            (logits.detach().float().flatten().cpu(), labels.detach().float().flatten().cpu(), users.detach().long().flatten().cpu())
+        )
+
+    def compute(self) -> dict[str, float]:
+        """``{"auc", "gauc", "logloss", "rows", "gauc_users"}`` over all rows (collective when distributed)."""
+        if self._parts:
+            logits, labels, users = (torch.cat(t) for t in zip(*self._parts))
+        else:
+            logits, labels, users = torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[tuple[torch.Tensor, ...] | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (logits, labels, users))
+            logits, labels, users = (torch.cat([g[i] for g in gathered if g is not None]) for i in range(3))
+        gauc, counted = group_auc(logits, labels, users)
+        return {
+            "auc": roc_auc(logits, labels),
+            "gauc": gauc,
+            "logloss": log_loss(logits, labels),
+            "rows": int(labels.numel()),
+            "gauc_users": counted,
+        }
