@@ -42,6 +42,43 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return state
 
 
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rank 0: replace ``path`` by the finished ``tmp`` folder (old copy removed only after the rename)."""
+    old = path.with_name(f".{path.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_shards(path: str | Path, model: nn.Module) -> None:
+    """Collectively save only the model's (sharded) weights as a DCP folder, swapped in atomically.
+
+    Each rank writes its own shards: unlike :func:`export_model`, no rank gathers a full table.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if _is_main() and tmp.exists():
+        shutil.rmtree(tmp)
+    _barrier()
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(tmp))
+    if _is_main():
+        _swap_into_place(tmp, path)
+    _barrier()
+
+
+def load_model_shards(path: str | Path, model: nn.Module) -> None:
+    """Collectively load what :func:`save_model_shards` wrote (any number of ranks: DCP reshards)."""
+    path = Path(path)
+    if not (path / ".metadata").is_file():
+        raise FileNotFoundError(f"{path} is not a saved model (no .metadata)")
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(path))
+    model.load_state_dict(state["model"])
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: Any, trainer_state: dict[str, Any]) -> None:
     """Collectively save model, optimizer, RNG and ``trainer_state`` (JSON-able) to ``path``.
 
@@ -60,13 +97,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: Any, trainer_
     dcp.save(state, checkpoint_id=str(tmp))
     if _is_main():
         atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=2) + "\n")
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        _swap_into_place(tmp, path)
     _barrier()
 
 

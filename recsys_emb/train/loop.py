@@ -33,7 +33,7 @@ from recsys_emb.data.dataset import BatchIterator, PreparedCTRData
 from recsys_emb.data.resolve import Split, resolve_data
 from recsys_emb.models import build_model
 from recsys_emb.models.train import CTRTrain
-from recsys_emb.train.checkpoint import export_model, load_checkpoint, load_model_state, save_checkpoint
+from recsys_emb.train.checkpoint import export_model, load_checkpoint, load_model_shards, save_checkpoint, save_model_shards
 from recsys_emb.train.env import DistEnv, init_distributed, shutdown
 from recsys_emb.train.metrics import CTRMetrics
 from recsys_emb.train.optim import build_optimizer, dense_parameters, materialize_state, shard_model
@@ -220,7 +220,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, env: DistEnv, resume: bool, int
         improved = metrics["auc"] > state["best_auc"]
         if improved:
             state.update(best_auc=metrics["auc"], best_step=step, best_valid=metrics, bad_evals=0)
-            export_model(run_dir / "model.pt", dmp)
+            save_model_shards(run_dir / "best", dmp)  # sharded: restored at the end without full copies
+            export_model(run_dir / "model.pt", dmp)  # consolidated single file for inference
         else:
             state["bad_evals"] += 1
             if 0 < tc.early_stopping_patience <= state["bad_evals"]:
@@ -301,9 +302,9 @@ def _train(cfg: ExperimentConfig, run_dir: Path, env: DistEnv, resume: bool, int
 
 def _finish(cfg, run_dir, env, dmp, splits, state, writer) -> dict[str, Any]:  # noqa: ANN001
     tc = cfg.train
-    # Restore the best-validation weights (DMP's EBC accepts full tensors) and score test + train.
-    best = load_model_state(run_dir / "model.pt")
-    dmp.load_state_dict(best, strict=False)
+    # Restore the best-validation weights from their sharded copy (each rank reads only its shards)
+    # and score test + train.
+    load_model_shards(run_dir / "best", dmp)
     results: dict[str, Any] = {"name": cfg.name, "model": cfg.model.name, "valid": state["best_valid"]}
     if "test" in splits:
         test_data = PreparedCTRData.open(splits["test"].root)
