@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=["synthetic", "movielens_100k"], default="synthetic")
     p.add_argument("--ml100k", type=Path, help="prepared MovieLens-100K folder with train/ valid/ test/ "
-                   "(python datasets/movielens_100k/prepare.py --input ml-100k --out DIR)")
+                   "(python datasets/movielens/prepare.py --input ml-100k --out DIR)")
     p.add_argument("--rows", type=int, default=100_000, help="synthetic training rows (last 10%% validate)")
     p.add_argument("--test-rows", type=int, default=None, help="test rows (default rows // 5)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (the data is generated once, seed 0)")
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> dict:
             raise SystemExit("--dataset movielens_100k needs --ml100k PREPARED_DIR")
         train_rows = len(PreparedCTRData.open(args.ml100k / "train"))
         data = [f"data.{s}={args.ml100k / s}" for s in ("train", "valid", "test")]
-        base_config = REPO / "configs" / "movielens_dcnv2.yaml"
+        base_config = REPO / "configs" / "ml100k_dcnv2.yaml"
         search_configs = {t: (base_config, [f"embedding.type={t}"]) for t in ("dnis", "optembed")}
     steps = max(1, int(args.search_epochs * train_rows / args.batch_size))
     common = [*data, f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}", "train.tensorboard=false",

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, options in layouts.items():
         cfg = load_config(
             ExperimentConfig,
-            REPO / "configs" / "movielens_unified.yaml",
+            REPO / "configs" / "ml100k_unified.yaml",
             [*(f"data.{role}={p}" for role, p in paths.items()), f"train.epochs={args.epochs}", f"train.seed={args.seed}",
              "train.tensorboard=false", f"embedding.options={json.dumps({**options, 'hash_seed': args.seed})}"],
         )

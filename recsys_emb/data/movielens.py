@@ -25,7 +25,7 @@ of vocabulary (a value never seen in training), 2.. = training values by descend
 value). Every split's ``meta.json`` lists the same ``vocab_sizes``.
 
 Input files: the original GroupLens ``ml-100k`` folder (``u.data`` or ``u.data.gz``, ``u.user``,
-``u.item``); see datasets/movielens_100k/README.md.
+``u.item``); see datasets/movielens/README.md.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def test_real_files_counts_and_jagged_genres() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["movielens_unified_tiny", "movielens_dcnv2_tiny"])
+@pytest.mark.parametrize("config", ["ml100k_unified_tiny", "ml100k_dcnv2_tiny"])
 def test_tiny_configs_train_on_movielens(config: str, tmp_path: Path) -> None:
     from recsys_emb.train.loop import train
 

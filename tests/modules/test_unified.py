@@ -282,7 +282,7 @@ def test_trains_inside_ctr_models_through_the_registry(model: str, tmp_path: Pat
     assert evaluate_run(tmp_path / "run", test_dir) == results["test"]  # reloaded model.pt scores identically
 
 
-@pytest.mark.parametrize("name", ["movielens_unified", "movielens_unified_tiny", "criteo_unified", "criteo_unified_tiny"])
+@pytest.mark.parametrize("name", ["ml100k_unified", "ml100k_unified_tiny", "criteo_unified", "criteo_unified_tiny"])
 def test_unified_configs_load_and_build(name: str) -> None:
     cfg = load_config(ExperimentConfig, REPO / "configs" / f"{name}.yaml")
     vocab = {"user": 945, "item": 1614, "gender": 4, "age": 63, "occupation": 23, "zip": 384, "genres": 217}

@@ -1,10 +1,10 @@
 """Prepare MovieLens-100K as CTR data (train/valid/test prepared directories).
 
-A thin script over :func:`recsys_emb.data.movielens.run_movielens`. See datasets/movielens_100k/README.md.
+A thin script over :func:`recsys_emb.data.movielens.run_movielens`. See datasets/movielens/README.md.
 
 Example::
 
-    python datasets/movielens_100k/prepare.py --input ml-100k --out data/movielens_100k
+    python datasets/movielens/prepare.py --input ml-100k --out data/movielens_100k
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ Overhead: forward time of the multiplexed module (hash transform + lookup + regr
 plain ``EmbeddingBagCollection`` with one table of the same number of rows fed pre-hashed ids, on a
 Criteo-shaped batch (26 features, one id per bag), measured in the same process.
 
-    python benchmarks/unified_embedding.py --data /path/to/ml-100k            # quality + overhead
-    python benchmarks/unified_embedding.py --data /path/to/ml-100k --max-runs 8  # resumable chunks
+    python benchmarks/unified_budget.py --data /path/to/ml-100k            # quality + overhead
+    python benchmarks/unified_budget.py --data /path/to/ml-100k --max-runs 8  # resumable chunks
 
 Results go to benchmarks/results/unified_embedding.{json,md,png}; finished runs in the JSON are kept
 and skipped when the command is repeated (so long sweeps can be run in chunks).
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.2, 0.04], help="fractions of collisionless bytes")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--config", type=Path, default=REPO / "configs" / "movielens_unified.yaml")
+    p.add_argument("--config", type=Path, default=REPO / "configs" / "ml100k_unified.yaml")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (resume later)")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / "unified_embedding.json"
     results = json.loads(out.read_text()) if out.is_file() else {"runs": {}}
-    command = "python benchmarks/unified_embedding.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/unified_budget.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results["commands"] = [*results.get("commands", []), command.strip()]  # every (chunked) invocation, in order
     results.pop("command", None)
     results["machine"] = f"{platform.platform()}, {os.cpu_count()} CPUs"
