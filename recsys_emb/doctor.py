@@ -65,7 +65,11 @@ def diagnose() -> dict[str, Any]:
         report["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         torch_version = torch.__version__
     try:
-        from recsys_emb import ops  # noqa: F401
+        import warnings
+
+        with warnings.catch_warnings():  # the loader's "extension not built" warning: reported below instead
+            warnings.simplefilter("ignore")
+            from recsys_emb import ops  # noqa: F401
 
         report["extension"] = getattr(ops, "extension_status", lambda: "not built (no compiled kernels yet)")()
     except Exception as e:

@@ -1,0 +1,60 @@
+"""Loads the optional compiled kernels ``recsys_emb._C``; never raises, warns once when absent.
+
+The extension (built from ``csrc/`` by ``setup.py``; not written yet) only adds per-device
+implementations (``TORCH_LIBRARY_IMPL(recsys_emb, CPU|CUDA, m)``) of the ops declared in
+:mod:`recsys_emb.ops._library`; it must never re-declare a schema. When it is missing, fails to load
+(ABI mismatch, missing symbol, ...) or ``RECSYS_EMB_DISABLE_KERNELS=1`` is set, the pure-PyTorch
+references stay in use on every device.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+import torch
+
+from recsys_emb.ops._library import OPS
+
+DISABLE_ENV = "RECSYS_EMB_DISABLE_KERNELS"
+_state: dict[str, object] = {"tried": False, "loaded": False, "error": None}
+
+
+def load_extension() -> bool:
+    """Import ``recsys_emb._C`` once; True when it loaded. Warns (once) instead of raising."""
+    if _state["tried"]:
+        return bool(_state["loaded"])
+    _state["tried"] = True
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        _state["error"] = f"disabled by {DISABLE_ENV}"
+        return False
+    try:
+        importlib.import_module("recsys_emb._C")
+    except Exception as exc:  # ImportError, OSError (bad .so), RuntimeError (registration): never fatal
+        _state["error"] = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            f"recsys_emb: compiled kernels (recsys_emb._C) not loaded ({_state['error']}); "
+            "using the pure-PyTorch reference ops",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    _state["loaded"] = True
+    return True
+
+
+def extension_error() -> str | None:
+    """Why the extension is not in use (None when loaded or not tried yet)."""
+    return None if _state["loaded"] else _state["error"]  # type: ignore[return-value]
+
+
+def kernel_status(devices: tuple[str, ...] = ("CPU", "CUDA")) -> dict[str, dict[str, str]]:
+    """``{op: {device: "compiled" | "reference"}}``: which implementation each device dispatches to."""
+    status: dict[str, dict[str, str]] = {}
+    for name, spec in OPS.items():
+        status[name] = {
+            device: "compiled" if torch._C._dispatch_has_kernel_for_dispatch_key(spec.qualname, device) else "reference"
+            for device in devices
+        }
+    return status
