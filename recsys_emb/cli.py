@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 
@@ -112,25 +111,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from recsys_emb.config.experiment import ExperimentConfig
-    from recsys_emb.config.io import load_config
+    from recsys_emb.config.io import load_config, run_config_and_dir
     from recsys_emb.train.loop import train
 
     overrides = list(args.overrides)
     for key in ("train", "valid", "test"):
         if getattr(args, key) is not None:
             overrides.append(f"data.{key}={getattr(args, key)}")
-    if args.resume:
-        if args.run_dir is None:
-            raise SystemExit("--resume needs --run-dir (the run to continue)")
-        config_path = args.run_dir / "config.yaml"
-        if args.config is not None:
-            print(f"[train] --resume: using {config_path}, not {args.config}", file=sys.stderr)
-    else:
-        if args.config is None:
-            raise SystemExit("--config is required (e.g. --config configs/criteo_dcnv2_tiny.yaml)")
-        config_path = args.config
+    config_path, run_dir = run_config_and_dir(
+        args.config, args.run_dir, args.resume, example="configs/criteo_dcnv2_tiny.yaml", tag="train"
+    )
     cfg = load_config(ExperimentConfig, config_path, overrides)
-    run_dir = args.run_dir or Path("runs") / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"[train] run dir: {run_dir}", file=sys.stderr)
     train(cfg, run_dir, resume=args.resume)
     return 0

@@ -198,3 +198,31 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
 def save_config(obj: Any, path: str | Path) -> None:
     """Write a dataclass config as YAML atomically (round-trips through :func:`load_config`)."""
     atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def run_config_and_dir(
+    config: Path | None, run_dir: Path | None, resume: bool, *, example: str, suffix: str = "", tag: str = "run"
+) -> tuple[Path, Path]:
+    """The config file and run folder a ``train``-like command uses.
+
+    ``resume`` reads ``RUN_DIR/config.yaml`` (``--run-dir`` required; a ``--config`` given too is
+    reported and ignored); otherwise ``--config`` is required. The default run folder is
+    ``runs/<config stem><suffix>-<time>``.
+
+    Raises:
+        ConfigError: a required flag is missing (``example`` shows a valid ``--config``).
+    """
+    import sys
+    import time
+
+    if resume:
+        if run_dir is None:
+            raise ConfigError("--resume needs --run-dir (the run to continue)")
+        path = Path(run_dir) / "config.yaml"
+        if config is not None:
+            print(f"[{tag}] --resume: using {path}, not {config}", file=sys.stderr)
+    else:
+        if config is None:
+            raise ConfigError(f"--config is required (e.g. --config {example})")
+        path = Path(config)
+    return path, Path(run_dir) if run_dir is not None else Path("runs") / f"{path.stem}{suffix}-{time.strftime('%Y%m%d-%H%M%S')}"

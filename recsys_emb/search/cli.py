@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from recsys_emb.config.experiment import ExperimentConfig
-from recsys_emb.config.io import from_dict, load_config, save_config
+from recsys_emb.config.io import from_dict, load_config, run_config_and_dir, save_config
 from recsys_emb.search.common import load_state, log, save_state, setup
 from recsys_emb.utils import atomic_save_json, atomic_write_text
 
@@ -156,16 +156,10 @@ def run_search(args: argparse.Namespace) -> int:
     for key in ("train", "valid", "test"):
         if getattr(args, key, None) is not None:
             overrides.append(f"data.{key}={getattr(args, key)}")
-    if args.resume:
-        if args.run_dir is None:
-            raise SystemExit("--resume needs --run-dir")
-        config_path = args.run_dir / "config.yaml"
-    else:
-        if args.config is None:
-            raise SystemExit("--config is required (e.g. --config configs/criteo_dnis_tiny.yaml)")
-        config_path = args.config
+    config_path, run_dir = run_config_and_dir(
+        args.config, args.run_dir, args.resume, example="configs/criteo_dnis_tiny.yaml", suffix="-search", tag="search"
+    )
     cfg = load_config(ExperimentConfig, config_path, overrides)
-    run_dir = args.run_dir or Path("runs") / f"{Path(config_path).stem}-search-{time.strftime('%Y%m%d-%H%M%S')}"
     log(f"[search] run dir: {run_dir}")
     report = run_search_experiment(
         cfg, args.technique, run_dir, resume=args.resume, retrain=False if args.no_retrain else None,

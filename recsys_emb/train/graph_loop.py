@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from recsys_emb.config.experiment import ShardingConfig
-from recsys_emb.config.io import ConfigError, load_config, save_config
+from recsys_emb.config.io import ConfigError, load_config, run_config_and_dir, save_config
 from recsys_emb.data.graphs import GraphDataset, GraphSplit, load_graph_dataset, normalized_adjacency
 from recsys_emb.models.graph import GraphBPRTrain, GraphCF, GraphModelConfig
 from recsys_emb.train.checkpoint import export_model
@@ -554,16 +554,10 @@ def run_graph(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data is not None:
         overrides.append(f"data.path={args.data}")
-    if args.resume:
-        if args.run_dir is None:
-            raise ConfigError("--resume needs --run-dir (the run to continue)")
-        config_path = args.run_dir / "config.yaml"
-    else:
-        if args.config is None:
-            raise ConfigError("--config is required (e.g. --config configs/gowalla_lightgcn_tiny.yaml)")
-        config_path = args.config
+    config_path, run_dir = run_config_and_dir(
+        args.config, args.run_dir, args.resume, example="configs/gowalla_lightgcn_tiny.yaml", tag="graph"
+    )
     cfg = load_config(GraphExperimentConfig, config_path, overrides)
-    run_dir = args.run_dir or Path("runs") / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     log(f"[graph] run dir: {run_dir}")
     metrics = train_graph(cfg, run_dir, resume=args.resume)
     print(json.dumps({"run_dir": str(run_dir), "best_epoch": metrics["best_epoch"], **metrics["best"]}))

@@ -155,21 +155,12 @@ def _check_meta_initialisable(model: nn.Module) -> None:
                 "DistributedModelParallel could not initialise them; give it a reset_parameters() method"
             )
         meta_buffers = [b for b, t in module._buffers.items() if t is not None and t.device.type == "meta"]
-        if meta_buffers and not _inside_table_module(model, name):
+        if meta_buffers:
             raise TypeError(
                 f"module '{name}' ({type(module).__name__}) has buffers {meta_buffers} on the meta device: "
                 "DistributedModelParallel would fill them with zeros; build buffers (hash salts, code tables, "
                 "running statistics) on a real device even when the model is built on meta"
             )
-
-
-def _inside_table_module(model: nn.Module, name: str) -> bool:
-    parts = name.split(".")
-    for i in range(len(parts), 0, -1):
-        owner = model.get_submodule(".".join(parts[:i])) if parts[:i] != [""] else model
-        if isinstance(owner, (EmbeddingBagCollection, EmbeddingCollection)):
-            return True
-    return False
 
 
 def build_optimizer(model: DistributedModelParallel, unfused_tables: list[str], train: TrainConfig) -> CombinedOptimizer:

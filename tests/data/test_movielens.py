@@ -15,10 +15,11 @@ from recsys_emb.data.movielens import GENRES, SPARSE_FEATURES, genre_lists, prep
 from tests.conftest import REPO, shared_dataset
 
 
-def write_tiny_ml(root: Path, ratings: list[tuple[int, int, int]]) -> Path:
-    """An ml-100k-shaped folder: 4 users, 3 items, the given (user, item, rating) rows."""
+def write_tiny_ml(root: Path, ratings: list[tuple[int, int, int]], extra_users: int = 0) -> Path:
+    """An ml-100k-shaped folder: 4 (+ ``extra_users``) users, 3 items, the given (user, item, rating) rows."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|32067\n4|24|M|technician|43537\n")
+    extra = "".join(f"{u}|30|F|artist|1000{u % 10}\n" for u in range(5, 5 + extra_users))
+    (root / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|32067\n4|24|M|technician|43537\n" + extra)
     flags = {1: [3, 4, 5], 2: [1, 2, 16], 3: []}
     dates = {1: "01-Jan-1995", 2: "01-Jan-1995", 3: ""}
     lines = []
@@ -69,15 +70,16 @@ def test_labels_features_and_train_only_vocabulary(tmp_path: Path) -> None:
 
 
 def test_unseen_values_are_oov_in_valid_and_test(tmp_path: Path) -> None:
-    ratings = [(1, 1, 5)] * 8 + [(2, 2, 1)] * 8 + [(4, 3, 4)] * 4  # user 4 is rarer: often absent from train
-    root = write_tiny_ml(tmp_path / "ml", ratings)
+    # users 5..14 rate once each: with half the rows in training, some of them land only in valid/test
+    ratings = [(1, 1, 5)] * 8 + [(2, 2, 1)] * 8 + [(u, 3, 4) for u in range(5, 15)]
+    root = write_tiny_ml(tmp_path / "ml", ratings, extra_users=10)
     paths = prepare_movielens_100k(root, tmp_path / "out", seed=0, fractions=(0.5, 0.25, 0.25))
     train = PreparedCTRData.open(paths["train"])
     seen = {int(x) for x in np.asarray(train.sparse[:, 0])}
     assert 1 not in seen  # no OOV ids in training
-    for role in ("valid", "test"):
-        ids = np.asarray(PreparedCTRData.open(paths[role]).sparse[:, 0])
-        assert all(int(x) in seen or int(x) == 1 for x in ids)
+    held_out = np.concatenate([np.asarray(PreparedCTRData.open(paths[r]).sparse[:, 0]) for r in ("valid", "test")])
+    assert all(int(x) in seen or int(x) == 1 for x in held_out)
+    assert 1 in {int(x) for x in held_out}  # the unseen users really were mapped to OOV
 
 
 def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
