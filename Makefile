@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_ROWS ?= 300000
 
-.PHONY: install demo test test-all bench clean-venv
+.PHONY: install demo test test-all bench ext bench-kernels clean-venv
 
 install:
 	@bash scripts/install.sh
@@ -20,6 +20,13 @@ test-all: install
 bench: install
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/criteo_head.py
+
+# Rebuild the compiled kernels recsys_emb._C in place after editing csrc/ (docs/kernels.md).
+ext:
+	$(PY) setup.py build_ext --inplace
+
+bench-kernels: install
+	OMP_NUM_THREADS=$${THREADS:-1} $(PY) benchmarks/kernels.py --threads $${THREADS:-1}
 
 clean-venv:
 	rm -rf $(VENV)

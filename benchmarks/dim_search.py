@@ -7,7 +7,8 @@ compact model from scratch with the ordinary training loop. Search lengths are s
 ``--search-epochs`` passes over the training rows for DNIS warm-up and search and for the OptEmbed
 supernet (the configs' step counts are sized for the full Criteo data).
 
-    python benchmarks/dim_search.py --rows 1000000 --seeds 0 1 2     # the issue's setting (hours on 2 cores)
+    python benchmarks/dim_search.py --rows 1000000 --test-rows 200000 --epochs 1 --search-epochs 0.15 --seeds 0 1 2 \\
+        --target 0.6 --optembed-budget 0.5 --optembed-set search.threshold_lr=0.01 --name dim_search_1m  # ~50 min/seed on 2 busy cores
     python benchmarks/dim_search.py --rows 100000 --seeds 0 1 2 --target 0.6 --name dim_search_100k_target06
     python benchmarks/dim_search.py --dataset movielens_100k --ml100k data/movielens_100k --batch-size 512 \\
         --epochs 10 --seeds 0 1 2 --target 0.6 --name dim_search_ml100k
@@ -25,6 +26,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,12 +41,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=["synthetic", "movielens_100k"], default="synthetic")
     p.add_argument("--ml100k", type=Path, help="prepared MovieLens-100K folder with train/ valid/ test/ "
-                   "(python datasets/movielens/prepare.py --input ml-100k --out DIR)")
+                   "(python datasets/movielens/prepare.py --input ml-100k --out DIR --genres set: DNIS/OptEmbed "
+                   "need one id per bag, so genres as one genre-set id)")
     p.add_argument("--rows", type=int, default=100_000, help="synthetic training rows (last 10%% validate)")
     p.add_argument("--test-rows", type=int, default=None, help="test rows (default rows // 5)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (the data is generated once, seed 0)")
     p.add_argument("--search-epochs", type=float, default=1.0, help="passes over the training rows per search phase")
-    p.add_argument("--target", type=float, default=0.5, help="DNIS target compression and OptEmbed budget")
+    p.add_argument("--target", type=float, default=0.5, help="DNIS target compression (and OptEmbed budget unless --optembed-budget)")
+    p.add_argument("--optembed-budget", type=float, default=None,
+                   help="OptEmbed budget: max derived-table bytes as a fraction of the full tables (default --target)")
+    p.add_argument("--optembed-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra override under embedding.options (e.g. search.threshold_lr=0.01); repeatable")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--epochs", type=int, default=2, help="max epochs of the base model and of each retrain")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "dim_search", help="work folder (data and runs)")
@@ -53,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, on_seed: Callable[[dict], None] | None = None) -> dict:
     from recsys_emb.data.synthetic import synth_criteo
     from recsys_emb.search.cli import run_search_experiment
     from recsys_emb.train.loop import train
@@ -78,7 +85,11 @@ def run(args: argparse.Namespace) -> dict:
     steps = max(1, int(args.search_epochs * train_rows / args.batch_size))
     common = [*data, f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}", "train.tensorboard=false",
               "train.checkpoint_every_steps=100000"]
+    budget = args.target if args.optembed_budget is None else args.optembed_budget
     results: dict[str, list[dict]] = {"base": [], "dnis": [], "optembed": []}
+    summary = {"dataset": args.dataset, "rows": train_rows, "model": load_config(ExperimentConfig, base_config).model.name,
+               "search_steps": steps, "target": args.target, "optembed_budget": budget, "epochs": args.epochs,
+               "batch_size": args.batch_size, "results": results}
     for seed in args.seeds:
         seeded = [*common, f"train.seed={seed}"]
         run_dir = args.out / f"base_s{seed}"
@@ -90,8 +101,9 @@ def run(args: argparse.Namespace) -> dict:
         searches = {
             "dnis": [f"embedding.options.search.warmup_steps={steps}", f"embedding.options.search.search_steps={steps}",
                      f"embedding.options.search.target_compression={args.target}"],
-            "optembed": [f"embedding.options.search.supernet_steps={2 * steps}", f"embedding.options.search.budget={args.target}",
-                         "embedding.options.search.eval_rows=20000", "embedding.options.search.generations=6"],
+            "optembed": [f"embedding.options.search.supernet_steps={2 * steps}", f"embedding.options.search.budget={budget}",
+                         "embedding.options.search.eval_rows=20000", "embedding.options.search.generations=6",
+                         *[f"embedding.options.{kv}" for kv in args.optembed_set]],
         }
         for technique, extra in searches.items():
             run_dir = args.out / f"{technique}_s{seed}"
@@ -105,16 +117,35 @@ def run(args: argparse.Namespace) -> dict:
                 "embedding_bytes": report["embedding_bytes_after"], "remap_bytes": report["remap_bytes"],
                 "search_seconds": report["search_seconds"], "seconds": time.perf_counter() - t0,
                 "masked_test_auc": report.get("test_searched_masked", {}).get("auc"),
+                "retrain_steps": report["retrain"].get("steps"),
+                **_diagnostics(report),
             })
-    return {"dataset": args.dataset, "rows": train_rows, "model": load_config(ExperimentConfig, base_config).model.name,
-            "search_steps": steps, "target": args.target, "results": results}
+        if on_seed is not None:
+            on_seed(summary)  # results so far are written after every seed
+    return summary
+
+
+def _diagnostics(report: dict) -> dict:
+    """Where the bytes went: kept-row fraction over all ids, per-feature kept rows / dims, search AUCs."""
+    features = report["features"]
+    vocab = sum(f["vocab"] for f in features.values())
+    out = {"kept_row_fraction": sum(f["kept_rows"] for f in features.values()) / max(vocab, 1),
+           "features": {k: {"vocab": f["vocab"], "kept_rows": f["kept_rows"], "part_dims": f["part_dims"]} for k, f in features.items()}}
+    search = report["search"]
+    for key in ("valid_supernet", "valid_searched", "valid_pruned"):
+        if key in search:
+            out[f"{key}_auc"] = search[key]["auc"]
+    if "field_dims" in search:
+        out["field_dims"] = search["field_dims"]
+        out["thresholds"] = search.get("thresholds")
+    return out
 
 
 def summarize(summary: dict) -> str:
     base = statistics.mean(r["test_auc"] for r in summary["results"]["base"])
     base_bytes = statistics.mean(r["embedding_bytes"] for r in summary["results"]["base"])
-    lines = ["| method | test AUC (mean ± sd) | Δ AUC vs base | embedding bytes | x smaller | search s | total s | seeds |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | test AUC (mean ± sd) | Δ AUC vs base | embedding bytes | x smaller | kept rows | search s | total s | seeds |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, rows in summary["results"].items():
         aucs = [r["test_auc"] for r in rows]
         sd = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
@@ -122,7 +153,7 @@ def summarize(summary: dict) -> str:
         search = statistics.mean(r.get("search_seconds", 0.0) for r in rows)
         total = statistics.mean(r["seconds"] for r in rows)
         lines.append(f"| {name} | {statistics.mean(aucs):.4f} ± {sd:.4f} | {statistics.mean(aucs) - base:+.4f} | {nbytes:,.0f} | "
-                     f"{base_bytes / nbytes:.2f} | {search:.0f} | {total:.0f} | {len(rows)} |")
+                     f"{base_bytes / nbytes:.2f} | {statistics.mean(r.get('kept_row_fraction', 1.0) for r in rows):.1%} | {search:.0f} | {total:.0f} | {len(rows)} |")
     return "\n".join(lines)
 
 
@@ -146,22 +177,33 @@ def plot(summary: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    summary = run(args)
-    summary["command"] = "python benchmarks/dim_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    summary["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    command = "python benchmarks/dim_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    started = time.perf_counter()
+
+    def write(summary: dict) -> str:
+        summary["command"] = command
+        summary["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+        summary["wall_seconds"] = time.perf_counter() - started
+        return write_results(args, summary)
+
+    print(write(run(args, on_seed=write)))
+    return 0
+
+
+def write_results(args: argparse.Namespace, summary: dict) -> str:
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_save_json(args.results / f"{args.name}.json", summary)
     plot(summary, args.results / f"{args.name}.png")
     table = summarize(summary)
     md = (f"# Dimension search: base vs DNIS vs OptEmbed\n\nCommand: `{summary['command'].strip()}`  \n"
           f"{summary['dataset']}: {summary['rows']:,} training rows, {summary['model']} dim 16; search phases of "
-          f"{summary['search_steps']} steps; target: keep {1 - summary['target']:.0%} (DNIS) / budget {summary['target']:.0%} "
-          f"(OptEmbed). Bytes are the REAL derived tables (fp32), not counting the int32 id remap. Machine: "
+          f"{summary['search_steps']} steps; retrain/base: batch {summary['batch_size']}, at most {summary['epochs']} epoch(s); "
+          f"target: prune {summary['target']:.0%} of the values (DNIS) / derived bytes <= {summary['optembed_budget']:.0%} "
+          f"(OptEmbed). Wall time {summary['wall_seconds'] / 60:.0f} min. Bytes are the REAL derived tables (fp32), not counting the int32 id remap. Machine: "
           f"{summary['machine']['platform']}, {summary['machine']['cpus']} CPUs shared with other jobs (times distorted).\n\n"
           f"{table}\n\n![AUC vs bytes]({args.name}.png)\n")
     atomic_write_text(args.results / f"{args.name}.md", md)
-    print(table)
-    return 0
+    return table
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def model_section(variant: str, dim: int, din_dim: int, mba_lambda: float, top_k
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-path", required=True)
+    p.add_argument("--data-path", default=None, help="folder with the raw files (required unless --report-only)")
     p.add_argument("--datasets", nargs="+", default=["amazon_beauty", "amazon_sports"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -68,26 +68,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "din_dare"))
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP oversubscription on a busy CPU)")
     p.add_argument("--budget-s", type=float, default=None, help="stop starting new runs after this many seconds")
+    p.add_argument("--report-only", action="store_true", help="only rewrite OUT.json / OUT.md from OUT.jsonl")
     return p.parse_args(argv)
 
 
+SCALE_KEYS = ("max_users", "max_history", "epochs", "batch_size", "dim", "din_dim", "top_k", "mba_lambda")
+
+
 def run_key(r: dict) -> tuple:
-    return (r["dataset"], r["variant"], r["seed"])
+    """A run's identity: data set, variant, seed and every setting that changes its result."""
+    return (r["dataset"], r["variant"], r["seed"], *(r["config"][k] for k in SCALE_KEYS))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.data_path is None and not args.report_only:
+        raise SystemExit("din_dare.py: --data-path is required (unless --report-only)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     jsonl = out.with_suffix(".jsonl")
     done = {run_key(json.loads(line)) for line in jsonl.read_text().splitlines()} if jsonl.exists() else set()
     start = time.perf_counter()
-    for dataset in args.datasets:
+    for dataset in [] if args.report_only else args.datasets:
         data = {"dataset": dataset, "path": args.data_path, "max_users": args.max_users, "max_history": args.max_history, "num_negatives": 1}
         ds = None
         for seed in args.seeds:
             for variant in args.variants:
-                if (dataset, variant, seed) in done:
+                settings = {"max_users": args.max_users, "max_history": args.max_history, "epochs": args.epochs,
+                            "batch_size": args.batch_size, "dim": args.dim, "din_dim": args.din_dim, "top_k": args.top_k,
+                            "mba_lambda": args.mba_lambda, "threads": args.threads}
+                if run_key({"dataset": dataset, "variant": variant, "seed": seed, "config": settings}) in done:
                     continue
                 if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
                     print("[bench] time budget spent; rerun to continue", file=sys.stderr)
@@ -106,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = train_sequence(cfg, dataset=ds)
                 row = {"dataset": dataset, "variant": variant, "seed": seed, "seconds": time.perf_counter() - tick,
                        "test": res["test"], "valid": res["valid"], "best_epoch": res["best_epoch"],
-                       "samples_per_second": res["samples_per_second"], "data": res["data"], "config": {
-                           "max_users": args.max_users, "max_history": args.max_history, "epochs": args.epochs,
-                           "batch_size": args.batch_size, "dim": args.dim, "din_dim": args.din_dim, "top_k": args.top_k,
-                           "mba_lambda": args.mba_lambda, "threads": args.threads}}
+                       "samples_per_second": res["samples_per_second"], "data": res["data"], "config": settings}
                 with jsonl.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(f"[bench] {dataset} {variant} seed {seed}: test auc {res['test']['auc']:.4f} gauc {res['test']['gauc']:.4f}", file=sys.stderr)
@@ -124,36 +131,75 @@ def _fmt(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else float("nan")
+
+
 def _report(args: argparse.Namespace, jsonl: Path, out: Path) -> int:
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["variant"]), []).append(r)
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:  # runs with different settings are never averaged together
+        groups.setdefault((r["dataset"], r["variant"], *(r["config"][k] for k in SCALE_KEYS)), []).append(r)
     agg = []
-    for (dataset, variant), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], VARIANTS.index(kv[0][1]))):
+    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][0], json.dumps(kv[0][2:]), VARIANTS.index(kv[0][1]))):
         search = [r["test"]["search_ms_per_batch"] for r in rs if "search_ms_per_batch" in r["test"]]
         agg.append({
-            "dataset": dataset, "variant": variant, "seeds": sorted(r["seed"] for r in rs),
+            "dataset": key[0], "variant": key[1], "seeds": sorted(r["seed"] for r in rs),
             "test_auc": [r["test"]["auc"] for r in rs], "test_gauc": [r["test"]["gauc"] for r in rs],
-            "search_ms_per_batch": search, "config": rs[0]["config"], "users": rs[0]["data"]["users"],
+            "search_ms_per_batch": search, "seconds": [r["seconds"] for r in rs], "best_epoch": [r["best_epoch"] for r in rs],
+            "config": rs[0]["config"], "users": rs[0]["data"]["users"],
         })
     atomic_save_json(out.with_suffix(".json"), {"runs": rows, "aggregates": agg})
     lines = [
         "# DIN / two-stage / DARE (benchmarks/din_dare.py)", "",
         "Test metrics at the best-validation epoch, mean ± std over seeds (1 positive + 1 popularity negative",
         "per validation/test user). Search time: wall time of the search stage (scores + jagged top-k) per",
-        "evaluation batch of 4096 rows, measured during the test pass on the shared 2-core CPU machine with",
-        "many other jobs running: very noisy; benchmarks/results/din_dare_search.md has the controlled figures.", "",
-        "| dataset | users | variant | seeds | test AUC | test GAUC | search ms/batch |", "|---|---|---|---|---|---|---|",
+        "evaluation batch of 4096 rows, measured during the test pass; seconds: wall time of one run (training +",
+        "validation + test). All on the shared 2-core CPU machine with other jobs running, 1 torch thread: the",
+        "times are noisy (benchmarks/results/din_dare_search.md has the controlled search figures).", "",
+        "| dataset | users | variant | seeds | epochs (best) | test AUC | test GAUC | search ms/batch | seconds/run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for a in agg:
-        lines.append(f"| {a['dataset']} | {a['users']} | {a['variant']} | {len(a['seeds'])} | {_fmt(a['test_auc'])} | "
-                     f"{_fmt(a['test_gauc'])} | {_fmt(a['search_ms_per_batch'], 2)} |")
-    if agg:
-        lines += ["", f"Settings: `{json.dumps(agg[0]['config'])}`"]
+        lines.append(f"| {a['dataset']} | {a['users']} | {a['variant']} | {len(a['seeds'])} | {a['config']['epochs']} "
+                     f"({','.join(str(e) for e in a['best_epoch'])}) | {_fmt(a['test_auc'])} | {_fmt(a['test_gauc'])} | "
+                     f"{_fmt(a['search_ms_per_batch'], 2)} | {_fmt(a['seconds'], 0)} |")
+    subsets = sorted({a["config"]["max_users"] for a in agg if a["config"]["max_users"] is not None})
+    if subsets:
+        lines[1:1] = ["", f"**SUBSET runs: only the first {', '.join(map(str, subsets))} users of each data set** (`--max-users`)."]
+    settings = sorted({json.dumps(a["config"], sort_keys=True) for a in agg})
+    if settings:
+        lines += ["", "Settings:", *(f"* `{c}`" for c in settings)]
+    goals = _goals(agg)
+    if goals:
+        lines += ["", "Goals (differences of the mean test AUC; same data set and settings):", *goals]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _goals(agg: list[dict]) -> list[str]:
+    """One line per data set: DARE vs coupled, halved attention dim, DIN with vs without Dice + MBA."""
+    by = {(a["dataset"], json.dumps({k: a["config"][k] for k in SCALE_KEYS}), a["variant"]): a for a in agg}
+    out = []
+    for dataset, cfg in sorted({(k[0], k[1]) for k in by}):
+        get = lambda v: by.get((dataset, cfg, v))  # noqa: E731
+        parts = []
+        if get("twin") and get("dare_1"):
+            d = _mean(get("dare_1")["test_auc"]) - _mean(get("twin")["test_auc"])
+            parts.append(f"DARE - coupled = {d:+.4f} ({'holds' if d >= 0 else 'FAILS'})")
+        if get("dare_1") and get("dare_1/2"):
+            d = _mean(get("dare_1/2")["test_auc"]) - _mean(get("dare_1")["test_auc"])
+            s1, s2 = _mean(get("dare_1")["search_ms_per_batch"]), _mean(get("dare_1/2")["search_ms_per_batch"])
+            parts.append(f"half attention dim: AUC {d:+.4f} ({'holds' if d >= -0.001 else 'FAILS'}: loss <= 0.001), "
+                         f"search {s1:.1f} -> {s2:.1f} ms ({'faster' if s2 < s1 else 'NOT faster'})")
+        if get("din") and get("din_plain"):
+            d = _mean(get("din")["test_auc"]) - _mean(get("din_plain")["test_auc"])
+            parts.append(f"DIN Dice+MBA - plain = {d:+.4f} ({'holds' if d >= 0 else 'FAILS'})")
+        if parts:
+            users = next(a["users"] for k, a in by.items() if k[:2] == (dataset, cfg))
+            out.append(f"* {dataset} ({users} users, {json.loads(cfg)['epochs']} epoch(s)): " + "; ".join(parts))
+    return out
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    cases = [("amazon_beauty", args.amazon_path, 50), ("amazon_beauty", args.amazon_path, 200)]
+    cases = [(name, args.amazon_path, L) for name in ("amazon_beauty", "amazon_sports") for L in (50, 200)]
     if args.movielens_path:
         cases += [("movielens_100k", args.movielens_path, 50), ("movielens_100k", args.movielens_path, 200)]
     rows = []

@@ -2,28 +2,46 @@
 
 Every (model, seed) is a real ``train_graph`` run (full-ranking test metrics after every epoch,
 training items and validation items excluded). Writes ``OUT.json``, ``OUT.md`` and, when matplotlib
-is installed, ``OUT.png`` (test recall@20 against epochs, mean over seeds).
+is installed, ``OUT.png`` (test recall@20 against epochs, mean ± std over seeds, published numbers
+as dashed lines for Gowalla). Per epoch, wall and CPU seconds (``time.process_time``) are recorded:
+on a shared machine CPU seconds are the process's own cost, wall seconds include waiting.
 
-    python benchmarks/graph_cf.py --data ../shared/datasets/lightgcnpp_ml1m_lastfm/ml-1m \\
-        --models mf lightgcn ngcf --seeds 0 1 2 --epochs 2 --threads 1 \\
-        --out benchmarks/results/graph_cf_ml1m
+The ML-1M comparison in ``benchmarks/results/graph_cf_ml1m_compare`` was made in three steps: MF
+trained (LightGCN / NGCF reused from earlier result files with the same settings; every reused
+entry names the file and command that produced it), LightGCN at lr 3e-3 trained, then merged:
 
-All models share the LightGCN settings (dim 64, 3 layers, Adam lr 1e-3, batch 2048); L2 1e-4 on the
-layer-0 batch embeddings for MF/LightGCN, 1e-5 on the final ones for NGCF (its reference code).
-Wall-clock figures depend on the machine's load: the JSON records threads and the host's load.
+    D=../shared/datasets/lightgcnpp_ml1m_lastfm/ml-1m; R=benchmarks/results
+    python benchmarks/graph_cf.py --data $D --models mf --seeds 0 1 2 --epochs 6 --threads 1 \\
+        --model-lr mf=0.003 --reuse $R/graph_cf_ml1m.json $R/graph_cf_ml1m_lightgcn_6ep.json \\
+        --out $R/graph_cf_ml1m_compare
+    python benchmarks/graph_cf.py --data $D --models lightgcn --seeds 0 1 2 --epochs 6 --threads 1 \\
+        --model-lr lightgcn=0.003 --out $R/graph_cf_ml1m_lightgcn_lr3e-3
+    python benchmarks/graph_cf.py --data $D --models --reuse $R/graph_cf_ml1m_compare.json \\
+        $R/graph_cf_ml1m_lightgcn_lr3e-3.json --out $R/graph_cf_ml1m_compare
 
-Step timing only (CPU seconds per BPR step, much less distorted by other jobs than wall time):
+All models share the LightGCN settings (dim 64, 3 layers, Adam, batch 2048; lr ``--lr``, per model
+``--model-lr MODEL=LR``); L2 1e-4 on the layer-0 batch embeddings for MF/LightGCN, 1e-5 on the
+final ones for NGCF (its reference code). ``--models`` with no names and ``--reuse`` only merges.
 
-    python benchmarks/graph_cf.py --timing-data ../shared/datasets/lightgcnpp_ml1m_lastfm/ml-1m \
-        ../shared/datasets/gowalla_lightgcn --models lightgcn ngcf --threads 1 \
+Summarise finished ``recsys-emb train-graph`` run folders (e.g. the Gowalla runs, CPU or GPU):
+
+    python benchmarks/graph_cf.py --from-runs runs/gowalla_lgcn runs/gowalla_ngcf \\
+        --train-command "recsys-emb train-graph ..." --out benchmarks/results/graph_cf_gowalla_gpu
+
+Timing only (CPU and wall seconds per BPR step; ``--timing-steps 0`` times a whole epoch):
+
+    python benchmarks/graph_cf.py --timing-data ../shared/datasets/lightgcnpp_ml1m_lastfm/ml-1m \\
+        ../shared/datasets/gowalla_lightgcn --models lightgcn ngcf --threads 1 \\
         --out benchmarks/results/graph_cf_step_timing
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -40,11 +58,23 @@ from recsys_emb.train.graph_loop import GraphDataConfig, GraphExperimentConfig, 
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 
 
+def model_lr(model: str, args: argparse.Namespace) -> float:
+    """The learning rate of ``model``: ``--model-lr MODEL=LR`` if given, else ``--lr``."""
+    return dict(args.model_lr).get(model, args.lr)
+
+
+def parse_model_value(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep or name not in ("mf", "lightgcn", "ngcf"):
+        raise argparse.ArgumentTypeError(f"expected MODEL=VALUE with MODEL in mf/lightgcn/ngcf, got '{text}'")
+    return name, float(value)
+
+
 def experiment(model: str, args: argparse.Namespace, seed: int) -> GraphExperimentConfig:
     model_cfg = GraphModelConfig(name=model, embedding_dim=args.dim, num_layers=args.layers, propagation=args.propagation,
                                  message_dropout=[0.1] if model == "ngcf" else [0.0])
     train_cfg = GraphTrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
+        epochs=args.epochs, batch_size=args.batch_size, lr=model_lr(model, args), seed=seed,
         l2=1e-5 if model == "ngcf" else 1e-4, l2_on="final" if model == "ngcf" else "ego",
         optimizer=args.optimizer, eval_every=1, num_threads=args.threads, progress=args.progress,
         max_steps_per_epoch=args.max_steps_per_epoch,
@@ -58,38 +88,144 @@ def experiment(model: str, args: argparse.Namespace, seed: int) -> GraphExperime
                                  sharding=sharding)
 
 
-def summarize(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    curves = np.array([[r["test"][metric] for r in run["history"]] for run in runs])  # (seeds, epochs)
-    return {"mean": curves.mean(0).tolist(), "std": curves.std(0).tolist()}
+PUBLISHED = {  # test recall@20 / ndcg@20 reported by the papers (Gowalla, the split in datasets/gowalla)
+    "gowalla": {"lightgcn": {"recall@20": 0.1830, "ndcg@20": 0.1554, "source": "He et al., SIGIR 2020"},
+                "ngcf": {"recall@20": 0.1569, "ndcg@20": 0.1327, "source": "Wang et al., SIGIR 2019"}},
+}
+METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50")
+DEFAULT_LR = 1e-3
+
+
+def published_for(data: str) -> dict[str, dict[str, Any]]:
+    name = Path(data).name.lower()
+    return next((v for k, v in PUBLISHED.items() if k in name), {})
+
+
+def summarize_model(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean/std over seeds of every metric at the epochs evaluated in all runs, and the costs."""
+    evaluated = [[r["epoch"] for r in m["history"] if "test" in r] for m in runs]
+    epochs = [e for e in evaluated[0] if all(e in ev for ev in evaluated)]
+    out: dict[str, Any] = {"seeds": len(runs), "epochs": max(m["epochs_run"] if "epochs_run" in m else len(m["history"]) for m in runs),
+                           "epochs_evaluated": epochs}
+    for metric in METRICS:
+        curves = np.array([[next(r for r in m["history"] if r["epoch"] == e)["test"][metric] for e in epochs] for m in runs])
+        out[metric] = {"mean": curves.mean(0).tolist(), "std": curves.std(0).tolist()}
+    hist = [r for m in runs for r in m["history"]]
+    out["seconds_per_epoch"] = float(np.mean([r["train_seconds"] for r in hist]))
+    cpu = [r.get("train_cpu_seconds") for r in hist]
+    out["cpu_seconds_per_epoch"] = float(np.mean(cpu)) if all(c is not None for c in cpu) else None
+    evals = [r["eval_seconds"] for r in hist if "eval_seconds" in r]
+    out["eval_seconds"] = float(np.mean(evals)) if evals else None
+    walls = [m.get("wall_seconds") for m in runs]
+    out["wall_seconds_per_run"] = float(np.mean(walls)) if all(w is not None for w in walls) else None
+    return out
+
+
+def reuse_results(paths: list[Path], taken: set[str]) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Summaries and runs of the models of earlier result files, with where they came from. An entry
+    whose name is ``taken`` (run now, or in an earlier file) is labelled ``MODEL (lr LR, N ep)``."""
+    summary: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for path in paths:
+        old = json.loads(path.read_text())
+        for label, model_runs in old["runs"].items():
+            prev = old["summary"][label]
+            model = prev.get("model", label)
+            entry = summarize_model(model_runs)
+            entry["model"] = model
+            entry["lr"] = prev.get("lr", _lr_of_command(old["command"], model))
+            if label in taken or label in summary:
+                label = f"{model} (lr {entry['lr']:g}, {entry['epochs']} ep)"
+            if label in taken or label in summary:
+                raise ValueError(f"{path}: {label} appears twice in the reused results")
+            src = prev.get("source", {})  # the run that produced it (kept through repeated merges)
+            entry["source"] = {"file": src.get("file", str(path)), "command": src.get("command", old["command"]),
+                               "load_start": src.get("load_start", old.get("load_start")),
+                               "load_end": src.get("load_end", old.get("load_end")),
+                               "threads": src.get("threads", old.get("threads"))}
+            summary[label], runs[label] = entry, model_runs
+    return summary, runs
+
+
+def _lr_of_command(command: str, model: str) -> float:
+    """The learning rate a model had in an earlier benchmark command (``--model-lr`` > ``--lr`` > default)."""
+    words = command.split()
+    lr = DEFAULT_LR
+    for i, w in enumerate(words[:-1]):
+        if w == "--lr":
+            lr = float(words[i + 1])
+    for i, w in enumerate(words):
+        if w == "--model-lr":
+            for arg in words[i + 1:]:
+                if arg.startswith("--"):
+                    break
+                name, _, value = arg.partition("=")
+                if name == model:
+                    return float(value)
+    return lr
+
+
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
     lines = [
-        f"# Graph CF on {Path(result['data']).name}: {', '.join(result['models'])}",
+        f"# Graph CF on {Path(result['data']).name}: {', '.join(result['summary'])}",
         "",
         f"Command: `{result['command']}`",
         "",
         f"Machine: {result['machine']}; torch threads {result['threads']}; load average at start "
         f"{result['load_start']}, at end {result['load_end']} (shared 2-core machine: wall-clock numbers are "
-        "inflated by other jobs).",
+        "inflated by other jobs; CPU seconds = time.process_time of the training process, its own cost).",
         "",
-        f"Optimizer: {result['optimizer']}, batch {result.get('batch_size', '')}.",
+        f"Optimizer: {result['optimizer']}, batch {result.get('batch_size', '')}, propagation {result['propagation']}.",
         "",
-        "Test metrics after the last epoch (mean ± std over seeds; training and validation items excluded):",
+    ]
+    for cmd in result.get("train_commands", []):
+        lines += [f"Training command: `{cmd}`", ""]
+    reused = {m: s["source"] for m, s in result["summary"].items() if s.get("source", {}).get("file")}
+    for m, src in reused.items():
+        lines.append(f"- `{m}`: reused from `{src['file']}` (command `{src['command']}`, load {src['load_start']} -> {src['load_end']}).")
+    if reused:
+        lines.append("")
+    published = result.get("published", {})
+    lines += [
+        "Test metrics after the last epoch (mean ± std over seeds; training"
+        + (" and validation" if result.get("has_valid", True) else "") + " items excluded):",
         "",
-        "| model | propagation | epochs | seeds | s/epoch (train) | recall@20 | ndcg@20 | recall@50 | ndcg@50 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | lr | epochs | seeds | train wall s/epoch | train CPU s/epoch | eval wall s | recall@20 | ndcg@20 | recall@50 | ndcg@50 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in result["summary"].items():
         lines.append(
-            f"| {name} | {result['propagation']} | {result['epochs']} | {len(result['seeds'])} | {s['seconds_per_epoch']:.1f} "
+            f"| {name} | {s['lr']:g} | {s['epochs']} | {s['seeds']} | {_fmt(s['seconds_per_epoch'])} | {_fmt(s['cpu_seconds_per_epoch'])} "
+            f"| {_fmt(s['eval_seconds'])} "
             + " ".join(f"| {s[m]['mean'][-1]:.4f} ± {s[m]['std'][-1]:.4f}" for m in ("recall@20", "ndcg@20", "recall@50", "ndcg@50"))
             + " |"
         )
-    lines += ["", "Test recall@20 by epoch (mean over seeds):", "", "| model | " + " | ".join(f"ep {e + 1}" for e in range(result["epochs"])) + " |",
-              "|---|" + "---|" * result["epochs"]]
+    for name, ref in published.items():
+        lines.append(f"| {name} (published: {ref['source']}) | | | | | | | {ref['recall@20']:.4f} | {ref['ndcg@20']:.4f} | | |")
+    all_epochs = sorted({e for s in result["summary"].values() for e in s["epochs_evaluated"]})
+    lines += ["", "Test recall@20 by epoch (mean over seeds):", "", "| model | " + " | ".join(f"ep {e}" for e in all_epochs) + " |",
+              "|---|" + "---|" * len(all_epochs)]
     for name, s in result["summary"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in s["recall@20"]["mean"]) + " |")
+        by_epoch = dict(zip(s["epochs_evaluated"], s["recall@20"]["mean"]))
+        lines.append(f"| {name} | " + " | ".join(f"{by_epoch[e]:.4f}" if e in by_epoch else "" for e in all_epochs) + " |")
+    if "train_commands" in result:  # summarised run folders: every epoch's cost
+        lines += ["", "Per epoch (seconds: wall / CPU = process_time of the training process):", "",
+                  "| model | run | epoch | loss | train wall s | train CPU s | eval wall s | eval CPU s | recall@20 | ndcg@20 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, model_runs in result["runs"].items():
+            for i, run in enumerate(model_runs):
+                for r in run["history"]:
+                    test = r.get("test", {})
+                    lines.append(f"| {name} | {i} | {r['epoch']} | {r['loss']:.4f} | {r['train_seconds']:.0f} | {_fmt(r.get('train_cpu_seconds'), 0)} "
+                                 f"| {_fmt(r.get('eval_seconds'), 0)} | {_fmt(r.get('eval_cpu_seconds'), 0)} "
+                                 f"| {_fmt(test.get('recall@20'), 4)} | {_fmt(test.get('ndcg@20'), 4)} |")
+            stopped = [x for x in result["summary"][name].get("stopped", []) if x]
+            if stopped:
+                lines.append(f"\n{name}: stopped early ({stopped[0]}).")
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -99,21 +235,73 @@ def plot(path: Path, result: dict[str, Any]) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, s in result["summary"].items():
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (name, s) in enumerate(result["summary"].items()):
         mean, std = np.array(s["recall@20"]["mean"]), np.array(s["recall@20"]["std"])
-        epochs = np.arange(1, len(mean) + 1)
-        ax.plot(epochs, mean, marker="o", label=name)
-        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        epochs = np.array(s["epochs_evaluated"])
+        label = f"{s.get('model', name)} (lr {s['lr']:g}, {s['seeds']} seed{'s' if s['seeds'] > 1 else ''})"
+        ax.plot(epochs, mean, marker="o", label=label, color=f"C{i}")
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=f"C{i}")
+        ref = result.get("published", {}).get(name)
+        if ref is not None:
+            ax.axhline(ref["recall@20"], ls="--", color=f"C{i}", lw=1, label=f"{name} published ({ref['recall@20']:.4f})")
+    for name, ref in result.get("published", {}).items():
+        if name not in result["summary"]:
+            ax.axhline(ref["recall@20"], ls=":", color="gray", lw=1, label=f"{name} published ({ref['recall@20']:.4f})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test recall@20")
     ax.set_title(Path(result["data"]).name)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True
+
+
+def write_result(out: Path, result: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_json(out.with_suffix(".json"), result)
+    write_markdown(out.with_suffix(".md"), result)
+    if plot(out.with_suffix(".png"), result):
+        print(f"wrote {out}.png")
+    print(f"wrote {out}.json and {out}.md")
+
+
+def from_run_dirs(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    """A result from finished ``recsys-emb train-graph`` run folders (config.yaml + metrics.json each)."""
+    import yaml
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for run_dir in args.from_runs:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        metrics["run_dir"] = str(run_dir)
+        runs.setdefault(metrics["model"], []).append(metrics)
+        configs.setdefault(metrics["model"], cfg)
+    summary = {}
+    for model, ms in runs.items():
+        summary[model] = {**summarize_model(ms), "model": model, "lr": configs[model]["train"]["lr"], "run_dirs": [m["run_dir"] for m in ms],
+                          "config": configs[model], "stopped": [m.get("stopped") for m in ms]}
+    first = next(iter(runs.values()))[0]
+    data = first["dataset"]
+    return {
+        "command": "python benchmarks/graph_cf.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "train_commands": args.train_command, "data": data, "has_valid": first["selected_on"] == "valid",
+        "propagation": first["propagation"], "optimizer": ", ".join(f"{m}: {c['train']['optimizer']}" for m, c in configs.items()),
+        "batch_size": first_cfg_value(configs, "batch_size"), "threads": first["torch_threads"],
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_start": args.load_start or "see run logs",
+        "load_end": [round(x, 1) for x in os.getloadavg()], "published": published_for(data), "summary": summary,
+        "runs": {k: [{key: m.get(key) for key in ("history", "best_epoch", "epochs_run", "stopped", "run_dir")} for m in v]
+                 for k, v in runs.items()},
+    }
+
+
+def first_cfg_value(configs: dict[str, dict[str, Any]], key: str) -> Any:
+    return next(iter(configs.values()))["train"][key]
 
 
 def step_timing(args: argparse.Namespace) -> dict[str, Any]:
@@ -144,31 +332,40 @@ def step_timing(args: argparse.Namespace) -> dict[str, Any]:
                 opt.step()
 
             step()  # warm-up
+            n_steps = args.timing_steps or len(sampler) - 1  # 0: the rest of the epoch after the warm-up step
+            load_before = [round(x, 1) for x in os.getloadavg()]
             wall, cpu = time.perf_counter(), time.process_time()
-            for _ in range(args.timing_steps):
+            for _ in range(n_steps):
                 step()
-            cpu_step = (time.process_time() - cpu) / args.timing_steps
+            cpu_step = (time.process_time() - cpu) / n_steps
+            wall_step = (time.perf_counter() - wall) / n_steps
             out[f"{Path(data).name}/{model_name}"] = {
-                "steps_per_epoch": len(sampler), "cpu_s_per_step": round(cpu_step, 3),
-                "wall_s_per_step": round((time.perf_counter() - wall) / args.timing_steps, 3),
-                "cpu_s_per_epoch": round(cpu_step * len(sampler), 1), "load": [round(x, 1) for x in os.getloadavg()],
+                "steps_per_epoch": len(sampler), "steps_timed": n_steps, "threads": torch.get_num_threads(),
+                "cpu_s_per_step": round(cpu_step, 3), "wall_s_per_step": round(wall_step, 3),
+                "cpu_s_per_epoch": round(cpu_step * len(sampler), 1), "wall_s_per_epoch": round(wall_step * len(sampler), 1),
+                "load": [round(x, 1) for x in os.getloadavg()], "load_before": load_before,
             }
             print(f"{data} {model_name}: {out[f'{Path(data).name}/{model_name}']}", flush=True)
     return out
 
 
 def write_timing(args: argparse.Namespace, timing: dict[str, Any], argv: list[str] | None) -> None:
-    command = "python benchmarks/graph_cf.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/graph_cf.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = {"command": command, "propagation": args.propagation, "threads": args.threads, "batch_size": args.batch_size,
               "dim": args.dim, "layers": args.layers, "steps_timed": args.timing_steps, "timing": timing}
     atomic_save_json(args.out.with_suffix(".json"), result)
     lines = [f"# Graph CF step timing ({args.propagation} propagation, dim {args.dim}, {args.layers} layers, batch {args.batch_size})",
              "", f"Command: `{command}`", "",
-             f"torch threads {args.threads}; {args.timing_steps} steps after one warm-up step. CPU seconds (process_time) are the",
-             "cost on one core; wall seconds show the share the busy shared machine gave the process.", "",
-             "| graph/model | steps/epoch | CPU s/step | wall s/step | CPU s/epoch | load avg |", "|---|---|---|---|---|---|"]
+             f"torch threads {args.threads}; " + (f"{args.timing_steps} steps" if args.timing_steps else "a whole epoch (all steps)")
+             + " after one warm-up step; per-epoch figures = per-step x steps/epoch. CPU seconds (process_time) sum over the",
+             "process's threads: its own cost, little affected by other jobs; wall seconds also show the share of the cores the",
+             "machine gave the process (on an idle machine, wall s/epoch is what a user waits).", "",
+             "| graph/model | threads | steps/epoch | steps timed | CPU s/step | wall s/step | CPU s/epoch | wall s/epoch | load avg (1 min) before -> after |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, t in timing.items():
-        lines.append(f"| {key} | {t['steps_per_epoch']} | {t['cpu_s_per_step']} | {t['wall_s_per_step']} | {t['cpu_s_per_epoch']} | {t['load'][0]} |")
+        lines.append(f"| {key} | {t.get('threads', args.threads)} | {t['steps_per_epoch']} | {t.get('steps_timed', args.timing_steps)} "
+                     f"| {t['cpu_s_per_step']} | {t['wall_s_per_step']} | {t['cpu_s_per_epoch']} | {t.get('wall_s_per_epoch', '-')} "
+                     f"| {t.get('load_before', ['-'])[0]} -> {t['load'][0]} |")
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
@@ -176,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="graph folder (train/valid/test.txt[.gz]) for the training runs")
     p.add_argument("--timing-data", nargs="+", help="instead of training runs: time BPR steps on these graph folders")
-    p.add_argument("--timing-steps", type=int, default=6)
-    p.add_argument("--models", nargs="+", default=["mf", "lightgcn", "ngcf"], choices=["mf", "lightgcn", "ngcf"])
+    p.add_argument("--timing-steps", type=int, default=6, help="BPR steps timed after one warm-up step (0: a whole epoch)")
+    p.add_argument("--models", nargs="*", default=["mf", "lightgcn", "ngcf"], choices=["mf", "lightgcn", "ngcf"],
+                   help="models to train (none with --reuse: only merge earlier result files)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--dim", type=int, default=64)
@@ -191,8 +389,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--model-lr", type=parse_model_value, nargs="+", default=[], metavar="MODEL=LR",
+                   help="learning rate of one model (e.g. mf=0.003); others use --lr")
+    p.add_argument("--reuse", type=Path, nargs="+", default=[], metavar="RESULT.json",
+                   help="add the models of earlier result files that this command does not run (recorded as reused)")
+    p.add_argument("--from-runs", type=Path, nargs="+", metavar="RUN_DIR",
+                   help="instead of training: summarise finished `recsys-emb train-graph` run folders")
+    p.add_argument("--train-command", action="append", default=[], help="with --from-runs: the command(s) that made the runs")
+    p.add_argument("--load-start", help="with --from-runs: the load average when the runs started (for the record)")
     p.add_argument("--out", type=Path, required=True, help="output prefix (writes .json, .md, .png)")
     args = p.parse_args(argv)
+    if args.from_runs:
+        write_result(args.out, from_run_dirs(args, argv))
+        return 0
     if args.sharding:
         args.propagation = "neighbor"
     if args.timing_data:
@@ -201,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.data:
         p.error("--data (or --timing-data) is required")
+    if not args.models and not args.reuse:
+        p.error("--models is empty: give models to train or --reuse files to merge")
     load_start = os.getloadavg()
     runs: dict[str, list[dict[str, Any]]] = {}
     for model in args.models:
@@ -214,29 +425,29 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(run_dir, ignore_errors=True)
             runs.setdefault(model, []).append(metrics)
             print(f"{model} seed {seed}: test recall@20 {metrics['history'][-1]['test']['recall@20']:.4f} "
-                  f"({metrics['mean_train_seconds_per_epoch']:.1f} s/epoch)", flush=True)
-    summary = {
-        model: {
-            "seconds_per_epoch": float(np.mean([m["mean_train_seconds_per_epoch"] for m in ms])),
-            **{metric: summarize(ms, metric) for metric in ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50")},
-        }
-        for model, ms in runs.items()
-    }
+                  f"({metrics['mean_train_seconds_per_epoch']:.1f} s/epoch, "
+                  f"{metrics['mean_train_cpu_seconds_per_epoch']:.1f} CPU s/epoch)", flush=True)
+    command = "python benchmarks/graph_cf.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    load_end = [round(x, 1) for x in os.getloadavg()]
+    summary = {model: {**summarize_model(ms), "model": model, "lr": model_lr(model, args),
+                       "source": {"command": command, "load_start": [round(x, 1) for x in load_start], "load_end": load_end,
+                                  "threads": ms[0]["torch_threads"]}}
+               for model, ms in runs.items()}
+    reused_summary, reused_runs = reuse_results(args.reuse, set(runs))
+    model_order = ("mf", "lightgcn", "ngcf")
+    order = sorted([*summary, *reused_summary], key=lambda k: (model_order.index(k.split()[0]), k in reused_summary, k))
+    summary = {k: summary.get(k) or reused_summary[k] for k in order}
+    runs_out = {k: [{key: m.get(key) for key in ("history", "best_epoch", "wall_seconds", "epochs_run")} for m in v] for k, v in runs.items()}
     result = {
-        "command": "python benchmarks/graph_cf.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "data": args.data, "models": args.models, "seeds": args.seeds, "epochs": args.epochs,
+        "command": command, "data": args.data, "models": order, "seeds": args.seeds, "epochs": args.epochs,
+        "reused": {k: s["source"]["file"] for k, s in reused_summary.items()},
         "propagation": args.propagation + (f" (sharded {args.sharding}, 1 process)" if args.sharding else ""),
-        "optimizer": f"{args.optimizer} lr {args.lr}", "batch_size": args.batch_size, "threads": runs[args.models[0]][0]["torch_threads"],
+        "optimizer": args.optimizer, "batch_size": args.batch_size, "threads": sorted({s["source"].get("threads") for s in summary.values()}, key=str),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_start": [round(x, 1) for x in load_start],
-        "load_end": [round(x, 1) for x in os.getloadavg()], "summary": summary,
-        "runs": {k: [{key: m[key] for key in ("history", "best_epoch", "wall_seconds")} for m in v] for k, v in runs.items()},
+        "load_end": load_end, "published": published_for(args.data), "summary": summary,
+        "runs": {k: runs_out.get(k) or reused_runs[k] for k in order},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_json(args.out.with_suffix(".json"), result)
-    write_markdown(args.out.with_suffix(".md"), result)
-    if plot(args.out.with_suffix(".png"), result):
-        print(f"wrote {args.out}.png")
-    print(f"wrote {args.out}.json and {args.out}.md")
+    write_result(args.out, result)
     return 0
 
 

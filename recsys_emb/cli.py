@@ -9,7 +9,7 @@ Sub-commands::
     recsys-emb plan --config CFG --world-size N [--device cpu|cuda] [--set k=v ...]
     recsys-emb prepare movielens --input DIR --out DIR          (MovieLens-100K CTR data)
     recsys-emb search dnis|optembed --config CFG ...           (learned embedding dimensions)
-    recsys-emb train-seq --config CFG --data-path DIR ...     (DIN / two-stage / DARE)
+    recsys-emb train-seq --config CFG --data-path DIR [--run-dir DIR] [--resume] ...  (DIN / two-stage / DARE)
     recsys-emb train-graph --config CFG --data DIR ...         (NGCF / LightGCN)
     recsys-emb sid embed|train|assign ...                      (semantic IDs)
     recsys-emb retrieve --config CFG ...                       (exact/FAISS + kNN-Embed)

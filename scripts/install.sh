@@ -14,7 +14,8 @@
 #   TORCH_INDEX_URL      extra index for torch/fbgemm wheels, e.g.
 #                        https://download.pytorch.org/whl/cpu   (CPU torch, ~200 MB instead of ~2 GB)
 #                        https://download.pytorch.org/whl/cu130 (CUDA 13.0 builds; required for cuda)
-#   RECSYS_EMB_NO_EXT=1  skip building the optional C++ extension
+#   RECSYS_EMB_NO_EXT=1  skip building the optional compiled kernels recsys_emb._C (csrc/, docs/kernels.md);
+#                        the pure-PyTorch reference ops are used instead (a one-time warning says so)
 # The script is idempotent: re-running it on a complete venv only re-checks it.
 set -euo pipefail
 
@@ -35,7 +36,7 @@ if [ "$device" = auto ]; then
 fi
 
 stamp="$VENV/.recsys_emb_install"
-want="torch=$TORCH_VERSION fbgemm=$FBGEMM_VERSION torchrec=$TORCHREC_VERSION device=$device $(sha1sum setup.py requirements.txt | sha1sum | cut -c1-12)"
+want="torch=$TORCH_VERSION fbgemm=$FBGEMM_VERSION torchrec=$TORCHREC_VERSION device=$device ext=$([ "${RECSYS_EMB_NO_EXT:-0}" = 1 ] && echo no || echo yes) $(cat setup.py requirements.txt $(find csrc -type f | sort) | sha1sum | cut -c1-12)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[install] $VENV is up to date ($want)"
   exit 0
@@ -65,10 +66,12 @@ trap 'rm -f "$constraints"' EXIT
 printf 'torch==%s\nfbgemm-gpu==%s\n' "$TORCH_VERSION" "$FBGEMM_VERSION" >"$constraints"
 [ "$device" = cpu ] && printf 'fbgemm-gpu-cpu==%s\n' "$FBGEMM_VERSION" >>"$constraints"
 "${pip[@]}" "${index[@]}" -c "$constraints" "torchrec==$TORCHREC_VERSION" -r requirements.txt
-# 4. the project itself (editable). No build isolation: an isolated build would resolve another torch.
-if [ "${RECSYS_EMB_NO_EXT:-0}" = 1 ]; then export RECSYS_EMB_SKIP_EXT=1; fi
+# 4. the project itself (editable), which also compiles recsys_emb._C from csrc/ with the installed torch
+#    (setup.py; ~30 s of CPU with g++; RECSYS_EMB_NO_EXT=1 skips it). No build isolation: an isolated build
+#    would resolve another torch (and could not see this one to compile against).
 "${pip[@]}" -c "$constraints" --no-build-isolation --no-deps -e .
 # 5. prove it.
 "$py" -m pip check
 "$py" -c "import torch, fbgemm_gpu, torchrec, recsys_emb; print('[install] ok: torch', torch.__version__, '| torchrec', torchrec.__version__ if hasattr(torchrec, '__version__') else '$TORCHREC_VERSION')"
+"$py" -W ignore -c "import recsys_emb.ops as o; print('[install] kernels:', o.extension_status())"
 echo "$want" >"$stamp"

@@ -3,18 +3,17 @@
 The convention of DCN-v2 (Wang et al., 2021) and Unified Embedding (Coleman et al., 2023): a rating
 ``>= 4`` is a positive, ``<= 2`` a negative, ratings of 3 are dropped. Rows are split by a seeded
 random permutation into train/valid/test (80/10/10 by default), each written as a prepared
-directory (``dense.npy``, ``sparse.npy`` int32, ``labels.npy``, ``meta.json``, ``vocab/``) that
+directory (``dense.npy``, ``sparse.npy`` int32, ``labels.npy``, ``meta.json``, ``vocab/``, and
+``jagged/genres.{values,offsets}.npy``; format version 2 of :mod:`recsys_emb.data.dataset`) that
 ``recsys-emb train`` takes as ``data.train`` / ``data.valid`` / ``data.test``.
 
-Features (sparse, one id per row): ``user``, ``item``, ``gender``, ``age`` (years, categorical),
-``occupation``, ``zip`` (first ``zip_prefix`` characters of the zip code), ``genres``.
+Features (sparse): ``user``, ``item``, ``gender``, ``age`` (years, categorical), ``occupation``,
+``zip`` (first ``zip_prefix`` characters of the zip code), one id per row each; and ``genres``,
+MULTI-VALUED: a movie with k genre flags gives a bag of k genre ids in the batch's KJT (a movie with
+no flag an empty bag). Sum pooling of that bag is the usual multi-hot treatment (DCN-v2 paper).
 
 Deviations, and why:
 
-* ``genres`` is multi-valued in MovieLens. The prepared format (and the trainer's batches) carry ONE
-  id per bag, so the genre SET of a movie is one categorical value (e.g. ``Action|Comedy``): no
-  information is lost, but two movies sharing one genre of several share no row.
-  :func:`genre_lists` gives the jagged genre ids for callers that build their own KJTs.
 * DLRM needs at least one dense feature (its bottom MLP), and MovieLens has none natively, so two
   numeric copies of side information are written as dense features: ``age_years`` (age / 100) and
   ``release_year`` ((year - 1900) / 100; 0 for the one movie without a date). DCN-v2 and DeepFM would
@@ -22,7 +21,8 @@ Deviations, and why:
 
 Vocabularies are built on the TRAINING rows only (like the Criteo pipeline): id 0 = missing, 1 = out
 of vocabulary (a value never seen in training), 2.. = training values by descending count (ties by
-value). Every split's ``meta.json`` lists the same ``vocab_sizes``.
+value); for ``genres`` the count is over the genre occurrences of the training rows. Every split's
+``meta.json`` lists the same ``vocab_sizes``.
 
 Input files: the original GroupLens ``ml-100k`` folder (``u.data`` or ``u.data.gz``, ``u.user``,
 ``u.item``); see datasets/movielens/README.md.
@@ -41,10 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_emb.data.dataset import FORMAT_VERSION
+from recsys_emb.data.dataset import FORMAT_VERSION, JAGGED_FORMAT_VERSION, write_jagged
 from recsys_emb.utils import atomic_save_json
 
 SPARSE_FEATURES = ["user", "item", "gender", "age", "occupation", "zip", "genres"]
+JAGGED_FEATURES = ["genres"]  # multi-valued; last in SPARSE_FEATURES (the prepared format's rule)
 DENSE_FEATURES = ["age_years", "release_year"]
 GENRES = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
@@ -58,7 +59,7 @@ class MovieLensRatings:
     """The labelled rows (ratings of 3 already dropped) with raw string feature values.
 
     Attributes:
-        raw: per sparse feature, (N,) object array of raw values ("" = missing).
+        raw: per single-valued sparse feature, (N,) object array of raw values ("" = missing).
         dense: (N, 2) float32 dense features.
         labels: (N,) float32 in {0, 1}.
         genres: (N,) object array of tuples of genre indices (into :data:`GENRES`).
@@ -100,8 +101,12 @@ def read_movielens_100k(root: str | Path) -> MovieLensRatings:
     for n, line in _lines(path, "latin-1"):
         parts = line.split("|")
         flags = parts[-len(GENRES) :]
-        if len(parts) != 5 + len(GENRES) or any(f not in ("0", "1") for f in flags):
-            raise ValueError(f"{path}:{n}: expected 5 fields and {len(GENRES)} 0/1 genre flags, got {line[:80]!r}")
+        if len(parts) != 5 + len(GENRES):
+            raise ValueError(f"{path}:{n}: expected 5 fields and {len(GENRES)} 0/1 genre flags ({5 + len(GENRES)} fields), "
+                             f"got {len(parts)} fields: {line[:80]!r}")
+        for g, f in enumerate(flags):
+            if f not in ("0", "1"):
+                raise ValueError(f"{path}:{n}: field {6 + g} (genre flag {GENRES[g]!r}) must be 0 or 1, got {f!r}")
         date = parts[2]
         year = float(date[-4:]) if len(date) >= 4 and date[-4:].isdigit() else None
         items[parts[0]] = ((year - 1900.0) / 100.0 if year is not None else 0.0, tuple(i for i, f in enumerate(flags) if f == "1"))
@@ -119,13 +124,13 @@ def read_movielens_100k(root: str | Path) -> MovieLensRatings:
             dropped += 1
             continue
         rows.append((parts[0], parts[1], 1.0 if rating >= 4 else 0.0))
-    raw: dict[str, list[str]] = {name: [] for name in SPARSE_FEATURES}
+    raw: dict[str, list[str]] = {name: [] for name in SPARSE_FEATURES if name not in JAGGED_FEATURES}
     dense, labels, genres = [], [], []
     for user, item, label in rows:
         age, gender, occupation, zip_code = users[user]
         year, item_genres = items[item]
-        values = [user, item, gender, age, occupation, zip_code, "|".join(GENRES[g] for g in item_genres)]
-        for name, value in zip(SPARSE_FEATURES, values):
+        values = [user, item, gender, age, occupation, zip_code]
+        for name, value in zip(raw, values):
             raw[name].append(value)
         dense.append((int(age) / 100.0, year))
         labels.append(label)
@@ -151,6 +156,13 @@ def build_vocab(values: np.ndarray) -> dict[str, int]:
 def encode(values: np.ndarray, vocab: dict[str, int]) -> np.ndarray:
     """(N,) int32 ids: vocabulary id, 0 for missing (""), 1 for values not in the vocabulary."""
     return np.array([MISSING_ID if v == "" else vocab.get(v, OOV_ID) for v in values.tolist()], dtype=np.int32)
+
+
+def genre_vocab(genres: np.ndarray) -> dict[str, int]:
+    """Genre name -> id (2.. by descending count of genre occurrences, ties by name) over tuples of genre indices."""
+    counts = Counter(GENRES[g] for gs in genres.tolist() for g in gs)
+    ordered = sorted(counts, key=lambda v: (-counts[v], v))
+    return {v: i + 2 for i, v in enumerate(ordered)}
 
 
 def genre_lists(ratings: MovieLensRatings, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -179,6 +191,7 @@ def prepare_movielens_100k(
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     zip_prefix: int = 3,
+    genres: str = "bag",
 ) -> dict[str, Path]:
     """Write ``out/{train,valid,test}`` prepared directories; returns their paths.
 
@@ -188,15 +201,27 @@ def prepare_movielens_100k(
         seed: seed of the random split.
         fractions: train/valid/test fractions.
         zip_prefix: characters of the zip code kept as the ``zip`` feature.
+        genres: ``bag`` (multi-valued: a jagged bag of genre ids per movie, format version 2) or
+            ``set`` (the movie's genre SET as ONE categorical value, e.g. ``Action|Comedy``, format
+            version 1: for techniques that need one id per bag, such as DNIS and OptEmbed).
     """
+    if genres not in ("bag", "set"):
+        raise ValueError(f"genres must be 'bag' or 'set', got {genres!r}")
     if zip_prefix < 1:
         raise ValueError(f"zip_prefix must be >= 1, got {zip_prefix}")
     ratings = read_movielens_100k(root)
     ratings.raw["zip"] = np.array([z[:zip_prefix] for z in ratings.raw["zip"].tolist()], dtype=object)
     parts = split_rows(len(ratings.labels), fractions, seed)
-    vocabs = {name: build_vocab(ratings.raw[name][parts["train"]]) for name in SPARSE_FEATURES}
+    jagged = JAGGED_FEATURES if genres == "bag" else []
+    if genres == "set":
+        ratings.raw["genres"] = np.array(["|".join(GENRES[g] for g in gs) for gs in ratings.genres.tolist()], dtype=object)
+    single = [name for name in SPARSE_FEATURES if name not in jagged]
+    vocabs = {name: build_vocab(ratings.raw[name][parts["train"]]) for name in single}
+    if genres == "bag":
+        vocabs["genres"] = genre_vocab(ratings.genres[parts["train"]])
     vocab_sizes = [len(vocabs[name]) + 2 for name in SPARSE_FEATURES]
-    sparse_all = np.stack([encode(ratings.raw[name], vocabs[name]) for name in SPARSE_FEATURES], axis=1)  # (N, F)
+    sparse_all = np.stack([encode(ratings.raw[name], vocabs[name]) for name in single], axis=1)  # (N, F - 1)
+    genre_ids = [tuple(vocabs["genres"].get(GENRES[g], OOV_ID) for g in gs) for gs in ratings.genres.tolist()] if jagged else []  # bags
     out = Path(out)
     paths: dict[str, Path] = {}
     for role, rows in parts.items():
@@ -207,9 +232,12 @@ def prepare_movielens_100k(
         np.save(d / "sparse.npy", np.ascontiguousarray(sparse_all[rows]))
         np.save(d / "dense.npy", np.ascontiguousarray(ratings.dense[rows]))
         np.save(d / "labels.npy", labels)
+        if jagged:
+            write_jagged(d, "genres", [genre_ids[r] for r in rows.tolist()])
         atomic_save_json(d / "vocab" / "movielens_vocab.json", {"features": SPARSE_FEATURES, "vocab": vocabs})
         atomic_save_json(d / "meta.json", {
-            "format_version": FORMAT_VERSION, "dataset": "movielens_100k", "rows": int(len(rows)), "has_labels": True,
+            "format_version": JAGGED_FORMAT_VERSION if jagged else FORMAT_VERSION, "dataset": "movielens_100k", "jagged_features": jagged,
+            "genres": genres, "rows": int(len(rows)), "has_labels": True,
             "positives": int(labels.sum()), "ctr": float(labels.mean()) if len(rows) else 0.0,
             "dense_features": DENSE_FEATURES, "sparse_features": SPARSE_FEATURES, "vocab_sizes": vocab_sizes,
             "categorical_encoding": "vocab", "min_count": 1, "hash_buckets": None,
@@ -231,11 +259,13 @@ def add_movielens_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random 80/10/10 split")
     parser.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VALID", "TEST"))
     parser.add_argument("--zip-prefix", type=int, default=3, help="characters of the zip code kept")
+    parser.add_argument("--genres", choices=["bag", "set"], default="bag",
+                        help="bag: multi-valued genres (a jagged bag per movie); set: the genre set as one value (one id per bag, for DNIS/OptEmbed)")
 
 
 def run_movielens(args: argparse.Namespace) -> int:
     """Prepare MovieLens-100K from parsed :func:`add_movielens_arguments` options; prints a summary."""
-    paths = prepare_movielens_100k(args.input, args.out, seed=args.seed, fractions=tuple(args.fractions), zip_prefix=args.zip_prefix)
+    paths = prepare_movielens_100k(args.input, args.out, seed=args.seed, fractions=tuple(args.fractions), zip_prefix=args.zip_prefix, genres=args.genres)
     summary = {role: {k: json.loads((p / "meta.json").read_text())[k] for k in ("rows", "ctr")} for role, p in paths.items()}
     print(json.dumps({"out": str(Path(args.out).resolve()), **summary}, indent=1))
     return 0

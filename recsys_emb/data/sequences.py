@@ -54,7 +54,7 @@ GROUP_FEATURES = {"item": ("hist_item", "target_item"), "category": ("hist_cat",
 
 # dataset name -> (file stem of the sequences, kind)
 AMAZON_STEMS = {"amazon_beauty": "Beauty", "amazon_sports": "Sports_and_Outdoors", "amazon_lastfm": "LastFM"}
-DATASETS = (*AMAZON_STEMS, "movielens_100k", "s3rec")
+DATASETS = (*AMAZON_STEMS, "movielens_100k", "s3rec", "unisrec")
 
 
 class SequenceDataError(ValueError):
@@ -65,21 +65,25 @@ class SequenceDataError(ValueError):
 class SequenceDataConfig:
     """Which behaviour-sequence data set to load and how to turn it into examples."""
 
-    dataset: str = "amazon_beauty"  # amazon_beauty | amazon_sports | amazon_lastfm | movielens_100k | s3rec
+    dataset: str = "amazon_beauty"  # amazon_beauty | amazon_sports | amazon_lastfm | movielens_100k | s3rec | unisrec
     path: str | None = None  # folder holding the raw files (plain or .gz)
-    stem: str | None = None  # dataset=s3rec only: file stem (STEM.txt, STEM_item2attributes.json)
+    stem: str | None = None  # s3rec: STEM.txt + STEM_item2attributes.json; unisrec: STEM.{train,valid,test}.inter
     max_history: int = 50  # L: the most recent L behaviours are kept
     num_negatives: int = 1  # N negatives per training positive
     eval_negatives: int | None = None  # N per validation/test positive (None = num_negatives)
     min_history: int = 0  # training targets need at least this many earlier behaviours
     max_users: int | None = None  # keep only the first users (quick runs); None = all
     seed: int = 0  # seeds negative sampling
+    holdout_items: float = 0.0  # cold start: fraction of items held out of training (recsys_emb/data/cold_start.py)
+    holdout_seed: int = 0  # which items are held out
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"data.dataset: unknown '{self.dataset}' (choose from {list(DATASETS)})")
-        if self.dataset == "s3rec" and not self.stem:
-            raise ValueError("data.stem is required with dataset=s3rec (e.g. Beauty for Beauty.txt)")
+        if self.dataset in ("s3rec", "unisrec") and not self.stem:
+            raise ValueError(f"data.stem is required with dataset={self.dataset} (e.g. Beauty for Beauty.txt, Scientific for Scientific.train.inter)")
+        if not 0.0 <= self.holdout_items < 1.0:
+            raise ValueError(f"data.holdout_items must be in [0, 1), got {self.holdout_items}")
         if self.max_history < 1:
             raise ValueError(f"data.max_history must be >= 1, got {self.max_history}")
         if self.num_negatives < 1 or (self.eval_negatives is not None and self.eval_negatives < 1):
@@ -230,6 +234,10 @@ def load_raw(cfg: SequenceDataConfig) -> RawSequences:
     folder = Path(cfg.path)
     if cfg.dataset == "movielens_100k":
         raw = read_movielens_100k(folder)
+    elif cfg.dataset == "unisrec":
+        from recsys_emb.data.cold_start import read_unisrec_sequences
+
+        raw = read_unisrec_sequences(folder, cfg.stem)
     else:
         stem = cfg.stem if cfg.dataset == "s3rec" else AMAZON_STEMS[cfg.dataset]
         seq = _find(folder, f"{stem}.txt")
@@ -433,10 +441,13 @@ class SequenceDataset:
             users=torch.from_numpy(ex.user.astype(np.int64)),
         )
 
-    def batches(self, ex: Examples, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Iterator[SequenceBatch]:
-        """Batches over ``ex`` (shuffled by ``seed`` when asked); the last one may be smaller."""
+    def batches(self, ex: Examples, batch_size: int, *, shuffle: bool = False, seed: int = 0, skip: int = 0) -> Iterator[SequenceBatch]:
+        """Batches over ``ex`` (shuffled by ``seed`` when asked); the last one may be smaller.
+
+        ``skip`` leaves out the first ``skip`` batches of that order (resuming mid-epoch) without building them.
+        """
         order = np.random.default_rng(seed).permutation(len(ex)) if shuffle else np.arange(len(ex))
-        for lo in range(0, len(ex), batch_size):
+        for lo in range(skip * batch_size, len(ex), batch_size):
             yield self.make_batch(ex.take(order[lo : lo + batch_size]))
 
     # -------------------------------------------------------------------------------- statistics

@@ -158,7 +158,7 @@ class DNISEmbeddingBagCollection(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        from recsys_emb.search.compact import _buffer_device, check_sum_pooling
+        from recsys_emb.modules.compact import buffer_device, check_sum_pooling
 
         check_sum_pooling(tables, "dnis")
         device = torch.device(device) if device is not None else None
@@ -175,7 +175,7 @@ class DNISEmbeddingBagCollection(nn.Module):
         # parameters through the OWNING module's reset_parameters().
         for i, f in enumerate(self.features):
             self.register_parameter(f"alpha_{i}", nn.Parameter(torch.ones(num_blocks, self.dims[f], device=device)))
-        dev = _buffer_device(device)
+        dev = buffer_device(device)
         for i, f in enumerate(self.features):
             b = blocks[f].to(torch.int64)
             if b.numel() != self.vocab[f] or (b.numel() and (int(b.min()) < 0 or int(b.max()) >= num_blocks)):
@@ -242,7 +242,8 @@ class DNISEmbeddingBagCollection(nn.Module):
 
 
 def _counts(data: Any, feature_index: int, vocab: int) -> np.ndarray:
-    ids = np.asarray(data.sparse[:, feature_index])
+    name, jagged = list(data.sparse_features)[feature_index], getattr(data, "jagged", {})
+    ids = np.asarray(jagged[name][0] if name in jagged else data.sparse[:, feature_index])  # multi-valued: every bag entry
     counts = np.bincount(ids[ids >= 0], minlength=vocab)
     return counts[:vocab]
 
@@ -266,7 +267,7 @@ def block_maps(options: DNISOptions, tables: Sequence[EmbeddingBagConfig], data:
 @register_embedding("dnis", DNISOptions)
 def build_dnis(options: DNISOptions, tables: list[EmbeddingBagConfig], device: Any, **context: Any) -> nn.Module:
     if options.compact_layout is not None:
-        from recsys_emb.search.compact import CompactEmbeddingBagCollection, load_layout
+        from recsys_emb.modules.compact import CompactEmbeddingBagCollection, load_layout
 
         init = tables[0].weight_init_max if tables and tables[0].weight_init_max is not None else None
         return CompactEmbeddingBagCollection(load_layout(options.compact_layout), device=device, init_bound=init)

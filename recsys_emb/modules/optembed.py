@@ -71,7 +71,7 @@ class OptEmbedSearchConfig:
     crossovers: int = 8  # children by crossover per generation
     mutation_prob: float = 0.1  # per-field probability to redraw a dim
     eval_rows: int | None = 20000  # validation rows scoring each candidate (None = all)
-    budget: float | None = None  # max embedding values (kept rows x dims) of a candidate, as a fraction of the full tables
+    budget: float | None = None  # max derived-table bytes (kept rows x dims rounded up to 4) of a candidate, as a fraction of the full tables
     retrain: bool = True  # retrain the derived compact model from scratch with the train loop
 
     def __post_init__(self) -> None:
@@ -129,7 +129,7 @@ class OptEmbedEmbeddingBagCollection(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        from recsys_emb.search.compact import check_sum_pooling
+        from recsys_emb.modules.compact import check_sum_pooling
 
         check_sum_pooling(tables, "optembed")
         device = torch.device(device) if device is not None else None
@@ -222,7 +222,7 @@ class OptEmbedEmbeddingBagCollection(nn.Module):
 @register_embedding("optembed", OptEmbedOptions)
 def build_optembed(options: OptEmbedOptions, tables: list[EmbeddingBagConfig], device: Any, **context: Any) -> nn.Module:
     if options.compact_layout is not None:
-        from recsys_emb.search.compact import CompactEmbeddingBagCollection, load_layout
+        from recsys_emb.modules.compact import CompactEmbeddingBagCollection, load_layout
 
         init = tables[0].weight_init_max if tables and tables[0].weight_init_max is not None else None
         return CompactEmbeddingBagCollection(load_layout(options.compact_layout), device=device, init_bound=init)

@@ -34,6 +34,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_emb.modules.registry import register_embedding
 from recsys_emb.modules.wrapper import TransformedEmbeddingBagCollection
+from recsys_emb.ops import sid_pieces
 
 
 class SemanticIdTransform(nn.Module):
@@ -88,19 +89,14 @@ class SemanticIdTransform(nn.Module):
         return f"{feature}_sid" if self.keep_item_id else feature
 
     def pieces(self, ids: Tensor, lengths: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Rows (values), new bag lengths and repeated weights for ids ``ids`` in bags ``lengths``."""
-        item = ids.long() - self.id_offset
-        known = (item >= 0) & (item < self.num_items)
-        item = torch.where(known, item, torch.full_like(item, self.num_items))  # (n,)
-        start = self.item_offsets[item]  # (n,)
-        count = self.item_offsets[item + 1] - start  # (n,)
-        owner = torch.repeat_interleave(torch.arange(item.numel(), device=ids.device), count)  # (total,)
-        first = torch.cumsum(count, 0) - count  # (n,)
-        within = torch.arange(owner.numel(), device=ids.device) - first[owner]  # (total,)
-        values = self.item_rows[start[owner] + within]  # (total,)
-        bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=ids.device), lengths.long())  # (n,)
-        new_lengths = torch.zeros(lengths.numel(), dtype=torch.long, device=ids.device).index_add_(0, bag, count)
-        return values, new_lengths.to(lengths.dtype), None if weights is None else weights[owner]
+        """Rows (values), new bag lengths and repeated weights for ids ``ids`` in bags ``lengths``.
+
+        One ``recsys_emb::sid_pieces`` call (compiled kernel when ``recsys_emb._C`` is built, else its
+        torch reference; the unknown item is the last of ``item_offsets``): ids outside
+        ``[id_offset, id_offset + num_items)`` get the unknown item's single row 0.
+        """
+        values, new_lengths, owner = sid_pieces(ids, lengths, self.item_offsets, self.item_rows, self.id_offset)
+        return values, new_lengths, None if weights is None else weights[owner]
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         stride = features.stride()

@@ -29,7 +29,8 @@ The hash. ``h(v) = ((a_0 * lo(v) + a_1 * hi(v) + b) mod p) mod M`` with ``p = 2^
 included, is a valid id). ``(a_0, a_1, b)`` are uniform in ``[0, p)`` per (feature, probe): a
 multilinear, pairwise-independent family (two distinct ids collide before the final ``mod M`` with
 probability ``1/p``). All products are done on 31/30-bit limbs so no intermediate exceeds ``2^63``:
-no int64 overflow, vectorised in torch (a fused kernel comes with the kernels issue).
+no int64 overflow, vectorised in torch; the ``recsys_emb::multi_probe_hash`` /
+``hashed_embedding_bag`` ops (compiled kernels in ``csrc/``, docs/kernels.md) compute the same bits.
 
 Baselines in the same code path (``UnifiedOptions.layout``):
 
@@ -61,6 +62,7 @@ from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, Poo
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys_emb.modules.registry import register_embedding
+from recsys_emb.ops import hashed_embedding_bag, multi_probe_hash
 from recsys_emb.modules.wrapper import TransformedEmbeddingBagCollection
 
 MERSENNE_61 = (1 << 61) - 1  # the prime modulus p of the hash family
@@ -229,8 +231,9 @@ class MultiProbeHash(nn.Module):
                     f"[0, {int(vocab[i])}); use hashing='salted' or a larger vocab size"
                 )
             return (self.offsets.to(device)[feature_index] + values).unsqueeze(1)  # (N, 1)
-        coefficients = self.coefficients.to(device)[feature_index]  # (N, K, 3)
-        return salted_hash(values, coefficients, self.num_rows.to(device)[feature_index])  # (N, K)
+        # recsys_emb::multi_probe_hash: the compiled kernel when recsys_emb._C is built, else the torch
+        # reference; bit-identical with salted_hash (tests/ops).
+        return multi_probe_hash(values, feature_index, self.coefficients.to(device), self.num_rows.to(device))  # (N, K)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         if features.variable_stride_per_key():
@@ -429,13 +432,75 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         return report
 
     # -- forward --------------------------------------------------------------------------------
+    def _fused_pooled(self, features: KeyedJaggedTensor) -> Tensor | None:
+        """(B, sum_t k_t * d) pooled probes in output order from the fused op, or None where it does not apply.
+
+        Single-device / inference path: one ``recsys_emb::hashed_embedding_bag`` (hash + gather + pool,
+        compiled when ``recsys_emb._C`` is built) per group instead of transform + EBC. Used only where it
+        is bit-identical with that stock path (salted hash, FP32 tables, SUM pooling, unweighted KJT with
+        every feature, fixed stride: float32 rows added in bag order, as ``nn.EmbeddingBag`` does) and
+        while ``lookup`` is the plain module (a sharded lookup runs the stock path). The weight gradient
+        is the same sum, reduced in another order (equal up to float rounding).
+        """
+        lookup = self.lookup
+        if (
+            not isinstance(lookup, TransformedEmbeddingBagCollection)
+            or self.hashing != "salted"
+            or self.data_type != DataType.FP32
+            or features.weights_or_none() is not None
+            or features.variable_stride_per_key()
+            or sorted(features.keys()) != sorted(self.feature_names)
+            or any(c.pooling != PoolingType.SUM for c in lookup.embedding_bag_configs())
+        ):
+            return None
+        transform = lookup.transform
+        keys = features.keys()
+        stride = features.stride()
+        values, lengths = features.values(), features.lengths()
+        device = values.device
+        per_key = features.length_per_key()
+        starts = [0]
+        for n in per_key:
+            starts.append(starts[-1] + n)
+        position = {k: i for i, k in enumerate(keys)}
+        pooled: dict[str, Tensor] = {}
+        for g in self.groups:
+            pos = [position[f] for f in g.features]
+            index = torch.tensor([transform._index[f] for f in g.features], dtype=torch.int64)  # rows of the transform buffers
+            k_g = max(self.probes[f] for f in g.features)
+            if pos == list(range(pos[0], pos[0] + len(pos))):  # contiguous in the KJT: no copy
+                ids = values[starts[pos[0]] : starts[pos[-1] + 1]]
+                bag_lengths = lengths[pos[0] * stride : (pos[-1] + 1) * stride]
+            else:
+                ids = torch.cat([values[starts[p] : starts[p + 1]] for p in pos])
+                bag_lengths = torch.cat([lengths[p * stride : (p + 1) * stride] for p in pos])
+            counts = torch.tensor([per_key[p] for p in pos], dtype=torch.int64, device=device)
+            feature_index = torch.repeat_interleave(torch.arange(len(pos), device=device), counts, output_size=ids.numel())  # (N_g,)
+            offsets = torch.cat([bag_lengths.new_zeros(1, dtype=torch.int64), torch.cumsum(bag_lengths.to(torch.int64), 0)])  # (F_g B + 1,)
+            out = hashed_embedding_bag(
+                lookup.ebc.embedding_bags[g.name].weight,
+                ids,
+                offsets,
+                feature_index,
+                transform.coefficients[index, :k_g].to(device),
+                transform.num_rows[index].to(device),
+                "sum",
+                None,
+            )  # (F_g B, k_g, d)
+            out = out.view(len(pos), stride, k_g * self.chunk_dim)
+            for t, f in enumerate(g.features):
+                pooled[f] = out[t, :, : self.probes[f] * self.chunk_dim]  # (B, k_t d)
+        return torch.cat([pooled[f] for f in self.feature_names], dim=1)
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        pooled = self.lookup(features).values()  # (B, sum_t k_t * d), lookup order
-        if not self._identity_columns:
-            index = self._column_index.get(pooled.device)
-            if index is None:
-                index = self._column_index[pooled.device] = torch.tensor(self._columns, device=pooled.device)
-            pooled = pooled.index_select(1, index)  # (B, sum_t k_t * d), output order
+        pooled = self._fused_pooled(features)  # (B, sum_t k_t * d), output order, or None
+        if pooled is None:
+            pooled = self.lookup(features).values()  # (B, sum_t k_t * d), lookup order
+            if not self._identity_columns:
+                index = self._column_index.get(pooled.device)
+                if index is None:
+                    index = self._column_index[pooled.device] = torch.tensor(self._columns, device=pooled.device)
+                pooled = pooled.index_select(1, index)  # (B, sum_t k_t * d), output order
         if self.combine == "mean":
             batch = pooled.shape[0]
             ks = [self.probes[f] for f in self.feature_names]

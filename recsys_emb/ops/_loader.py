@@ -1,6 +1,6 @@
 """Loads the optional compiled kernels ``recsys_emb._C``; never raises, warns once when absent.
 
-The extension (built from ``csrc/`` by ``setup.py``; not written yet) only adds per-device
+The extension (built from ``csrc/`` by ``setup.py``, see docs/kernels.md) only adds per-device
 implementations (``TORCH_LIBRARY_IMPL(recsys_emb, CPU|CUDA, m)``) of the ops declared in
 :mod:`recsys_emb.ops._library`; it must never re-declare a schema. When it is missing, fails to load
 (ABI mismatch, missing symbol, ...) or ``RECSYS_EMB_DISABLE_KERNELS=1`` is set, the pure-PyTorch
@@ -18,6 +18,7 @@ import torch
 from recsys_emb.ops._library import OPS
 
 DISABLE_ENV = "RECSYS_EMB_DISABLE_KERNELS"
+EXTENSION = "recsys_emb._C"  # module name (tests point it elsewhere to emulate a missing build)
 _state: dict[str, object] = {"tried": False, "loaded": False, "error": None}
 
 
@@ -30,12 +31,12 @@ def load_extension() -> bool:
         _state["error"] = f"disabled by {DISABLE_ENV}"
         return False
     try:
-        importlib.import_module("recsys_emb._C")
+        importlib.import_module(EXTENSION)
     except Exception as exc:  # ImportError, OSError (bad .so), RuntimeError (registration): never fatal
         _state["error"] = f"{type(exc).__name__}: {exc}"
         warnings.warn(
-            f"recsys_emb: compiled kernels (recsys_emb._C) not loaded ({_state['error']}); "
-            "using the pure-PyTorch reference ops",
+            f"recsys_emb: compiled kernels ({EXTENSION}) not loaded ({_state['error']}); "
+            "using the pure-PyTorch reference ops (build them: pip install --no-build-isolation -e ., docs/kernels.md)",
             RuntimeWarning,
             stacklevel=2,
         )

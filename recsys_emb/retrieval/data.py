@@ -122,13 +122,38 @@ def read_user_item_lists(path: str | Path) -> dict[int, list[int]]:
 
 @dataclass(frozen=True)
 class InteractionData:
-    """A train/test pair read from a LightGCN-format folder (same user and item id spaces)."""
+    """A train/test pair read from a LightGCN-format folder (same user and item id spaces).
+
+    ``test`` is the split that is evaluated (the test file, or a validation split when tuning);
+    ``extra_exclude`` holds interactions that are neither trained on nor evaluated but must be
+    removed from the ranking too (the validation file when ``test`` is the test file).
+    """
 
     train: Interactions
     test: Interactions
     num_users: int
     num_items: int
     source: str
+    extra_exclude: Interactions | None = None
+
+    def exclusions(self, users: Tensor) -> Csr:
+        """Items removed from the given users' rankings: training items (+ ``extra_exclude``)."""
+        train = self.train.select(users)
+        if self.extra_exclude is None:
+            return train
+        return concat_csr(train, self.extra_exclude.select(users))
+
+
+def concat_csr(a: Csr, b: Csr) -> Csr:
+    """Row-wise concatenation of two CSRs over the same rows (``a``'s ids first in each row)."""
+    la, lb = a.offsets[1:] - a.offsets[:-1], b.offsets[1:] - b.offsets[:-1]
+    rows = torch.cat([torch.repeat_interleave(torch.arange(la.numel()), la),
+                      torch.repeat_interleave(torch.arange(lb.numel()), lb)])
+    ids = torch.cat([a.ids, b.ids])
+    order = torch.argsort(rows, stable=True)
+    offsets = torch.zeros(la.numel() + 1, dtype=torch.long)
+    torch.cumsum(la + lb, 0, out=offsets[1:])
+    return Csr(offsets, ids[order])
 
 
 def _to_csr(lists: dict[int, list[int]], num_users: int, num_items: int) -> Interactions:
@@ -161,3 +186,62 @@ def load_interaction_data(folder: str | Path, train: str = "train", test: str = 
         num_items=num_items,
         source=str(folder),
     )
+
+
+def holdout_split(train: Interactions, fraction: float, seed: int) -> tuple[Interactions, Interactions]:
+    """Split every user's training items into ``(kept, held out)``: ``round(fraction * n)`` random items
+    of a user with ``n`` items are held out, but at least one item is always kept (seeded, reproducible)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    counts = train.counts()
+    g = torch.Generator().manual_seed(seed)
+    rank = torch.empty_like(train.items)
+    users = torch.repeat_interleave(torch.arange(train.num_users), counts)
+    # random rank of every interaction within its user: sort by (user, random key)
+    key = torch.rand(train.items.numel(), generator=g, dtype=torch.float64)
+    order = torch.argsort(users.double() * 2.0 + key)
+    rank[order] = torch.arange(train.items.numel()) - train.offsets[users[order]]
+    n_out = torch.clamp(torch.round(counts.double() * fraction).long(), max=(counts - 1).clamp_min(0))
+    held = rank < n_out[users]
+
+    def part(mask: Tensor) -> Interactions:
+        lengths = torch.bincount(users[mask], minlength=train.num_users)
+        offsets = torch.zeros(train.num_users + 1, dtype=torch.long)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        return Interactions(offsets, train.items[mask], train.num_items)
+
+    return part(~held), part(held)
+
+
+def load_split_data(folder: str | Path, split: str = "test", train: str = "train", test: str = "test",
+                    valid: str | None = "valid", holdout_fraction: float = 0.1, holdout_seed: int = 0) -> InteractionData:
+    """The train/evaluation pair for evaluating on ``split`` (``test`` or ``valid``); one id space.
+
+    * ``split='test'``: train on ``train``, evaluate ``test``; the ``valid`` file's items (when the
+      folder has one) are excluded from the ranking like training items (LightGCN++ protocol).
+    * ``split='valid'`` and a ``valid`` file exists: train on ``train``, evaluate ``valid``.
+    * ``split='valid'`` and no ``valid`` file (Gowalla): ``holdout_fraction`` of each user's training
+      items (:func:`holdout_split`) become the validation split; training uses the rest. The test
+      file is read only for the id space.
+    """
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+    lists = {"train": read_user_item_lists(resolve_split(folder, train)),
+             "test": read_user_item_lists(resolve_split(folder, test))}
+    has_valid = False
+    if valid:
+        try:
+            lists["valid"] = read_user_item_lists(resolve_split(folder, valid))
+            has_valid = True
+        except FileNotFoundError:
+            pass
+    all_lists = [x for d in lists.values() for x in d.items()]
+    num_users = 1 + max((u for u, _ in all_lists), default=-1)
+    num_items = 1 + max((max(x) for _, x in all_lists if x), default=-1)
+    csr = {name: _to_csr(d, num_users, num_items) for name, d in lists.items()}
+    if split == "test":
+        return InteractionData(csr["train"], csr["test"], num_users, num_items, str(folder), csr.get("valid"))
+    if has_valid:
+        return InteractionData(csr["train"], csr["valid"], num_users, num_items, str(folder))
+    kept, held = holdout_split(csr["train"], holdout_fraction, holdout_seed)
+    return InteractionData(kept, held, num_users, num_items, f"{folder} (holdout {holdout_fraction} seed {holdout_seed})")

@@ -1,9 +1,15 @@
 """``recsys-emb retrieve --config CFG``: base embeddings -> indexes -> single-vector vs kNN-Embed.
 
-Steps: read a LightGCN-format folder (``train.txt``/``test.txt``, plain or ``.gz``); train the
-two-tower base model (or load user/item embeddings produced by any model); build the exact index,
-the configured FAISS index and the kNN-Embed retriever; retrieve K = max(eval.ks) candidates for
-every evaluated user (training items excluded) and report recall/NDCG/diversity/speed per method.
+Steps: read a LightGCN-format folder (``train.txt``/``test.txt``, optional ``valid.txt``, plain or
+``.gz``); train the base model (``base.type``: ``two_tower`` in-batch softmax, or the graph-CF
+``lightgcn`` / ``mf`` with BPR from :mod:`recsys_emb.train.graph_loop`), or load user/item
+embeddings produced by any model; build the exact index, the configured FAISS index and the
+kNN-Embed retriever; retrieve K = max(eval.ks) candidates for every evaluated user (training items,
+and validation items when evaluating test, excluded) and report recall/NDCG/diversity/speed per method.
+
+``eval.split: valid`` evaluates on validation data instead of test (for tuning kNN-Embed's choices):
+the folder's ``valid`` file when it has one, else ``data.holdout_fraction`` of every user's training
+items held out (seeded by ``data.holdout_seed``); the base model is then trained without them.
 
 Run folder: ``config.yaml`` (resolved), ``embeddings.pt`` (``{"user": (U, D), "item": (N, D)}``),
 ``metrics.json``; the metrics are also printed as one JSON line.
@@ -26,11 +32,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recsys_emb.models.graph import GraphModelConfig
 from recsys_emb.models.two_tower import TwoTowerConfig, train_two_tower
-from recsys_emb.retrieval.data import InteractionData, load_interaction_data
+from recsys_emb.retrieval.data import InteractionData, Interactions, load_split_data
 from recsys_emb.retrieval.evaluate import MethodResult, nan_to_none, summarize, timed
 from recsys_emb.retrieval.index import IndexConfig, build_index
 from recsys_emb.retrieval.knn_embed import KnnEmbed, KnnEmbedConfig
+from recsys_emb.train.graph_loop import GraphTrainConfig
 from recsys_emb.utils import atomic_save_json, atomic_write_bytes
 
 
@@ -41,19 +49,39 @@ class RetrieveDataConfig:
     path: str = ""  # folder with train.txt[.gz] and test.txt[.gz] (`user item item ...` per line)
     train: str = "train"  # split file stem used for training and exclusion
     test: str = "test"  # split file stem used for evaluation
+    valid: str = "valid"  # validation file stem, used when present (excluded when scoring test)
+    holdout_fraction: float = 0.1  # eval.split=valid without a valid file: share of each user's train items held out
+    holdout_seed: int = 0  # seed of that holdout
+
+
+BASE_TYPES = ("two_tower", "lightgcn", "mf")
+
+
+@dataclass
+class GraphBaseConfig:
+    """A graph-CF base model (``base.type: lightgcn | mf``): the ``model:`` and ``train:`` sections of
+    ``recsys-emb train-graph`` (``model.name`` is set from ``base.type``). Evaluation inside training
+    happens once, after the last epoch (no epoch selection)."""
+
+    model: GraphModelConfig = field(default_factory=GraphModelConfig)
+    train: GraphTrainConfig = field(default_factory=GraphTrainConfig)
 
 
 @dataclass
 class BaseConfig:
     """Where the user/item embeddings come from."""
 
-    source: str = "train"  # train (two-tower below) | load (embeddings file)
+    source: str = "train"  # train (the base.type model) | load (embeddings file)
+    type: str = "two_tower"  # two_tower (base.model) | lightgcn | mf (BPR graph CF, base.graph)
     embeddings: str | None = None  # source=load: .pt dict or .npz with `user` (U, D) and `item` (N, D)
-    model: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    model: TwoTowerConfig = field(default_factory=TwoTowerConfig)  # type=two_tower
+    graph: GraphBaseConfig = field(default_factory=GraphBaseConfig)  # type=lightgcn | mf
 
     def __post_init__(self) -> None:
         if self.source not in ("train", "load"):
             raise ValueError(f"base.source {self.source!r} is not one of ['train', 'load']")
+        if self.type not in BASE_TYPES:
+            raise ValueError(f"base.type {self.type!r} is not one of {list(BASE_TYPES)}")
         if self.source == "load" and not self.embeddings:
             raise ValueError("base.source 'load' needs base.embeddings (a .pt or .npz file)")
 
@@ -66,10 +94,13 @@ class RetrieveEvalConfig:
     max_users: int = 0  # evaluate a seeded random subset of users with test items (0 = all)
     seed: int = 0  # user subset seed
     knn_embed_exact: bool = True  # also run kNN-Embed with exact per-cluster search when index.kind != exact
+    split: str = "test"  # test | valid (validation data, for tuning; see the module docstring)
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"eval.ks must be a non-empty list of positive ints, got {self.ks}")
+        if self.split not in ("test", "valid"):
+            raise ValueError(f"eval.split {self.split!r} is not one of ['test', 'valid']")
 
 
 @dataclass
@@ -114,8 +145,76 @@ def save_embeddings(path: str | Path, user: Tensor, item: Tensor) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def base_embeddings(cfg: RetrieveConfig, data: InteractionData) -> tuple[Tensor, Tensor, dict]:
-    """Train the two-tower model or load embeddings; returns ``(user, item, info)``."""
+def set_base_seed(cfg: RetrieveConfig, seed: int) -> None:
+    """Seed the base model's training (parameters, sampling) for ``cfg.base.type``."""
+    if cfg.base.type == "two_tower":
+        cfg.base.model.seed = seed
+    else:
+        cfg.base.graph.train.seed = seed
+
+
+def load_data(cfg: RetrieveConfig) -> InteractionData:
+    """The train/evaluation data of ``cfg`` (``eval.split``; see :func:`~recsys_emb.retrieval.data.load_split_data`)."""
+    d = cfg.data
+    return load_split_data(d.path, cfg.eval.split, d.train, d.test, d.valid or None, d.holdout_fraction, d.holdout_seed)
+
+
+def _graph_split(x: Interactions, num_users: int):  # noqa: ANN202
+    """Interactions -> a graph-data split (CSR over users, items sorted per user)."""
+    from recsys_emb.data.graphs import GraphSplit  # noqa: PLC0415
+
+    users = torch.repeat_interleave(torch.arange(x.num_users), x.counts())
+    keys = torch.sort(users * x.num_items + x.items).values.numpy()
+    indptr = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys // x.num_items, minlength=num_users), out=indptr[1:])
+    return GraphSplit(indptr, (keys % x.num_items).astype(np.int64), "<retrieval data>", int((x.counts() > 0).sum()))
+
+
+def train_graph_base(cfg: RetrieveConfig, data: InteractionData, run_dir: Path) -> tuple[Tensor, Tensor, dict]:
+    """Train LightGCN / BPR-MF (``cfg.base.type``) on ``data.train`` with the graph-CF trainer.
+
+    The graph is built in memory from ``data`` (same id space; items seen only in test/valid are
+    isolated nodes), so a validation holdout trains without its items. Splits given to the trainer:
+    ``train``, ``test`` = the evaluated split and, when ``data.extra_exclude`` is set, ``valid`` (so
+    its items are excluded when the trainer scores test). The trainer evaluates once, after the last
+    epoch, and the embeddings are those of the last epoch. Its files go to ``run_dir``.
+    """
+    from recsys_emb.data.graphs import GraphDataset  # noqa: PLC0415
+    from recsys_emb.train.graph_loop import (  # noqa: PLC0415
+        GraphDataConfig, GraphExperimentConfig, _fit, _LocalTrainer, load_graph_embeddings)
+
+    splits = {"train": _graph_split(data.train, data.num_users), "test": _graph_split(data.test, data.num_users)}
+    if data.extra_exclude is not None:
+        splits["valid"] = _graph_split(data.extra_exclude, data.num_users)
+    graph = GraphDataset(data.num_users, data.num_items, splits, data.source)
+    tc = dataclasses.replace(cfg.base.graph.train, eval_every=cfg.base.graph.train.epochs,
+                             early_stopping_patience=0, progress=cfg.base.graph.train.progress and cfg.show_progress)
+    gcfg = GraphExperimentConfig(data=GraphDataConfig(path=data.source, valid="valid" in splits),
+                                 model=dataclasses.replace(cfg.base.graph.model, name=cfg.base.type), train=tc)
+    threads = torch.get_num_threads()
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        metrics = _fit(gcfg, graph, _LocalTrainer(gcfg, graph), run_dir, False)
+        seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    user, item = load_graph_embeddings(run_dir)
+    last = metrics["history"][-1]
+    return user.float(), item.float(), {
+        "source": cfg.base.type, "epochs": metrics["epochs_run"], "seed": tc.seed, "batch_size": tc.batch_size,
+        "lr": tc.lr, "num_layers": gcfg.model.num_layers, "embedding_dim": gcfg.model.embedding_dim,
+        "train_seconds": seconds, "mean_epoch_seconds": metrics["mean_train_seconds_per_epoch"],
+        "final_loss": last["loss"], "eval_split_metrics": last.get("test")}
+
+
+def base_embeddings(cfg: RetrieveConfig, data: InteractionData, work_dir: Path | None = None) -> tuple[Tensor, Tensor, dict]:
+    """Train the ``base.type`` model or load embeddings; returns ``(user, item, info)``.
+
+    ``work_dir``: where a graph model writes its training files (default: a temporary folder).
+    """
     if cfg.base.source == "load":
         assert cfg.base.embeddings is not None
         user, item = load_embeddings(cfg.base.embeddings)
@@ -123,6 +222,13 @@ def base_embeddings(cfg: RetrieveConfig, data: InteractionData) -> tuple[Tensor,
             raise ValueError(f"{cfg.base.embeddings}: {user.shape[0]} users / {item.shape[0]} items, "
                              f"but the data has {data.num_users} / {data.num_items}")
         return user, item, {"source": str(cfg.base.embeddings)}
+    if cfg.base.type != "two_tower":
+        if work_dir is not None:
+            return train_graph_base(cfg, data, work_dir)
+        import tempfile  # noqa: PLC0415
+
+        with tempfile.TemporaryDirectory(prefix="retrieve_graph_") as tmp:
+            return train_graph_base(cfg, data, Path(tmp))
     users, items = data.train.pairs()
     t0 = time.perf_counter()
     model, losses = train_two_tower(users, items, data.num_users, data.num_items, cfg.base.model, cfg.show_progress)
@@ -140,16 +246,18 @@ def evaluation_users(data: InteractionData, cfg: RetrieveEvalConfig) -> Tensor:
 
 
 def evaluate_methods(cfg: RetrieveConfig, data: InteractionData, user_emb: Tensor, item_emb: Tensor,
-                     extra_single_kinds: tuple[str, ...] = ()) -> dict:
+                     extra_single_kinds: tuple[str, ...] = (),
+                     extra_single: dict[str, IndexConfig] | None = None) -> dict:
     """Build every retriever and evaluate them on the same users; returns the metrics dict.
 
     Methods: ``single[exact]``, ``single[<index.kind>]`` and ``single[<extra kind>]`` (single-vector
-    top-K), ``knn_embed[<index.kind>]`` and, when ``eval.knn_embed_exact``, ``knn_embed[exact]``.
+    top-K), ``single[<name>]`` for each ``extra_single`` index config, ``knn_embed[<index.kind>]``
+    and, when ``eval.knn_embed_exact``, ``knn_embed[exact]``.
     """
     ks = sorted(cfg.eval.ks)
     k = ks[-1]
     users = evaluation_users(data, cfg.eval)
-    exclude = data.train.select(users)
+    exclude = data.exclusions(users)
     test = data.test.select(users)
     q = user_emb[users]
     popularity = torch.bincount(data.train.items, minlength=data.num_items)
@@ -168,6 +276,11 @@ def evaluate_methods(cfg: RetrieveConfig, data: InteractionData, user_emb: Tenso
         ann = build_index(item_emb, dataclasses.replace(cfg.index, kind=kind))
         build_seconds[f"single[{kind}]"] = time.perf_counter() - t0
         results.append(timed(f"single[{kind}]", lambda ann=ann: ann.search(q, k, exclude)))
+    for label, icfg in (extra_single or {}).items():
+        t0 = time.perf_counter()
+        ann = build_index(item_emb, icfg)
+        build_seconds[f"single[{label}]"] = time.perf_counter() - t0
+        results.append(timed(f"single[{label}]", lambda ann=ann: ann.search(q, k, exclude)))
 
     kinds = [cfg.index.kind] + (["exact"] if cfg.index.kind != "exact" and cfg.eval.knn_embed_exact else [])
     knn_info: dict = {}
@@ -205,7 +318,8 @@ def evaluate_methods(cfg: RetrieveConfig, data: InteractionData, user_emb: Tenso
     for name, secs in build_seconds.items():
         methods[name]["build_seconds"] = secs
     return {"users": int(users.numel()), "k": k, "methods": methods, "knn_embed": knn_info,
-            "num_users": data.num_users, "num_items": data.num_items}
+            "num_users": data.num_users, "num_items": data.num_items, "split": cfg.eval.split,
+            "data": data.source}
 
 
 def add_retrieve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -240,8 +354,8 @@ def run_retrieve(args: argparse.Namespace) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         print(f"[retrieve] run dir: {run_dir}", file=sys.stderr)
-        data = load_interaction_data(cfg.data.path, cfg.data.train, cfg.data.test)
-        user_emb, item_emb, info = base_embeddings(cfg, data)
+        data = load_data(cfg)
+        user_emb, item_emb, info = base_embeddings(cfg, data, run_dir / "base")
         save_embeddings(run_dir / "embeddings.pt", user_emb, item_emb)
         metrics = evaluate_methods(cfg, data, user_emb, item_emb)
         metrics["base"] = info

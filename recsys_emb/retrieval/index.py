@@ -27,7 +27,15 @@ Kinds:
 * ``ivf_flat``: ``faiss.IndexIVFFlat`` with an inner-product coarse quantizer; ``nlist`` lists
   (``0``: ``4 * sqrt(N)``, capped so each list gets >= 39 training points), ``nprobe`` probed.
 * ``hnsw``: ``faiss.IndexHNSWFlat(D, M, METRIC_INNER_PRODUCT)``; ``efSearch`` is raised to the
-  number of results requested when it is smaller.
+  number of results requested when it is smaller. Inner product is not a metric, and an HNSW graph
+  built with it on vectors of very different norms (LightGCN/BPR embeddings) navigates poorly.
+  ``mips_transform: augment`` applies the MIPS-to-nearest-neighbour reduction of Bachrach et al.
+  (RecSys 2014, "Speeding up the Xbox recommender system using a Euclidean transformation for
+  inner-product spaces"): items ``x -> [x, sqrt(M^2 - |x|^2)]`` with ``M`` the largest item norm,
+  queries ``q -> [q, 0]``, and an L2 HNSW graph (``METRIC_L2``, D + 1 dims). Then
+  ``|q' - x'|^2 = |q|^2 + M^2 - 2 q.x``, so the L2 order is the inner-product order, and the
+  returned score is recovered as ``q.x = (|q|^2 + M^2 - |q' - x'|^2) / 2`` (float rounding of the
+  order of ``1e-6 M^2``). For L2-normalised items the extra coordinate is 0 and nothing changes.
 
 FAISS cannot exclude a different id set per query in one batched call, so FAISS indexes over-fetch:
 queries are sorted by exclusion-list length, each batch asks for ``k + max excluded in the batch``
@@ -53,6 +61,7 @@ from tqdm import tqdm
 from recsys_emb.utils import atomic_write_bytes
 
 INDEX_KINDS = ("exact", "flat", "ivf_flat", "hnsw")
+MIPS_TRANSFORMS = ("none", "augment")
 _FORMAT = "recsys_emb.item_index"
 _FORMAT_VERSION = 1
 
@@ -70,6 +79,7 @@ class IndexConfig:
     hnsw_m: int = 32  # hnsw: graph degree M
     ef_construction: int = 200  # hnsw: efConstruction
     ef_search: int = 128  # hnsw: efSearch (raised to the number of results when smaller)
+    mips_transform: str = "none"  # hnsw: none (inner-product graph) | augment (L2 graph on [x, sqrt(M^2-|x|^2)])
     threads: int = 0  # FAISS OpenMP threads (0 = FAISS default)
     seed: int = 0  # ivf_flat: k-means seed of the coarse quantizer
     show_progress: bool = False  # tqdm bar over query batches
@@ -82,6 +92,8 @@ class IndexConfig:
                 raise ValueError(f"index.{name} must be >= 1, got {getattr(self, name)}")
         if self.nlist < 0 or self.threads < 0:
             raise ValueError("index.nlist and index.threads must be >= 0")
+        if self.mips_transform not in MIPS_TRANSFORMS:
+            raise ValueError(f"index.mips_transform {self.mips_transform!r} is not one of {list(MIPS_TRANSFORMS)}")
 
 
 class SearchResult(NamedTuple):
@@ -290,6 +302,7 @@ class FaissIndex(ItemIndex):
         config: IndexConfig | None = None,
         *,
         _faiss_index: Any = None,
+        _max_norm: float = 0.0,
     ) -> None:
         config = config or IndexConfig(kind="flat")
         if config.kind == "exact":
@@ -299,10 +312,15 @@ class FaissIndex(ItemIndex):
         faiss = _faiss()
         if config.threads:
             faiss.omp_set_num_threads(config.threads)
+        # augment: an L2 HNSW graph over [x, sqrt(M^2 - |x|^2)] (see the module docstring)
+        self.augmented = config.kind == "hnsw" and config.mips_transform == "augment"
+        self.max_norm = float(_max_norm)
         if _faiss_index is not None:
             self.index = _faiss_index
             return
         x = embeddings.detach().to("cpu", torch.float32).contiguous().numpy()
+        if self.augmented:
+            x, self.max_norm = augment_items(x)
         n, d = x.shape
         if config.kind == "flat":
             index = faiss.IndexFlatIP(d)
@@ -316,7 +334,8 @@ class FaissIndex(ItemIndex):
                 index.train(x)
             index.nprobe = min(config.nprobe, nlist)
         else:  # hnsw
-            index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            metric = faiss.METRIC_L2 if self.augmented else faiss.METRIC_INNER_PRODUCT
+            index = faiss.IndexHNSWFlat(d, config.hnsw_m, metric)
             index.hnsw.efConstruction = config.ef_construction
             index.hnsw.efSearch = config.ef_search
         if n:
@@ -333,8 +352,15 @@ class FaissIndex(ItemIndex):
         k_fetch = min(k + max_ex, self.num_items)
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = max(self.config.ef_search, k_fetch)
-        dist, lab = self.index.search(q.numpy(), k_fetch)
-        scores = torch.from_numpy(dist).float()  # (b, k_fetch)
+        if self.augmented:
+            qn = q.numpy()
+            dist, lab = self.index.search(np.ascontiguousarray(np.pad(qn, ((0, 0), (0, 1)))), k_fetch)
+            q_sq = (q.double() ** 2).sum(1, keepdim=True)  # (b, 1)
+            scores = ((q_sq + self.max_norm**2 - torch.from_numpy(dist).double()) / 2).float()
+            scores[torch.from_numpy(lab) < 0] = float("-inf")
+        else:
+            dist, lab = self.index.search(q.numpy(), k_fetch)
+            scores = torch.from_numpy(dist).float()  # (b, k_fetch)
         labels = torch.from_numpy(lab).long()
         valid = labels >= 0
         if ex_rows.numel():
@@ -351,7 +377,17 @@ class FaissIndex(ItemIndex):
 
     def _state(self) -> dict[str, Any]:
         faiss = _faiss()
-        return {"faiss": torch.from_numpy(np.asarray(faiss.serialize_index(self.index)).copy())}
+        return {"faiss": torch.from_numpy(np.asarray(faiss.serialize_index(self.index)).copy()),
+                "max_norm": self.max_norm}
+
+
+def augment_items(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(N, D) -> (N, D + 1)`` rows ``[x, sqrt(M^2 - |x|^2)]`` with ``M = max |x|``; returns ``(rows, M)``."""
+    x64 = x.astype(np.float64)
+    sq = (x64 * x64).sum(1)
+    max_sq = float(sq.max()) if len(sq) else 0.0
+    extra = np.sqrt(np.maximum(max_sq - sq, 0.0))
+    return np.ascontiguousarray(np.concatenate([x64, extra[:, None]], 1).astype(np.float32)), float(np.sqrt(max_sq))
 
 
 def build_index(embeddings: Tensor, config: IndexConfig | None = None, item_ids: Tensor | None = None) -> ItemIndex:
@@ -370,7 +406,7 @@ def load_index(path: str | Path) -> ItemIndex:
         raise ValueError(f"{path}: not a recsys_emb item index file")
     if state.get("version") != _FORMAT_VERSION:
         raise ValueError(f"{path}: index format version {state.get('version')} is not supported (expected {_FORMAT_VERSION})")
-    config = IndexConfig(**json.loads(state["config"]))
+    config = IndexConfig(**{"mips_transform": "none", **json.loads(state["config"])})
     item_ids = state["item_ids"]
     if state["kind"] == "exact":
         return ExactIndex(state["embeddings"], item_ids, config)
@@ -378,4 +414,4 @@ def load_index(path: str | Path) -> ItemIndex:
     index = faiss.deserialize_index(state["faiss"].numpy())
     # FaissIndex keeps no raw embeddings; the base class needs only N and D
     placeholder = torch.empty((int(item_ids.numel()), int(state["dim"])))
-    return FaissIndex(placeholder, item_ids, config, _faiss_index=index)
+    return FaissIndex(placeholder, item_ids, config, _faiss_index=index, _max_norm=float(state.get("max_norm", 0.0)))

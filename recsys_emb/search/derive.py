@@ -1,8 +1,8 @@
 """``derive_tables``: turn a DNIS / OptEmbed search result into REAL smaller tables.
 
-The result is a :class:`~recsys_emb.search.compact.CompactLayout` (which rows and columns survive,
+The result is a :class:`~recsys_emb.modules.compact.CompactLayout` (which rows and columns survive,
 id remap codes) plus the values of the compact tables, such that the
-:class:`~recsys_emb.search.compact.CompactEmbeddingBagCollection` built from them gives exactly the
+:class:`~recsys_emb.modules.compact.CompactEmbeddingBagCollection` built from them gives exactly the
 output of the masked module it came from (the compact tables hold the masked values; everything
 dropped was exactly zero).
 
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from recsys_emb.modules.dnis import DNISEmbeddingBagCollection
 from recsys_emb.modules.optembed import OptEmbedEmbeddingBagCollection
-from recsys_emb.search.compact import (
+from recsys_emb.modules.compact import (
     FBGEMM_DIM_MULTIPLE,
     CompactEmbeddingBagCollection,
     CompactLayout,

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from recsys_emb.modules.compact import FBGEMM_DIM_MULTIPLE, round_up
 from recsys_emb.modules.optembed import OptEmbedEmbeddingBagCollection, OptEmbedSearchConfig
 from recsys_emb.search.common import SearchSetup, log, make_optimizer, set_trainable
 
@@ -62,10 +63,18 @@ def kept_fractions(module: OptEmbedEmbeddingBagCollection) -> dict[str, float]:
     return {f: float(module.kept_rows(f).float().mean()) for f in module.features}
 
 
-def candidate_cost(module: OptEmbedEmbeddingBagCollection, cand: Candidate, kept: dict[str, int]) -> float:
-    """Fraction of the full tables' values a candidate keeps: sum kept_rows_f * d_f / sum V_f * D_f."""
+def candidate_cost(module: OptEmbedEmbeddingBagCollection, cand: Candidate, kept: dict[str, int],
+                   multiple: int = FBGEMM_DIM_MULTIPLE) -> float:
+    """Fraction of the full tables' bytes the DERIVED tables of a candidate take.
+
+    ``sum_f kept_rows_f * min(ceil_multiple(d_f), D_f) / sum_f V_f * D_f``: dims are counted as
+    ``derive_tables`` will store them (rounded up to a multiple of 4 for FBGEMM), so a ``budget`` of
+    0.5 guarantees real tables at least 2x smaller. Counting the unrounded ``d_f`` (the paper's
+    parameter count) under-counts the real bytes by up to ``3 * kept_rows_f`` values per field.
+    """
     full = sum(module.vocab[f] * module.dims[f] for f in module.features)
-    return sum(kept[f] * d for f, d in zip(module.features, cand)) / max(full, 1)
+    stored = sum(kept[f] * (min(round_up(d, multiple), module.dims[f]) if d > 0 else 0) for f, d in zip(module.features, cand))
+    return stored / max(full, 1)
 
 
 class Evolution:
@@ -81,6 +90,12 @@ class Evolution:
         self.best: tuple[Candidate, float] | None = None
         self.history: list[dict[str, float]] = []
         self.population_size = sc.keep + sc.mutations + sc.crossovers
+        smallest = candidate_cost(module, tuple(min(c) for c in self.choices), self.kept)
+        if sc.budget is not None and smallest > sc.budget:
+            raise ValueError(
+                f"optembed search.budget={sc.budget} is below the smallest reachable cost {smallest:.4f} "
+                f"(smallest candidate dims, rounded up to {FBGEMM_DIM_MULTIPLE}, on the kept rows): raise the budget"
+            )
 
     def fits(self, cand: Candidate) -> bool:
         return self.sc.budget is None or candidate_cost(self.module, cand, self.kept) <= self.sc.budget
@@ -90,7 +105,7 @@ class Evolution:
             cand = make()
             if self.fits(cand):
                 return cand
-        # fall back to the smallest dims, which every reachable budget admits
+        # fall back to the smallest dims, which the budget admits (checked in __init__)
         return tuple(min(c) for c in self.choices)
 
     def random_candidate(self) -> Candidate:

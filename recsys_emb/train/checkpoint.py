@@ -121,6 +121,32 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Any) -> dict[
     return json.loads(state_file.read_text())
 
 
+def save_file_checkpoint(path: str | Path, model: nn.Module, optimizer: Any, trainer_state: dict[str, Any]) -> None:
+    """One-process (unsharded) checkpoint: model, optimizer, RNG and ``trainer_state`` (JSON-able) in ONE
+    ``torch.save`` file, written atomically; :func:`load_file_checkpoint` reads it with ``weights_only=True``."""
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optim": optimizer.state_dict(), "rng": _rng_tensors(),
+                "trainer_state": json.dumps(trainer_state)}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_file_checkpoint(path: str | Path, model: nn.Module, optimizer: Any) -> dict[str, Any]:
+    """Restore what :func:`save_file_checkpoint` wrote into ``model``/``optimizer`` and the RNG; return trainer_state.
+
+    Lazily created optimizer state must exist before loading (``recsys_emb.train.optim.materialize_state``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optim"])
+    torch.set_rng_state(ckpt["rng"]["torch_cpu"])
+    if "torch_cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(ckpt["rng"]["torch_cuda"])
+    return json.loads(ckpt["trainer_state"])
+
+
 def consolidated_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full, unsharded CPU tensors for every entry of ``model.state_dict()`` (collective; rank 0 gets all)."""
     out: dict[str, torch.Tensor] = {}

@@ -9,7 +9,9 @@
 - ``model.pt``: consolidated weights of the best epoch (``torch.load(weights_only=True)``);
 - ``embeddings.pt``: ``{"user": (U, D'), "item": (I, D')}`` final embeddings of that model
   (:func:`load_graph_embeddings`), the input of candidate retrieval;
-- ``metrics.json``: per-epoch loss, time and metrics, the best epoch and its metrics.
+- ``metrics.json``: per-epoch loss, wall and CPU (``time.process_time``) seconds of training and
+  evaluation, metrics, the best epoch and its metrics, and ``stopped`` when ``train.max_minutes``
+  (a wall-time budget checked after every epoch) ended the run early.
 
 Sampling: every epoch visits each training interaction ``(u, i)`` once in a random order
 (``np.random.default_rng([seed, epoch])``) and pairs it with a negative item drawn uniformly from the
@@ -84,6 +86,7 @@ class GraphTrainConfig:
     eval_user_chunk: int = 1024  # users scored at once in full ranking (memory: chunk x items floats)
     eval_max_users: int | None = None  # evaluate only the first N eligible users (quick runs; null = all)
     max_steps_per_epoch: int | None = None  # cut epochs short (quick runs / tests; null = full epoch)
+    max_minutes: float | None = None  # wall-time budget: no epoch is started that would end past it (null = none)
     num_threads: int | None = None  # torch.set_num_threads (null = torch default)
     device: Literal["auto", "cpu", "cuda"] = "cpu"  # where the model, propagation and scoring run
     progress: bool = True  # tqdm progress bars
@@ -92,6 +95,8 @@ class GraphTrainConfig:
         for name in ("epochs", "batch_size", "eval_every", "eval_user_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"train.max_minutes must be > 0 (or null), got {self.max_minutes}")
         if self.lr <= 0 or self.l2 < 0:
             raise ValueError("train.lr must be > 0 and train.l2 >= 0")
         if not self.ks or min(self.ks) < 1:
@@ -396,6 +401,18 @@ def _final_embeddings(trainer: _LocalTrainer | _ShardedTrainer) -> tuple[torch.T
         trainer.graph_model.train()
 
 
+def _fits_budget(elapsed_s: float, epoch_s: float, max_minutes: float, world_size: int, device: torch.device) -> bool:
+    """Whether ``elapsed_s`` plus one more epoch of ``epoch_s`` stays within ``max_minutes``.
+
+    Sharded runs decide on rank 0's clock (broadcast) so that all ranks stop after the same epoch."""
+    fits = elapsed_s + epoch_s <= max_minutes * 60
+    if world_size > 1 and torch.distributed.is_initialized():
+        flag = torch.tensor([int(fits)], device=device)
+        torch.distributed.broadcast(flag, src=0)
+        fits = bool(flag.item())
+    return fits
+
+
 def _better(new: float, best: float | None) -> bool:
     return best is None or new > best
 
@@ -453,10 +470,11 @@ def _fit(cfg: GraphExperimentConfig, graph: GraphDataset, trainer: _LocalTrainer
         state = trainer.load(run_dir)
         log(f"[graph] resumed after epoch {state['epoch']}")
     steps_per_epoch = len(sampler) if tc.max_steps_per_epoch is None else min(len(sampler), tc.max_steps_per_epoch)
+    t_fit, longest_train, longest_eval, stopped = time.perf_counter(), 0.0, 0.0, None
     for epoch in range(state["epoch"], tc.epochs):
         trainer.graph_model.train()
         torch.manual_seed(tc.seed * 1_000_003 + epoch)  # dropout masks depend on (seed, epoch) only
-        t_epoch = time.perf_counter()
+        t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
         loss_sum = bpr_sum = reg_sum = 0.0
         bar = tqdm(sampler.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
                    unit="step", disable=not (tc.progress and trainer.is_main), leave=False)
@@ -470,15 +488,26 @@ def _fit(cfg: GraphExperimentConfig, graph: GraphDataset, trainer: _LocalTrainer
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}")
         bar.close()
-        train_s = time.perf_counter() - t_epoch
+        train_s, train_cpu_s = time.perf_counter() - t_epoch, time.process_time() - cpu_epoch
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / steps_per_epoch, "bpr": bpr_sum / steps_per_epoch,
-                                  "reg": reg_sum / steps_per_epoch, "train_seconds": round(train_s, 2)}
-        if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-            t_eval = time.perf_counter()
+                                  "reg": reg_sum / steps_per_epoch, "train_seconds": round(train_s, 2),
+                                  # CPU seconds of this process (all its threads): its cost, unlike wall time
+                                  # largely independent of other jobs on a shared machine
+                                  "train_cpu_seconds": round(train_cpu_s, 2)}
+        longest_train = max(longest_train, train_s)
+        if tc.max_minutes is not None and epoch + 1 < tc.epochs and not _fits_budget(
+                time.perf_counter() - t_fit + longest_eval, longest_train + longest_eval, tc.max_minutes, world, device):
+            stopped = f"time budget of {tc.max_minutes} min: no time for another epoch"
+            if trainer.is_main:
+                log(f"[graph] stopping after epoch {epoch + 1}: {stopped}")
+        if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs or stopped is not None:
+            t_eval, cpu_eval = time.perf_counter(), time.process_time()
             embeddings = _final_embeddings(trainer)  # collective when sharded; every rank scores (same result)
             for split in dict.fromkeys([select_split, "test"]):
                 record[split] = evaluate_model(trainer.graph_model, graph, split, tc, embeddings)
             record["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
+            record["eval_cpu_seconds"] = round(time.process_time() - cpu_eval, 2)
+            longest_eval = max(longest_eval, record["eval_seconds"])
             value = record[select_split][tc.select_metric]
             if _better(value, state["best"]):
                 state.update(best=value, best_epoch=epoch + 1, stale=0)
@@ -499,14 +528,18 @@ def _fit(cfg: GraphExperimentConfig, graph: GraphDataset, trainer: _LocalTrainer
             if trainer.is_main:
                 log(f"[graph] early stop: no {select_split} {tc.select_metric} gain in {state['stale']} evaluations")
             break
+        if stopped is not None:
+            break
     best_record = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
     metrics = {
         "model": cfg.model.name, "propagation": cfg.model.propagation, "dataset": cfg.data.path,
         "sharded": cfg.sharding is not None, "world_size": world,
         "selected_on": select_split, "select_metric": tc.select_metric, "best_epoch": state["best_epoch"],
         "best": {s: best_record[s] for s in dict.fromkeys([select_split, "test"])},
-        "epochs_run": state["epoch"], "history": state["history"],
+        "epochs_run": state["epoch"], "stopped": stopped, "history": state["history"],
         "mean_train_seconds_per_epoch": float(np.mean([r["train_seconds"] for r in state["history"]])),
+        "mean_train_cpu_seconds_per_epoch": (float(np.mean([r["train_cpu_seconds"] for r in state["history"]]))
+                                             if all("train_cpu_seconds" in r for r in state["history"]) else None),
         "torch_threads": torch.get_num_threads(), "graph": graph.summary(),
     }
     if trainer.is_main:

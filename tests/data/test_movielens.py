@@ -57,12 +57,10 @@ def test_labels_features_and_train_only_vocabulary(tmp_path: Path) -> None:
     decode = {i + 2: u for i, u in enumerate(ranked)}
     assert [decode[int(x)] for x in np.asarray(train.sparse[:, 0])] == [kept[r][0] for r in train_rows]
     assert train.meta["vocab_sizes"][0] == len(ranked) + 2
-    # genres: the set of item 2 is one value; item 3 (no flags) is the empty set -> missing id 0
-    genre_col = SPARSE_FEATURES.index("genres")
+    # genres: multi-valued, a bag per row (item 2 has 3 flags -> 3 ids; item 3 none -> an empty bag)
     items = [kept[r][1] for r in train_rows]
-    ids = np.asarray(train.sparse[:, genre_col])
-    assert len({int(g) for g, it in zip(ids, items) if it == 2}) == 1
-    assert all(int(g) == 0 for g, it in zip(ids, items) if it == 3)
+    genre_lengths = np.diff(np.asarray(train.jagged["genres"][1]))
+    assert genre_lengths.tolist() == [{1: 3, 2: 3, 3: 0}[it] for it in items]
     dense = np.asarray(train.dense)
     assert np.allclose(dense[:, 1], [0.95 if it in (1, 2) else 0.0 for it in items])
     batch = train.batch(slice(0, 8))

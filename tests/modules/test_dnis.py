@@ -10,7 +10,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_emb.modules.dnis import DNISEmbeddingBagCollection, frequency_blocks
-from recsys_emb.search.compact import CompactEmbeddingBagCollection
+from recsys_emb.modules.compact import CompactEmbeddingBagCollection
 from recsys_emb.search.derive import compact_module, derive_tables, full_embedding_bytes
 from recsys_emb.search.dnis import normalise_rows, prune_masks
 

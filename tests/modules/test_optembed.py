@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -162,8 +163,24 @@ def test_budget_is_respected() -> None:
     m = OptEmbedEmbeddingBagCollection(tables())
     with torch.no_grad():
         m.threshold.fill_(-1.0)  # keep all rows
-    sc = OptEmbedSearchConfig(generations=3, keep=2, mutations=3, crossovers=3, budget=0.4)
+    sc = OptEmbedSearchConfig(generations=3, keep=2, mutations=3, crossovers=3, budget=0.7)
     evo = Evolution(m, sc, lambda c: float(sum(c)), seed=random.Random(3).randint(0, 99))
     best, _ = evo.run(sc.generations, progress=False)
-    assert candidate_cost(m, best, evo.kept) <= 0.4
-    assert all(candidate_cost(m, c, evo.kept) <= 0.4 for c in evo.cache)
+    assert candidate_cost(m, best, evo.kept) <= 0.7
+    assert all(candidate_cost(m, c, evo.kept) <= 0.7 for c in evo.cache)
+    # dims are stored rounded up to 4, so with D = 8 no candidate costs less than half the tables
+    with pytest.raises(ValueError, match="below the smallest reachable cost 0.5"):
+        Evolution(m, dataclasses.replace(sc, budget=0.4), lambda c: 0.0)
+
+
+def test_candidate_cost_is_the_derived_bytes() -> None:
+    """The budget counts what derive_tables stores (kept rows x dims rounded up to 4), not raw dims."""
+    torch.manual_seed(0)
+    m = OptEmbedEmbeddingBagCollection(tables())
+    with torch.no_grad():
+        m.threshold.fill_(float(m.table_weight(FEATURES[0]).abs().sum(dim=1).median()))  # prune some rows
+    kept = {f: int(m.kept_rows(f).sum()) for f in FEATURES}
+    for cand in [(1, 5, 8), (3, 1, 2), (DIM, 4, 7)]:
+        m.set_field_dims(dict(zip(FEATURES, cand)))
+        layout, _ = derive_tables(m)
+        assert candidate_cost(m, cand, kept) == pytest.approx(layout.embedding_bytes() / full_embedding_bytes(m))

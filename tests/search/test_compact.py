@@ -68,3 +68,23 @@ def test_out_of_range_ids_are_reported() -> None:
     kjt = KeyedJaggedTensor.from_lengths_sync(["a", "b"], torch.tensor([9, 0]), torch.tensor([1, 1]))
     with pytest.raises(ValueError, match="feature 'a'"):
         m(kjt)
+
+
+def test_modules_do_not_import_search() -> None:
+    """Layering: ``recsys_emb/modules/`` never imports ``recsys_emb/search/`` (nor ``distributed/``)."""
+    import ast
+
+    import recsys_emb.modules
+    import recsys_emb.search.compact as shim
+    from recsys_emb.modules import compact
+
+    offenders = []
+    for path in sorted(Path(recsys_emb.modules.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith(("recsys_emb.search", "recsys_emb.distributed"))]
+    assert offenders == []
+    # the old import path still names the same objects
+    assert shim.CompactEmbeddingBagCollection is compact.CompactEmbeddingBagCollection and shim.load_layout is compact.load_layout

@@ -181,6 +181,64 @@ def test_run_graph_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert out["best_epoch"] == 1 and "recall@20" in out["test"]
 
 
+def test_time_budget_stops_after_an_evaluated_epoch_and_resume_continues(tmp_path: Path) -> None:
+    """train.max_minutes: a budget no epoch fits stops after epoch 1 (evaluated although eval_every
+    skips it, files written); resuming with a generous budget runs the remaining epochs, and the
+    history equals an uninterrupted run's."""
+    data = write_community_graph(tmp_path / "graph", seed=3)
+    overrides = [f"data.path={data}", "train.epochs=3", "train.eval_every=3", "train.max_steps_per_epoch=3",
+                 "train.eval_max_users=50"]
+    tiny = REPO / "configs" / "gowalla_lightgcn_tiny.yaml"
+    straight = train_graph(load_config(GraphExperimentConfig, tiny, overrides), tmp_path / "a")
+    assert straight["stopped"] is None and straight["epochs_run"] == 3
+    assert "test" not in straight["history"][0] and straight["history"][0]["train_cpu_seconds"] >= 0
+    stopped = train_graph(load_config(GraphExperimentConfig, tiny, [*overrides, "train.max_minutes=1e-9"]), tmp_path / "b")
+    assert stopped["epochs_run"] == 1 and stopped["best_epoch"] == 1 and "time budget" in stopped["stopped"]
+    assert stopped["history"][0]["test"]["recall@20"] >= 0 and (tmp_path / "b" / "embeddings.pt").is_file()
+    resumed = train_graph(load_config(GraphExperimentConfig, tiny, [*overrides, "train.max_minutes=600"]), tmp_path / "b",
+                          resume=True)
+    assert resumed["epochs_run"] == 3 and resumed["stopped"] is None
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in straight["history"]]
+    assert resumed["history"][-1]["test"] == straight["history"][-1]["test"]
+    with pytest.raises(ValueError, match="max_minutes"):
+        load_config(GraphExperimentConfig, tiny, [*overrides, "train.max_minutes=0"])
+
+
+def test_graph_cf_benchmark_summarises_run_dirs_and_reuses_results(tmp_path: Path) -> None:
+    """benchmarks/graph_cf.py --from-runs: mean/std over seeds equal numpy's on the runs' metrics;
+    --reuse with no models merges earlier results, relabelling a model that appears twice."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("graph_cf_bench", REPO / "benchmarks" / "graph_cf.py")
+    bench = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(bench)
+    data = write_community_graph(tmp_path / "graph", seed=4)
+    tiny = REPO / "configs" / "gowalla_lightgcn_tiny.yaml"
+    runs = []
+    for seed in (0, 1):
+        cfg = load_config(GraphExperimentConfig, tiny, [f"data.path={data}", "train.epochs=2", f"train.seed={seed}",
+                                                        "train.max_steps_per_epoch=2", "train.eval_max_users=40"])
+        runs.append(train_graph(cfg, tmp_path / f"run{seed}"))
+    out = tmp_path / "res" / "summary"
+    assert bench.main(["--from-runs", str(tmp_path / "run0"), str(tmp_path / "run1"), "--train-command", "CMD",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    values = np.array([[r["test"]["recall@20"] for r in m["history"]] for m in runs])
+    s = result["summary"]["lightgcn"]
+    assert s["epochs_evaluated"] == [1, 2] and s["seeds"] == 2
+    np.testing.assert_allclose(s["recall@20"]["mean"], values.mean(0))
+    np.testing.assert_allclose(s["recall@20"]["std"], values.std(0))
+    assert "Training command: `CMD`" in out.with_suffix(".md").read_text()
+    merged = tmp_path / "res" / "merged"
+    assert bench.main(["--data", str(data), "--models", "--reuse", str(out.with_suffix(".json")), str(out.with_suffix(".json")),
+                       "--out", str(merged)]) == 0
+    summary = json.loads(merged.with_suffix(".json").read_text())["summary"]
+    assert list(summary) == ["lightgcn", "lightgcn (lr 0.01, 2 ep)"]
+    assert bench._lr_of_command("x --lr 0.5 --model-lr mf=0.003 ngcf=1e-4 --out y", "ngcf") == 1e-4
+    assert bench._lr_of_command("x --lr 0.5 --model-lr mf=0.003 --out y", "lightgcn") == 0.5
+
+
 def _sharded_overrides(data: Path, sharding_type: str) -> list[str]:
     return [f"data.path={data}", "train.epochs=2", "model.propagation=neighbor", "train.optimizer=adagrad",
             "train.lr=0.1", f"sharding.type={sharding_type}"]

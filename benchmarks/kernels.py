@@ -1,0 +1,270 @@
+"""Kernel benchmark: the fused multiplexed lookup ``recsys_emb::hashed_embedding_bag`` vs the torch
+reference vs FBGEMM TBE, on the same lookups, with a memory-bandwidth probe as the ceiling.
+
+Workload (Unified Embedding, single probe): F features (default 26) share ONE table of M rows x D
+(fp32); batch B, P ids per bag (pooling 1 or 20); random int64 raw ids, salted hash per feature.
+Per shape, in the same process and interleaved over rounds (median time):
+
+* ``fused``: ``recsys_emb.ops.hashed_embedding_bag`` on raw ids = salted hash + gather + pooled sum in
+  one op (the compiled CPU kernel when ``recsys_emb._C`` is built; otherwise the torch reference and
+  the row is labelled so). INCLUDES THE HASH.
+* ``torch_ref``: the pure-PyTorch path: the hash in torch int64 ops (the registered reference of
+  ``recsys_emb::multi_probe_hash``) + ``torch.nn.functional.embedding_bag`` (sum, CPU fbgemm-backed).
+  INCLUDES THE HASH.
+* ``fbgemm_tbe``: FBGEMM ``SplitTableBatchedEmbeddingBagsCodegen`` (one table, ``feature_table_map``
+  = [0] * F, ``ComputeDevice.CPU``, fp32, SUM) forward on the PRE-HASHED rows: EXCLUDES THE HASH
+  (hashing is not something TBE does; its input is the hash output, computed once outside the timer).
+* ``hash_only``: ``recsys_emb.ops.multi_probe_hash`` alone (what the hash costs inside ``fused``).
+* ``copy``: ``dst.copy_(src)`` of a large fp32 tensor (default 1 GiB): the measured memory-bandwidth
+  ceiling (bytes read + written / time), same threads.
+
+Reported per variant: lookups/s (ids x probes / s) and effective GB/s = (rows read N*D*4 + output
+written F*B*D*4 + ids/offsets read) / time, and that as % of the copy bandwidth. Every variant's
+output is checked against ``fused`` (allclose) before timing.
+
+    python benchmarks/kernels.py --quick --threads 1       # small sanity run (~1 min)
+    python benchmarks/kernels.py --threads N               # full: rows 1e5,1e6,1e7 x dim 16,64 x pooling 1,20
+
+Full mode needs ~2 x M x D x 4 bytes of memory for the largest table (about 5.2 GB at 1e7 x 64).
+Writes benchmarks/results/kernels.{json,md} (``--out`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import recsys_emb.ops as ops  # noqa: E402
+from recsys_emb.modules.unified import hash_coefficients  # noqa: E402
+from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
+
+FULL = {"rows": [100_000, 1_000_000, 10_000_000], "dims": [16, 64], "pooling": [1, 20]}
+QUICK = {"rows": [100_000], "dims": [16, 64], "pooling": [1, 20]}
+
+
+def machine() -> dict[str, object]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "memory_bytes": mem,
+        "load_average_at_start": [round(x, 1) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "extension": ops.extension_status(),
+    }
+
+
+def timeit(fn, reps: int) -> float:
+    """Median seconds of ``reps`` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(nbytes: int, reps: int) -> float:
+    src = torch.ones(nbytes // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    t = timeit(lambda: dst.copy_(src), reps)
+    return 2 * nbytes / t / 1e9  # read + write
+
+
+def make_tbe(num_rows: int, dim: int, features: int, weight: torch.Tensor):
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen
+
+    tbe = SplitTableBatchedEmbeddingBagsCodegen(
+        [(num_rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+        feature_table_map=[0] * features,
+        pooling_mode=PoolingMode.SUM,
+        device="cpu",
+    )
+    with torch.no_grad():
+        tbe.split_embedding_weights()[0].copy_(weight)
+    return tbe
+
+
+def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, reps: int, bandwidth: float, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    nbags = features * batch
+    n = nbags * pooling
+    weight = torch.randn(num_rows, dim, generator=g)
+    values = torch.randint(-(2**62), 2**62, (n,), generator=g)
+    offsets = torch.arange(0, n + 1, pooling, dtype=torch.int64)  # (F B + 1,), feature-major like a KJT
+    feature_index = torch.arange(features).repeat_interleave(batch * pooling)  # (N,)
+    coefficients = torch.tensor([[hash_coefficients(0, f"f{t}", 0)] for t in range(features)], dtype=torch.int64)  # (F, 1, 3)
+    table_rows = torch.full((features,), num_rows, dtype=torch.int64)
+    hash_ref = ops.OPS["multi_probe_hash"].reference
+
+    def fused():
+        return ops.hashed_embedding_bag(weight, values, offsets, feature_index, coefficients, table_rows, "sum", None)[:, 0]
+
+    def torch_ref():
+        rows = hash_ref(values, feature_index, coefficients, table_rows)[:, 0]
+        return F.embedding_bag(rows, weight, offsets, mode="sum", include_last_offset=True)
+
+    def hash_only():
+        return ops.multi_probe_hash(values, feature_index, coefficients, table_rows)
+
+    rows = ops.multi_probe_hash(values, feature_index, coefficients, table_rows)[:, 0].contiguous()
+    variants = {"fused": fused, "torch_ref": torch_ref, "hash_only": hash_only}
+    tbe = None
+    try:
+        tbe = make_tbe(num_rows, dim, features, weight)
+        variants["fbgemm_tbe"] = lambda: tbe(rows, offsets)  # (B, F D), pre-hashed rows
+    except Exception as exc:  # fbgemm missing / API change: report, keep the rest
+        print(f"[kernels] FBGEMM TBE unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    with torch.no_grad():
+        want = fused()  # (F B, D)
+        torch.testing.assert_close(torch_ref(), want, rtol=1e-5, atol=1e-5)
+        if tbe is not None:
+            got = tbe(rows, offsets).view(batch, features, dim).transpose(0, 1).reshape(nbags, dim)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        times = {name: [] for name in variants}
+        for _ in range(max(1, reps // 3)):  # interleave the variants over rounds (shared machine)
+            for name, fn in variants.items():
+                times[name].append(timeit(fn, 3))
+    bytes_moved = n * dim * 4 + nbags * dim * 4 + n * 8 + (nbags + 1) * 8  # rows + output + ids + offsets
+    result = {"rows": num_rows, "dim": dim, "pooling": pooling, "features": features, "batch": batch, "lookups": n, "variants": {}}
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        entry = {"seconds": t, "lookups_per_s": n / t}
+        if name != "hash_only":
+            gbs = bytes_moved / t / 1e9
+            entry.update({"effective_GBps": gbs, "pct_of_copy_bandwidth": 100 * gbs / bandwidth})
+        result["variants"][name] = entry
+    v = result["variants"]
+    result["speedup_vs_torch_ref"] = v["torch_ref"]["seconds"] / v["fused"]["seconds"]
+    if "fbgemm_tbe" in v:
+        result["speedup_vs_fbgemm_tbe"] = v["fbgemm_tbe"]["seconds"] / v["fused"]["seconds"]
+    return result
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# Kernel benchmark: fused multiplexed lookup vs torch reference vs FBGEMM TBE (CPU)",
+        "",
+        f"Command: `{report['command']}` ({report['mode']} mode)",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {(m['memory_bytes'] or 0) / 2**30:.0f} GiB; "
+        f"torch {m['torch']} with {report['threads']} thread(s); load average at start {m['load_average_at_start']}.",
+        f"Extension: {m['extension']}",
+        "",
+        f"Memory-bandwidth probe (fp32 copy of {report['copy_bytes'] / 2**30:.2f} GiB, read + write): "
+        f"**{report['copy_GBps']:.1f} GB/s**.",
+        "",
+        "Variants: `fused` = recsys_emb::hashed_embedding_bag on raw ids (hash + gather + sum, INCLUDES the hash); "
+        "`torch_ref` = hash in torch int64 ops + F.embedding_bag (INCLUDES the hash); `fbgemm_tbe` = FBGEMM "
+        "SplitTableBatchedEmbeddingBagsCodegen (CPU, fp32, SUM, one shared table) on pre-hashed rows (EXCLUDES the hash); "
+        "`hash_only` = recsys_emb::multi_probe_hash alone. Effective GB/s = (rows read + output written + ids/offsets read) / time.",
+        "",
+        "| rows | dim | pooling | lookups | fused Mlookups/s | fused GB/s (% copy) | torch_ref Mlookups/s | fbgemm_tbe Mlookups/s | fbgemm_tbe GB/s (% copy) | hash_only Mlookups/s | fused / torch_ref | fused / fbgemm_tbe |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        v = r["variants"]
+        tbe = v.get("fbgemm_tbe")
+        lines.append(
+            f"| {r['rows']:.0e} | {r['dim']} | {r['pooling']} | {r['lookups']} | {v['fused']['lookups_per_s'] / 1e6:.1f} | "
+            f"{v['fused']['effective_GBps']:.2f} ({v['fused']['pct_of_copy_bandwidth']:.0f}%) | {v['torch_ref']['lookups_per_s'] / 1e6:.1f} | "
+            + (f"{tbe['lookups_per_s'] / 1e6:.1f} | {tbe['effective_GBps']:.2f} ({tbe['pct_of_copy_bandwidth']:.0f}%) | " if tbe else "n/a | n/a | ")
+            + f"{v['hash_only']['lookups_per_s'] / 1e6:.1f} | {r['speedup_vs_torch_ref']:.2f}x | "
+            + (f"{r['speedup_vs_fbgemm_tbe']:.2f}x |" if tbe else "n/a |")
+        )
+    lines += ["", "Goals (issue 10, CPU): fused >= 2x torch_ref and >= 1.2x fbgemm_tbe forward.", ""]
+    if report.get("note"):
+        lines += [report["note"], ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sanity run (1e5 rows only, fewer repetitions)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--features", type=int, default=26)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--rows", type=int, nargs="*", default=None, help="override the table sizes")
+    parser.add_argument("--dims", type=int, nargs="*", default=None)
+    parser.add_argument("--pooling", type=int, nargs="*", default=None)
+    parser.add_argument("--reps", type=int, default=None, help="timed calls per variant (default 6 quick, 12 full)")
+    parser.add_argument("--copy-gib", type=float, default=1.0, help="size of the bandwidth-probe copy")
+    parser.add_argument("--note", default="", help="free text added to the markdown (e.g. 'idle machine')")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "kernels")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    grid = dict(QUICK if args.quick else FULL)
+    for key in ("rows", "dims", "pooling"):
+        if getattr(args, key):
+            grid[key] = getattr(args, key)
+    reps = args.reps or (6 if args.quick else 12)
+    command = "python benchmarks/kernels.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    print(f"[kernels] {command}\n[kernels] {ops.extension_status()}")
+    copy_bytes = int(args.copy_gib * 2**30)
+    bandwidth = copy_bandwidth(copy_bytes, 5)
+    print(f"[kernels] copy bandwidth {bandwidth:.1f} GB/s ({torch.get_num_threads()} threads)")
+    results = []
+    for num_rows in grid["rows"]:
+        for dim in grid["dims"]:
+            for pooling in grid["pooling"]:
+                r = run_shape(num_rows, dim, pooling, args.features, args.batch, reps, bandwidth, seed=len(results))
+                v = r["variants"]
+                print(
+                    f"[kernels] rows={num_rows:.0e} dim={dim} pooling={pooling}: fused {v['fused']['lookups_per_s'] / 1e6:.1f} M/s "
+                    f"({v['fused']['pct_of_copy_bandwidth']:.0f}% bw), torch_ref {v['torch_ref']['lookups_per_s'] / 1e6:.1f} M/s, "
+                    + (f"tbe {v['fbgemm_tbe']['lookups_per_s'] / 1e6:.1f} M/s, " if "fbgemm_tbe" in v else "")
+                    + f"x{r['speedup_vs_torch_ref']:.2f} vs torch_ref"
+                    + (f", x{r['speedup_vs_fbgemm_tbe']:.2f} vs TBE" if "fbgemm_tbe" in v else ""),
+                    flush=True,
+                )
+                results.append(r)
+    report = {
+        "command": command,
+        "mode": "quick" if args.quick else "full",
+        "threads": torch.get_num_threads(),
+        "machine": machine(),
+        "copy_bytes": copy_bytes,
+        "copy_GBps": bandwidth,
+        "note": args.note,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_json(args.out.with_suffix(".json"), report)
+    atomic_write_text(args.out.with_suffix(".md"), markdown(report))
+    print(f"[kernels] wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
