@@ -292,7 +292,8 @@ def from_run_dirs(args: argparse.Namespace, argv: list[str] | None) -> dict[str,
         "command": "python benchmarks/graph_cf.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "train_commands": args.train_command, "data": data, "has_valid": first["selected_on"] == "valid",
         "propagation": first["propagation"], "optimizer": ", ".join(f"{m}: {c['train']['optimizer']}" for m, c in configs.items()),
-        "batch_size": first_cfg_value(configs, "batch_size"), "threads": first["torch_threads"],
+        "batch_size": per_model_value(configs, "batch_size"),
+        "threads": per_model_value({m: {"train": {"threads": ms[0]["torch_threads"]}} for m, ms in runs.items()}, "threads"),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_start": args.load_start or "see run logs",
         "load_end": [round(x, 1) for x in os.getloadavg()], "published": published_for(data), "summary": summary,
         "runs": {k: [{key: m.get(key) for key in ("history", "best_epoch", "epochs_run", "stopped", "run_dir")} for m in v]
@@ -300,8 +301,11 @@ def from_run_dirs(args: argparse.Namespace, argv: list[str] | None) -> dict[str,
     }
 
 
-def first_cfg_value(configs: dict[str, dict[str, Any]], key: str) -> Any:
-    return next(iter(configs.values()))["train"][key]
+def per_model_value(configs: dict[str, dict[str, Any]], key: str) -> Any:
+    """``train.KEY`` shared by every model's config, else ``"model: value, ..."`` (e.g. NGCF's batch 1024 vs 2048)."""
+    values = {m: c["train"][key] for m, c in configs.items()}
+    distinct = set(map(str, values.values()))
+    return next(iter(values.values())) if len(distinct) == 1 else ", ".join(f"{m}: {v}" for m, v in values.items())
 
 
 def step_timing(args: argparse.Namespace) -> dict[str, Any]:
