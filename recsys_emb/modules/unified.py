@@ -62,7 +62,7 @@ from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, Poo
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys_emb.modules.registry import register_embedding
-from recsys_emb.ops import hashed_embedding_bag, multi_probe_hash
+from recsys_emb.ops import has_compiled_kernel, hashed_embedding_bag, multi_probe_hash
 from recsys_emb.modules.wrapper import TransformedEmbeddingBagCollection
 
 MERSENNE_61 = (1 << 61) - 1  # the prime modulus p of the hash family
@@ -440,11 +440,14 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         is bit-identical with that stock path (salted hash, FP32 tables, SUM pooling, unweighted KJT with
         every feature, fixed stride: float32 rows added in bag order, as ``nn.EmbeddingBag`` does) and
         while ``lookup`` is the plain module (a sharded lookup runs the stock path). The weight gradient
-        is the same sum, reduced in another order (equal up to float rounding).
+        is the same sum, reduced in another order (equal up to float rounding). Only where the op has a
+        compiled kernel for the input's device: its torch reference is slower than the stock path
+        (docs/kernels.md, "The modules use the ops").
         """
         lookup = self.lookup
         if (
-            not isinstance(lookup, TransformedEmbeddingBagCollection)
+            not has_compiled_kernel("hashed_embedding_bag", features.values().device.type)
+            or not isinstance(lookup, TransformedEmbeddingBagCollection)
             or self.hashing != "salted"
             or self.data_type != DataType.FP32
             or features.weights_or_none() is not None

@@ -11,13 +11,13 @@ import torch
 from torch import Tensor
 
 from recsys_emb.ops._library import MODES, OPS, OpSpec
-from recsys_emb.ops._loader import extension_error, kernel_status, load_extension
+from recsys_emb.ops._loader import extension_error, has_compiled_kernel, kernel_status, load_extension
 
 load_extension()
 
 __all__ = [
     "extension_status",
-    "MODES", "OPS", "OpSpec", "extension_error", "hashed_embedding_bag", "kernel_status", "load_extension",
+    "MODES", "OPS", "OpSpec", "extension_error", "has_compiled_kernel", "hashed_embedding_bag", "kernel_status", "load_extension",
     "multi_probe_hash", "sid_pieces",
 ]
 

@@ -50,12 +50,15 @@ def extension_error() -> str | None:
     return None if _state["loaded"] else _state["error"]  # type: ignore[return-value]
 
 
+def has_compiled_kernel(op: str, device_type: str) -> bool:
+    """True when ``recsys_emb::OP`` dispatches to a backend kernel (not the reference) on ``device_type``.
+
+    Only the CPU and CUDA backends can hold compiled kernels; any other device type (meta, ...) is False.
+    """
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type.lower())
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(OPS[op].qualname, key)
+
+
 def kernel_status(devices: tuple[str, ...] = ("CPU", "CUDA")) -> dict[str, dict[str, str]]:
     """``{op: {device: "compiled" | "reference"}}``: which implementation each device dispatches to."""
-    status: dict[str, dict[str, str]] = {}
-    for name, spec in OPS.items():
-        status[name] = {
-            device: "compiled" if torch._C._dispatch_has_kernel_for_dispatch_key(spec.qualname, device) else "reference"
-            for device in devices
-        }
-    return status
+    return {name: {device: "compiled" if has_compiled_kernel(name, device) else "reference" for device in devices} for name in OPS}

@@ -46,7 +46,7 @@ from recsys_emb.config.experiment import ShardingConfig
 from recsys_emb.config.io import ConfigError, load_config, run_config_and_dir, save_config
 from recsys_emb.data.graphs import GraphDataset, GraphSplit, load_graph_dataset, normalized_adjacency
 from recsys_emb.models.graph import GraphBPRTrain, GraphCF, GraphModelConfig
-from recsys_emb.train.checkpoint import export_model
+from recsys_emb.train.checkpoint import export_model, load_file_checkpoint, save_file_checkpoint
 from recsys_emb.utils import atomic_save_json, atomic_write_bytes
 
 
@@ -303,17 +303,10 @@ class _LocalTrainer:
         return (run_dir / "checkpoint.pt").is_file()
 
     def save(self, run_dir: Path, state: dict[str, Any]) -> None:
-        buffer = io.BytesIO()
-        torch.save({"model": self.model.state_dict(), "optim": self.opt.state_dict(), "rng": torch.get_rng_state(),
-                    "state": json.dumps(state)}, buffer)
-        atomic_write_bytes(run_dir / "checkpoint.pt", buffer.getvalue())
+        save_file_checkpoint(run_dir / "checkpoint.pt", self.model, self.opt, state)
 
     def load(self, run_dir: Path) -> dict[str, Any]:
-        ckpt = torch.load(run_dir / "checkpoint.pt", map_location=self.device, weights_only=True)
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optim"])
-        torch.set_rng_state(ckpt["rng"].cpu())
-        return json.loads(ckpt["state"])
+        return load_file_checkpoint(run_dir / "checkpoint.pt", self.model, self.opt)
 
     def close(self) -> None:
         pass

@@ -72,12 +72,21 @@ def test_unseen_values_are_oov_in_valid_and_test(tmp_path: Path) -> None:
     ratings = [(1, 1, 5)] * 8 + [(2, 2, 1)] * 8 + [(u, 3, 4) for u in range(5, 15)]
     root = write_tiny_ml(tmp_path / "ml", ratings, extra_users=10)
     paths = prepare_movielens_100k(root, tmp_path / "out", seed=0, fractions=(0.5, 0.25, 0.25))
+    kept = [(u, i, r) for u, i, r in ratings if r != 3]
+    order = np.random.default_rng(0).permutation(len(kept))  # independent re-derivation of the split
+    n_train, n_valid = round(0.5 * len(kept)), round(0.25 * len(kept))
+    rows = {"train": np.sort(order[:n_train]), "valid": np.sort(order[n_train:n_train + n_valid]), "test": np.sort(order[n_train + n_valid:])}
+    train_users = {kept[r][0] for r in rows["train"]}
     train = PreparedCTRData.open(paths["train"])
-    seen = {int(x) for x in np.asarray(train.sparse[:, 0])}
-    assert 1 not in seen  # no OOV ids in training
-    held_out = np.concatenate([np.asarray(PreparedCTRData.open(paths[r]).sparse[:, 0]) for r in ("valid", "test")])
-    assert all(int(x) in seen or int(x) == 1 for x in held_out)
-    assert 1 in {int(x) for x in held_out}  # the unseen users really were mapped to OOV
+    user_id = dict(zip((kept[r][0] for r in rows["train"]), (int(x) for x in np.asarray(train.sparse[:, 0]))))
+    assert min(user_id.values()) >= 2  # no OOV ids in training (0 missing, 1 OOV)
+    want_oov = 0
+    for role in ("valid", "test"):
+        got = [int(x) for x in np.asarray(PreparedCTRData.open(paths[role]).sparse[:, 0])]
+        want = [user_id.get(kept[r][0], 1) for r in rows[role]]  # a user never seen in training -> OOV row 1
+        assert got == want, role
+        want_oov += sum(kept[r][0] not in train_users for r in rows[role])
+    assert want_oov > 0  # the fixture really puts training-unseen users into valid/test
 
 
 def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:

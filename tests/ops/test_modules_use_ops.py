@@ -2,7 +2,8 @@
 
 UnifiedEmbeddingBagCollection's single-device path (one fused hashed_embedding_bag per group) must give
 exactly the stock path (MultiProbeHash transform + TorchRec EmbeddingBagCollection); it runs with the
-compiled kernels when recsys_emb._C is built and with the torch references otherwise.
+compiled kernels when recsys_emb._C is built and with the torch references otherwise (the tests force
+the fused path so the reference is checked too; the module itself takes it only with a compiled kernel).
 """
 
 from __future__ import annotations
@@ -40,7 +41,32 @@ def counted(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(unified, "hashed_embedding_bag", wrapper)
+    monkeypatch.setattr(unified, "has_compiled_kernel", lambda op, device_type: True)  # fused path, compiled or reference
     return calls
+
+
+def test_fused_path_only_where_the_op_is_compiled(monkeypatch, counted):
+    asked = []
+
+    def compiled(op, device_type):
+        asked.append((op, device_type))
+        return False
+
+    monkeypatch.setattr(unified, "has_compiled_kernel", compiled)
+    m = UnifiedEmbeddingBagCollection([MultiplexGroup("shared", ["a", "b"], 50)], chunk_dim=4, probes=2)
+    kjt = _kjt(["a", "b"], batch=8, seed=5)
+    assert torch.equal(m(kjt).values(), _stock(m, kjt))
+    assert asked == [("hashed_embedding_bag", "cpu")] and not counted
+
+
+def test_has_compiled_kernel_follows_the_dispatcher():
+    from recsys_emb.ops import OPS, has_compiled_kernel
+
+    for name, spec in OPS.items():
+        for device in ("cpu", "cuda"):
+            want = torch._C._dispatch_has_kernel_for_dispatch_key(spec.qualname, device.upper())
+            assert has_compiled_kernel(name, device) == want
+        assert not has_compiled_kernel(name, "meta")
 
 
 @pytest.mark.parametrize("keys", [["a", "b", "c", "d"], ["d", "b", "a", "c"]])  # group features split in the KJT
