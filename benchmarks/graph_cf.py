@@ -175,9 +175,10 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {result['machine']}; torch threads {result['threads']}; load average at start "
-        f"{result['load_start']}, at end {result['load_end']} (shared 2-core machine: wall-clock numbers are "
-        "inflated by other jobs; CPU seconds = time.process_time of the training process, its own cost).",
+        (f"Machine (where the runs trained): {result['machine_note']}." if result.get("machine_note") else
+         f"Machine: {result['machine']}; torch threads {result['threads']}; load average at start "
+         f"{result['load_start']}, at end {result['load_end']} (shared 2-core machine: wall-clock numbers are "
+         "inflated by other jobs; CPU seconds = time.process_time of the training process, its own cost)."),
         "",
         f"Optimizer: {result['optimizer']}, batch {result.get('batch_size', '')}, propagation {result['propagation']}.",
         "",
@@ -294,7 +295,8 @@ def from_run_dirs(args: argparse.Namespace, argv: list[str] | None) -> dict[str,
         "propagation": first["propagation"], "optimizer": ", ".join(f"{m}: {c['train']['optimizer']}" for m, c in configs.items()),
         "batch_size": per_model_value(configs, "batch_size"),
         "threads": per_model_value({m: {"train": {"threads": ms[0]["torch_threads"]}} for m, ms in runs.items()}, "threads"),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_start": args.load_start or "see run logs",
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "machine_note": args.machine,
+        "load_start": args.load_start or "see run logs",
         "load_end": [round(x, 1) for x in os.getloadavg()], "published": published_for(data), "summary": summary,
         "runs": {k: [{key: m.get(key) for key in ("history", "best_epoch", "epochs_run", "stopped", "run_dir")} for m in v]
                  for k, v in runs.items()},
@@ -401,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead of training: summarise finished `recsys-emb train-graph` run folders")
     p.add_argument("--train-command", action="append", default=[], help="with --from-runs: the command(s) that made the runs")
     p.add_argument("--load-start", help="with --from-runs: the load average when the runs started (for the record)")
+    p.add_argument("--machine", help="with --from-runs: where the runs trained, when not this machine (e.g. a GPU)")
     p.add_argument("--out", type=Path, required=True, help="output prefix (writes .json, .md, .png)")
     args = p.parse_args(argv)
     if args.from_runs:

@@ -25,8 +25,12 @@ output is checked against ``fused`` (allclose) before timing.
     python benchmarks/kernels.py --quick --threads 1       # small sanity run (~1 min)
     python benchmarks/kernels.py --threads N               # full: rows 1e5,1e6,1e7 x dim 16,64 x pooling 1,20
 
+    python benchmarks/kernels.py --device cuda --batch 4096 65536   # on a GPU: same grid, CUDA kernels,
+                                                                    # TBE on the device, device-copy probe
+
 Full mode needs ~2 x M x D x 4 bytes of memory for the largest table (about 5.2 GB at 1e7 x 64).
-Writes benchmarks/results/kernels.{json,md} (``--out`` to change).
+Writes benchmarks/results/kernels.{json,md} (``--device cuda``: kernels_cuda.*; ``--out`` to change).
+On CUDA every timed call ends with ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ FULL = {"rows": [100_000, 1_000_000, 10_000_000], "dims": [16, 64], "pooling": [
 QUICK = {"rows": [100_000], "dims": [16, 64], "pooling": [1, 20]}
 
 
-def machine() -> dict[str, object]:
+def machine(device: torch.device) -> dict[str, object]:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -77,24 +81,29 @@ def machine() -> dict[str, object]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "extension": ops.extension_status(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
     }
 
 
-def timeit(fn, reps: int) -> float:
-    """Median seconds of ``reps`` calls (after one warm-up call)."""
+def timeit(fn, reps: int, device: torch.device) -> float:
+    """Median seconds of ``reps`` calls (after one warm-up call); on CUDA each call is synchronised."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fn()
+    sync()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def copy_bandwidth(nbytes: int, reps: int) -> float:
-    src = torch.ones(nbytes // 4, dtype=torch.float32)
+def copy_bandwidth(nbytes: int, reps: int, device: torch.device) -> float:
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    t = timeit(lambda: dst.copy_(src), reps)
+    t = timeit(lambda: dst.copy_(src), reps, device)
     return 2 * nbytes / t / 1e9  # read + write
 
 
@@ -102,27 +111,30 @@ def make_tbe(num_rows: int, dim: int, features: int, weight: torch.Tensor):
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
     from fbgemm_gpu.split_table_batched_embeddings_ops_training import ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen
 
+    on_gpu = weight.device.type == "cuda"
     tbe = SplitTableBatchedEmbeddingBagsCodegen(
-        [(num_rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+        [(num_rows, dim, EmbeddingLocation.DEVICE if on_gpu else EmbeddingLocation.HOST,
+          ComputeDevice.CUDA if on_gpu else ComputeDevice.CPU)],
         feature_table_map=[0] * features,
         pooling_mode=PoolingMode.SUM,
-        device="cpu",
+        device=weight.device,
     )
     with torch.no_grad():
         tbe.split_embedding_weights()[0].copy_(weight)
     return tbe
 
 
-def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, reps: int, bandwidth: float, seed: int) -> dict:
+def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, reps: int, bandwidth: float, seed: int,
+              device: torch.device) -> dict:
     g = torch.Generator().manual_seed(seed)
     nbags = features * batch
     n = nbags * pooling
-    weight = torch.randn(num_rows, dim, generator=g)
-    values = torch.randint(-(2**62), 2**62, (n,), generator=g)
-    offsets = torch.arange(0, n + 1, pooling, dtype=torch.int64)  # (F B + 1,), feature-major like a KJT
-    feature_index = torch.arange(features).repeat_interleave(batch * pooling)  # (N,)
-    coefficients = torch.tensor([[hash_coefficients(0, f"f{t}", 0)] for t in range(features)], dtype=torch.int64)  # (F, 1, 3)
-    table_rows = torch.full((features,), num_rows, dtype=torch.int64)
+    weight = torch.randn(num_rows, dim, generator=g).to(device)
+    values = torch.randint(-(2**62), 2**62, (n,), generator=g).to(device)
+    offsets = torch.arange(0, n + 1, pooling, dtype=torch.int64, device=device)  # (F B + 1,), feature-major like a KJT
+    feature_index = torch.arange(features, device=device).repeat_interleave(batch * pooling)  # (N,)
+    coefficients = torch.tensor([[hash_coefficients(0, f"f{t}", 0)] for t in range(features)], dtype=torch.int64, device=device)  # (F, 1, 3)
+    table_rows = torch.full((features,), num_rows, dtype=torch.int64, device=device)
     hash_ref = ops.OPS["multi_probe_hash"].reference
 
     def fused():
@@ -153,7 +165,7 @@ def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, 
         times = {name: [] for name in variants}
         for _ in range(max(1, reps // 3)):  # interleave the variants over rounds (shared machine)
             for name, fn in variants.items():
-                times[name].append(timeit(fn, 3))
+                times[name].append(timeit(fn, 3, device))
     bytes_moved = n * dim * 4 + nbags * dim * 4 + n * 8 + (nbags + 1) * 8  # rows + output + ids + offsets
     result = {"rows": num_rows, "dim": dim, "pooling": pooling, "features": features, "batch": batch, "lookups": n, "variants": {}}
     for name, ts in times.items():
@@ -172,37 +184,41 @@ def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
+    on_gpu = report.get("device", "cpu") == "cuda"
     lines = [
-        "# Kernel benchmark: fused multiplexed lookup vs torch reference vs FBGEMM TBE (CPU)",
+        f"# Kernel benchmark: fused multiplexed lookup vs torch reference vs FBGEMM TBE ({'CUDA' if on_gpu else 'CPU'})",
         "",
         f"Command: `{report['command']}` ({report['mode']} mode)",
         "",
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {(m['memory_bytes'] or 0) / 2**30:.0f} GiB; "
-        f"torch {m['torch']} with {report['threads']} thread(s); load average at start {m['load_average_at_start']}.",
+        f"torch {m['torch']} with {report['threads']} thread(s); load average at start {m['load_average_at_start']}."
+        + (f" GPU: {m['gpu']} (CUDA {m['cuda']}); all variants run on the GPU." if on_gpu else ""),
         f"Extension: {m['extension']}",
         "",
-        f"Memory-bandwidth probe (fp32 copy of {report['copy_bytes'] / 2**30:.2f} GiB, read + write): "
+        f"Memory-bandwidth probe ({'device-to-device ' if on_gpu else ''}fp32 copy of {report['copy_bytes'] / 2**30:.2f} GiB, read + write): "
         f"**{report['copy_GBps']:.1f} GB/s**.",
         "",
         "Variants: `fused` = recsys_emb::hashed_embedding_bag on raw ids (hash + gather + sum, INCLUDES the hash); "
         "`torch_ref` = hash in torch int64 ops + F.embedding_bag (INCLUDES the hash); `fbgemm_tbe` = FBGEMM "
-        "SplitTableBatchedEmbeddingBagsCodegen (CPU, fp32, SUM, one shared table) on pre-hashed rows (EXCLUDES the hash); "
+        f"SplitTableBatchedEmbeddingBagsCodegen ({'CUDA, device-resident' if on_gpu else 'CPU'}, fp32, SUM, one shared table) on pre-hashed rows (EXCLUDES the hash); "
         "`hash_only` = recsys_emb::multi_probe_hash alone. Effective GB/s = (rows read + output written + ids/offsets read) / time.",
         "",
-        "| rows | dim | pooling | lookups | fused Mlookups/s | fused GB/s (% copy) | torch_ref Mlookups/s | fbgemm_tbe Mlookups/s | fbgemm_tbe GB/s (% copy) | hash_only Mlookups/s | fused / torch_ref | fused / fbgemm_tbe |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| rows | dim | pooling | batch | lookups | fused Mlookups/s | fused GB/s (% copy) | torch_ref Mlookups/s | fbgemm_tbe Mlookups/s | fbgemm_tbe GB/s (% copy) | hash_only Mlookups/s | fused / torch_ref | fused / fbgemm_tbe |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         v = r["variants"]
         tbe = v.get("fbgemm_tbe")
         lines.append(
-            f"| {r['rows']:.0e} | {r['dim']} | {r['pooling']} | {r['lookups']} | {v['fused']['lookups_per_s'] / 1e6:.1f} | "
+            f"| {r['rows']:.0e} | {r['dim']} | {r['pooling']} | {r['batch']} | {r['lookups']} | {v['fused']['lookups_per_s'] / 1e6:.1f} | "
             f"{v['fused']['effective_GBps']:.2f} ({v['fused']['pct_of_copy_bandwidth']:.0f}%) | {v['torch_ref']['lookups_per_s'] / 1e6:.1f} | "
             + (f"{tbe['lookups_per_s'] / 1e6:.1f} | {tbe['effective_GBps']:.2f} ({tbe['pct_of_copy_bandwidth']:.0f}%) | " if tbe else "n/a | n/a | ")
             + f"{v['hash_only']['lookups_per_s'] / 1e6:.1f} | {r['speedup_vs_torch_ref']:.2f}x | "
             + (f"{r['speedup_vs_fbgemm_tbe']:.2f}x |" if tbe else "n/a |")
         )
-    lines += ["", "Goals (issue 10, CPU): fused >= 2x torch_ref and >= 1.2x fbgemm_tbe forward.", ""]
+    goal = ("Goal (issue 10, GPU): fused >= 60% of the measured device bandwidth at large batch." if on_gpu
+            else "Goals (issue 10, CPU): fused >= 2x torch_ref and >= 1.2x fbgemm_tbe forward.")
+    lines += ["", goal, ""]
     if report.get("note"):
         lines += [report["note"], ""]
     return "\n".join(lines)
@@ -213,15 +229,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sanity run (1e5 rows only, fewer repetitions)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--features", type=int, default=26)
-    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--batch", type=int, nargs="+", default=[4096], help="batch size(s) B (bags per feature)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where tables, ids and every variant live")
     parser.add_argument("--rows", type=int, nargs="*", default=None, help="override the table sizes")
     parser.add_argument("--dims", type=int, nargs="*", default=None)
     parser.add_argument("--pooling", type=int, nargs="*", default=None)
     parser.add_argument("--reps", type=int, default=None, help="timed calls per variant (default 6 quick, 12 full)")
     parser.add_argument("--copy-gib", type=float, default=1.0, help="size of the bandwidth-probe copy")
     parser.add_argument("--note", default="", help="free text added to the markdown (e.g. 'idle machine')")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "kernels")
+    parser.add_argument("--out", type=Path, default=None, help="results stem (default benchmarks/results/kernels[_cuda])")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    out = args.out or REPO / "benchmarks" / "results" / ("kernels_cuda" if device.type == "cuda" else "kernels")
     if args.threads:
         torch.set_num_threads(args.threads)
     grid = dict(QUICK if args.quick else FULL)
@@ -232,37 +253,37 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/kernels.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"[kernels] {command}\n[kernels] {ops.extension_status()}")
     copy_bytes = int(args.copy_gib * 2**30)
-    bandwidth = copy_bandwidth(copy_bytes, 5)
-    print(f"[kernels] copy bandwidth {bandwidth:.1f} GB/s ({torch.get_num_threads()} threads)")
+    bandwidth = copy_bandwidth(copy_bytes, 5, device)
+    print(f"[kernels] copy bandwidth {bandwidth:.1f} GB/s ({args.device}, {torch.get_num_threads()} threads)")
     results = []
-    for num_rows in grid["rows"]:
-        for dim in grid["dims"]:
-            for pooling in grid["pooling"]:
-                r = run_shape(num_rows, dim, pooling, args.features, args.batch, reps, bandwidth, seed=len(results))
-                v = r["variants"]
-                print(
-                    f"[kernels] rows={num_rows:.0e} dim={dim} pooling={pooling}: fused {v['fused']['lookups_per_s'] / 1e6:.1f} M/s "
-                    f"({v['fused']['pct_of_copy_bandwidth']:.0f}% bw), torch_ref {v['torch_ref']['lookups_per_s'] / 1e6:.1f} M/s, "
-                    + (f"tbe {v['fbgemm_tbe']['lookups_per_s'] / 1e6:.1f} M/s, " if "fbgemm_tbe" in v else "")
-                    + f"x{r['speedup_vs_torch_ref']:.2f} vs torch_ref"
-                    + (f", x{r['speedup_vs_fbgemm_tbe']:.2f} vs TBE" if "fbgemm_tbe" in v else ""),
-                    flush=True,
-                )
-                results.append(r)
+    shapes = [(r, d, p, b) for r in grid["rows"] for d in grid["dims"] for p in grid["pooling"] for b in args.batch]
+    for num_rows, dim, pooling, batch in shapes:
+        r = run_shape(num_rows, dim, pooling, args.features, batch, reps, bandwidth, seed=len(results), device=device)
+        v = r["variants"]
+        print(
+            f"[kernels] rows={num_rows:.0e} dim={dim} pooling={pooling} batch={batch}: fused {v['fused']['lookups_per_s'] / 1e6:.1f} M/s "
+            f"({v['fused']['pct_of_copy_bandwidth']:.0f}% bw), torch_ref {v['torch_ref']['lookups_per_s'] / 1e6:.1f} M/s, "
+            + (f"tbe {v['fbgemm_tbe']['lookups_per_s'] / 1e6:.1f} M/s, " if "fbgemm_tbe" in v else "")
+            + f"x{r['speedup_vs_torch_ref']:.2f} vs torch_ref"
+            + (f", x{r['speedup_vs_fbgemm_tbe']:.2f} vs TBE" if "fbgemm_tbe" in v else ""),
+            flush=True,
+        )
+        results.append(r)
     report = {
         "command": command,
         "mode": "quick" if args.quick else "full",
         "threads": torch.get_num_threads(),
-        "machine": machine(),
+        "device": args.device,
+        "machine": machine(device),
         "copy_bytes": copy_bytes,
         "copy_GBps": bandwidth,
         "note": args.note,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_json(args.out.with_suffix(".json"), report)
-    atomic_write_text(args.out.with_suffix(".md"), markdown(report))
-    print(f"[kernels] wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_json(out.with_suffix(".json"), report)
+    atomic_write_text(out.with_suffix(".md"), markdown(report))
+    print(f"[kernels] wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 
 

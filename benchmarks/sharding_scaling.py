@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rows = []
     for sharding_type in args.types:
-        for world_size in (1, args.world_size):
+        for world_size in sorted({1, args.world_size}):  # --world-size 1: one process only (e.g. one GPU)
             result = run_case(args, sharding_type, world_size)
             rows.append(result)
             print(json.dumps(result), flush=True)

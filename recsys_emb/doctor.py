@@ -15,10 +15,14 @@ import sys
 from typing import Any
 
 # fbgemm-gpu release -> the torch minor it is built for, and the torchrec release that pairs with it.
-# Only the first row is verified on this project's machines (docs/INSTALL.md); the others are the
-# pairings published with the upstream releases.
+# Verified on this project's machines (docs/INSTALL.md): 1.8 (CPU, the pinned stack) and 1.6 (CUDA 13:
+# torch 2.11.0+cu130, fbgemm-gpu 1.6.0, torchrec 1.6.1 on an H100); the others are the pairings published
+# with the upstream releases.
 COMPATIBLE: dict[str, tuple[str, str]] = {
     "1.8": ("2.13", "1.8"),
+    "1.6": ("2.11", "1.6"),
+    "1.5": ("2.10", "1.5"),
+    "1.4": ("2.9", "1.4"),
     "1.3": ("2.8", "1.3"),
     "1.2": ("2.7", "1.2"),
     "1.1": ("2.6", "1.1"),

@@ -39,6 +39,14 @@ inline int64_t blocks_for(int64_t work, int64_t per_block) { return std::max<int
 
 Tensor as_int64(const Tensor& t) { return t.to(at::kLong).contiguous(); }
 
+// The dispatcher sends a call to this CUDA kernel as soon as ONE argument is a CUDA tensor; a CPU tensor among
+// the others would be read through a host pointer on the device (an illegal memory access, reported later and
+// elsewhere). So every tensor argument is checked to be on the device of `ref` first, with a clear error.
+void check_same_device(const Tensor& t, const Tensor& ref, const char* name, const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ", ref.device(),
+              ": every tensor argument must be on the same device");
+}
+
 void check_hash_inputs(const Tensor& values, const Tensor& feature_index, const Tensor& coefficients, const Tensor& num_rows) {
   TORCH_CHECK(values.dim() == 1, "values must be 1-D, got shape ", values.sizes());
   TORCH_CHECK(values.scalar_type() == at::kInt || values.scalar_type() == at::kLong, "values must be int32/int64");
@@ -154,6 +162,9 @@ Tensor hashed_embedding_bag_cuda(const Tensor& weight, const Tensor& values, con
                                  const std::optional<Tensor>& per_sample_weights) {
   TORCH_CHECK(weight.dim() == 2 && weight.is_floating_point(), "weight must be (M, D) floating point");
   TORCH_CHECK(mode == "sum" || mode == "mean", "mode must be one of ('sum', 'mean'), got '", std::string(mode), "'");
+  check_same_device(values, weight, "values", "weight");
+  check_same_device(offsets, weight, "offsets", "weight");
+  if (per_sample_weights.has_value()) check_same_device(*per_sample_weights, weight, "per_sample_weights", "weight");
   check_hash_inputs(values, feature_index, coefficients, num_rows);
   check_offsets(offsets, values.size(0));
   c10::cuda::CUDAGuard guard(weight.device());
@@ -218,6 +229,9 @@ Tensor hashed_embedding_bag_backward_cuda(const Tensor& grad_output, const Tenso
                                           const std::optional<Tensor>& per_sample_weights) {
   TORCH_CHECK(grad_output.dim() == 3 && grad_output.is_floating_point(), "grad_output must be (B, K, D) floating point");
   TORCH_CHECK(mode == "sum" || mode == "mean", "mode must be one of ('sum', 'mean'), got '", std::string(mode), "'");
+  check_same_device(values, grad_output, "values", "grad_output");
+  check_same_device(offsets, grad_output, "offsets", "grad_output");
+  if (per_sample_weights.has_value()) check_same_device(*per_sample_weights, grad_output, "per_sample_weights", "grad_output");
   check_hash_inputs(values, feature_index, coefficients, num_rows);
   check_offsets(offsets, values.size(0));
   c10::cuda::CUDAGuard guard(grad_output.device());
@@ -289,6 +303,9 @@ std::tuple<Tensor, Tensor, Tensor> sid_pieces_cuda(const Tensor& ids, const Tens
   TORCH_CHECK(item_offsets.dim() == 1 && item_offsets.size(0) >= 2, "item_offsets must be (I + 1,) with I >= 1 items");
   TORCH_CHECK(item_offsets.scalar_type() == at::kLong && item_rows.scalar_type() == at::kLong && item_rows.dim() == 1,
               "item_offsets/item_rows must be 1-D int64");
+  check_same_device(lengths, ids, "lengths", "ids");
+  check_same_device(item_offsets, ids, "item_offsets", "ids");
+  check_same_device(item_rows, ids, "item_rows", "ids");
   c10::cuda::CUDAGuard guard(ids.device());
   const Tensor id64 = as_int64(ids), len64 = as_int64(lengths), io = item_offsets.contiguous(), ir = item_rows.contiguous();
   const int64_t n = ids.size(0), nb = lengths.size(0);

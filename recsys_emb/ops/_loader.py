@@ -10,6 +10,7 @@ references stay in use on every device.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import warnings
 
@@ -31,6 +32,13 @@ def load_extension() -> bool:
         _state["error"] = f"disabled by {DISABLE_ENV}"
         return False
     try:
+        spec = importlib.util.find_spec(EXTENSION)
+        if spec is not None and (spec.origin or "").endswith(".so") and not links_shared_libstdcxx(spec.origin):
+            raise ImportError(
+                f"{spec.origin} was linked without the shared libstdc++.so.6 (a compiler that links libstdc++ "
+                "statically); such a build crashes when an op reports an error: rebuild it with the system "
+                "compiler, e.g. CXX=/usr/bin/g++ CC=/usr/bin/gcc make ext"
+            )
         importlib.import_module(EXTENSION)
     except Exception as exc:  # ImportError, OSError (bad .so), RuntimeError (registration): never fatal
         _state["error"] = f"{type(exc).__name__}: {exc}"
@@ -43,6 +51,17 @@ def load_extension() -> bool:
         return False
     _state["loaded"] = True
     return True
+
+
+def links_shared_libstdcxx(path: str) -> bool:
+    """True when the shared object ``path`` names ``libstdc++.so.6`` (its DT_NEEDED string).
+
+    A torch extension must use the process's one shared libstdc++ (torch's): one linked with a static copy
+    (some compiler wrappers add ``-static-libstdc++``) segfaults inside ``c10::str`` as soon as a
+    ``TORCH_CHECK`` formats its message. Seen on a GPU machine whose ``g++`` was such a wrapper.
+    """
+    with open(path, "rb") as f:
+        return b"libstdc++.so.6" in f.read()
 
 
 def extension_error() -> str | None:

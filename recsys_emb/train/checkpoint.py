@@ -150,12 +150,16 @@ def load_file_checkpoint(path: str | Path, model: nn.Module, optimizer: Any) -> 
 def consolidated_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full, unsharded CPU tensors for every entry of ``model.state_dict()`` (collective; rank 0 gets all)."""
     out: dict[str, torch.Tensor] = {}
+    # The gather runs on the process group's backend: NCCL moves CUDA tensors only, so the full tensor is
+    # assembled on rank 0's GPU there (one table at a time) and copied to the CPU.
+    nccl = dist.is_initialized() and dist.get_backend() == "nccl"
+    gather_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     for key, value in model.state_dict().items():
         if isinstance(value, ShardedTensor):
-            full = torch.empty(value.size(), dtype=value.dtype) if _is_main() else None
+            full = torch.empty(value.size(), dtype=value.dtype, device=gather_device) if _is_main() else None
             value.gather(dst=0, out=full)
             if full is not None:
-                out[key] = full
+                out[key] = full.cpu()
         elif isinstance(value, torch.Tensor):
             out[key] = value.detach().cpu().clone()
     return out

@@ -30,16 +30,33 @@ class DistEnv:
         return self.rank == 0
 
 
+def _local_world_size() -> int:
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE; else WORLD_SIZE; else 1)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    """``auto`` -> CUDA when every local rank gets its own GPU, else CPU; ``cuda`` without one is a clear error.
+
+    NCCL needs one GPU per rank: with more local ranks than visible GPUs, ``auto`` picks CPU (gloo) for
+    every rank (never a mix), and ``cuda`` raises naming the counts.
+    """
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    local_world = _local_world_size()
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if gpus >= local_world and gpus > 0 else "cpu"
     if name == "cuda":
-        if not torch.cuda.is_available():
+        if gpus == 0:
             raise RuntimeError(
                 "train.device=cuda but torch.cuda.is_available() is False "
                 "(a CPU build of torch, or no visible GPU); use train.device=cpu or auto. "
                 "`recsys-emb doctor` shows what is installed."
+            )
+        if local_rank >= gpus:
+            raise RuntimeError(
+                f"train.device=cuda: local rank {local_rank} of {local_world} processes on this machine, but only "
+                f"{gpus} GPU(s) are visible; NCCL needs one GPU per rank: launch at most {gpus} process(es) per "
+                "machine (torchrun --nproc_per_node) or use train.device=cpu (gloo)."
             )
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)

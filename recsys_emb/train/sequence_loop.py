@@ -241,7 +241,8 @@ def _train_sequence(
         from recsys_emb.train.env import resolve_device
 
         device = resolve_device(tc.device)
-        model = SequenceTrain(build_sequence_model(cfg.model, ds.table_sizes(), freqs, device=device, dataset=ds))
+        # .to(device): the tables are built there, the MLPs and transform buffers on the CPU.
+        model = SequenceTrain(build_sequence_model(cfg.model, ds.table_sizes(), freqs, device=device, dataset=ds)).to(device)
         optimizer = _plain_optimizer(model, tc)
     try:
         return _loop(cfg, run_path, ds, model, optimizer, device, env.is_main if env is not None else True, resume, interrupt_at)

@@ -216,6 +216,22 @@ def test_cuda_hash_and_sid_pieces_bit_exact():
     assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, cuda))
 
 
+@needs_cuda
+def test_cuda_kernels_reject_a_cpu_tensor_among_cuda_ones():
+    # One CUDA argument sends the call to the CUDA kernel; a CPU tensor among the others must be a clear error,
+    # not a host pointer read on the device (an illegal memory access that poisons the CUDA context).
+    weight, values, offsets, fi, coefficients, num_rows, psw = _bag_case(200, m=50, d=8)
+    cuda = [a.cuda() for a in (weight, values, offsets, fi, coefficients, num_rows)]
+    for i, name in ((1, "values"), (2, "offsets")):
+        args = list(cuda)
+        args[i] = args[i].cpu()
+        with pytest.raises(RuntimeError, match=f"{name} is on cpu but weight is on cuda"):
+            ops.hashed_embedding_bag(*args, "sum", None)
+    with pytest.raises(RuntimeError, match="item_rows is on cpu but ids is on cuda"):
+        ops.sid_pieces(torch.tensor([0, 1]).cuda(), torch.tensor([2]).cuda(), torch.tensor([0, 1, 2]).cuda(), torch.tensor([3, 4]), 0)
+    torch.cuda.synchronize()  # the context is still healthy
+
+
 def test_baseline_and_avx2_pooling_loops_agree(tmp_path):
     """The forward has a baseline and an AVX2+FMA pooling loop (chosen at run time); run the baseline one in a
     subprocess (RECSYS_EMB_NO_AVX2=1) and compare: unweighted sums bit-identical, weighted within tolerance."""

@@ -61,6 +61,28 @@ def test_loader_warns_once_and_never_raises(monkeypatch):
     assert "recsys_emb._C_not_built" in ops.extension_error()
 
 
+def test_loader_refuses_an_extension_with_a_static_libstdcxx(monkeypatch, tmp_path):
+    # A shared object that does not name libstdc++.so.6 (here: not even an ELF file) is refused BEFORE it is
+    # imported, with the rebuild advice; importing such a build would crash on the first TORCH_CHECK message.
+    (tmp_path / "fake_ext.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF no shared c++ runtime named here")
+    (tmp_path / "fake_ext.cpython-312-x86_64-linux-gnu.so").write_bytes(b"\x7fELF no shared c++ runtime named here")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_loader, "_state", {"tried": False, "loaded": False, "error": None})
+    monkeypatch.setattr(_loader, "EXTENSION", "fake_ext")
+    monkeypatch.delenv(_loader.DISABLE_ENV, raising=False)
+    with pytest.warns(RuntimeWarning, match="libstdc"):
+        assert ops.load_extension() is False
+    assert "CXX=/usr/bin/g++" in ops.extension_error()
+    assert _loader.links_shared_libstdcxx(str(tmp_path / "fake_ext.cpython-311-x86_64-linux-gnu.so")) is False
+
+
+@pytest.mark.skipif(_loader.extension_error() is not None, reason="recsys_emb._C is not built")
+def test_the_built_extension_links_the_shared_libstdcxx():
+    import importlib.util
+
+    assert _loader.links_shared_libstdcxx(importlib.util.find_spec("recsys_emb._C").origin)
+
+
 def test_loader_disabled_by_environment(monkeypatch):
     monkeypatch.setattr(_loader, "_state", {"tried": False, "loaded": False, "error": None})
     monkeypatch.setenv(_loader.DISABLE_ENV, "1")
