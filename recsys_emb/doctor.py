@@ -31,6 +31,20 @@ COMPATIBLE: dict[str, tuple[str, str]] = {
 PINNED = {"torch": "2.13.0", "fbgemm-gpu-cpu": "1.8.0", "torchrec": "1.8.0"}
 
 
+def stack_for_torch(torch_version: str) -> tuple[str, str]:
+    """``(fbgemm minor, torchrec minor)`` built for ``torch_version`` (e.g. ``2.11.0+cu130`` -> ``("1.6", "1.6")``).
+
+    Used by ``scripts/install.sh`` with ``RECSYS_EMB_TORCH=system`` (keep an installed torch). Raises
+    ``ValueError`` naming the known torch versions when there is no pairing for it.
+    """
+    minor = _minor(torch_version)
+    for fbgemm, (torch_minor, torchrec) in COMPATIBLE.items():
+        if torch_minor == minor:
+            return fbgemm, torchrec
+    known = ", ".join(sorted((t for t, _ in COMPATIBLE.values()), key=lambda v: tuple(map(int, v.split(".")))))
+    raise ValueError(f"no known fbgemm-gpu release is built for torch {torch_version} (known torch versions: {known})")
+
+
 def _version(dist: str) -> str | None:
     try:
         return md.version(dist)

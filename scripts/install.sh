@@ -16,6 +16,11 @@
 #                        https://download.pytorch.org/whl/cu130 (CUDA 13.0 builds; required for cuda)
 #   RECSYS_EMB_NO_EXT=1  skip building the optional compiled kernels recsys_emb._C (csrc/, docs/kernels.md);
 #                        the pure-PyTorch reference ops are used instead (a one-time warning says so)
+#   RECSYS_EMB_TORCH     pinned (default: install torch 2.13.0) | system: keep the torch already installed
+#                        in $PYTHON (e.g. a CUDA image's), in a --system-site-packages venv, and install the
+#                        fbgemm-gpu(-cpu) / torchrec releases built for it (recsys_emb/doctor.py COMPATIBLE).
+#                        Offline: PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR (pip's own variables) with the wheels in DIR.
+#   RECSYS_EMB_INSTALL_DRY_RUN=1  print what would be installed, change nothing
 # The script is idempotent: re-running it on a complete venv only re-checks it.
 set -euo pipefail
 
@@ -35,15 +40,46 @@ if [ "$device" = auto ]; then
   fi
 fi
 
+torch_mode="${RECSYS_EMB_TORCH:-pinned}"
+venv_args=()
+case "$torch_mode" in
+  pinned) ;;
+  system)
+    # Keep $PYTHON's torch; the fbgemm/torchrec pair comes from the table `recsys-emb doctor` checks against.
+    if ! TORCH_VERSION="$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null)"; then
+      echo "[install] RECSYS_EMB_TORCH=system needs a PYTHON with torch installed; '$PYTHON' cannot import torch" >&2
+      exit 1
+    fi
+    if [ "$device" = cuda ] && [ "$("$PYTHON" -c 'import torch; print(torch.version.cuda is not None)')" != True ]; then
+      echo "[install] RECSYS_EMB_DEVICE=cuda but the torch of '$PYTHON' ($TORCH_VERSION) is a CPU build" >&2
+      exit 1
+    fi
+    read -r fbgemm_minor torchrec_minor < <("$PYTHON" -c 'import runpy, sys
+try:
+    print(*runpy.run_path("recsys_emb/doctor.py")["stack_for_torch"](sys.argv[1]))
+except ValueError as e:
+    sys.exit(f"[install] {e}")' "$TORCH_VERSION") || exit 1
+    FBGEMM_VERSION="$fbgemm_minor.*"
+    TORCHREC_VERSION="$torchrec_minor.*"
+    venv_args=(--system-site-packages)
+    echo "[install] keeping torch $TORCH_VERSION of $PYTHON: fbgemm $FBGEMM_VERSION, torchrec $TORCHREC_VERSION"
+    ;;
+  *) echo "[install] RECSYS_EMB_TORCH must be pinned or system, got '$torch_mode'" >&2; exit 1 ;;
+esac
+
 stamp="$VENV/.recsys_emb_install"
 want="torch=$TORCH_VERSION fbgemm=$FBGEMM_VERSION torchrec=$TORCHREC_VERSION device=$device ext=$([ "${RECSYS_EMB_NO_EXT:-0}" = 1 ] && echo no || echo yes) $(cat setup.py requirements.txt $(find csrc -type f | sort) | sha1sum | cut -c1-12)"
+if [ "${RECSYS_EMB_INSTALL_DRY_RUN:-0}" = 1 ]; then
+  echo "[install] dry run: would install into $VENV: $want (torch mode: $torch_mode)"
+  exit 0
+fi
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[install] $VENV is up to date ($want)"
   exit 0
 fi
 
 echo "[install] creating $VENV with $($PYTHON --version) for device=$device"
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "${venv_args[@]}" "$VENV"
 py="$VENV/bin/python"
 pip=("$py" -m pip install --progress-bar off)
 index=()
@@ -51,12 +87,14 @@ index=()
 
 "${pip[@]}" --upgrade "pip>=23" "setuptools>=65" wheel >/dev/null
 # 1. torch first, exact version: a bare 'torch' requirement anywhere later would resolve a newer build.
-"${pip[@]}" "${index[@]}" "torch==$TORCH_VERSION"
+#    (RECSYS_EMB_TORCH=system: the venv sees $PYTHON's torch, which the constraints below then hold.)
+[ "$torch_mode" = system ] || "${pip[@]}" "${index[@]}" "torch==$TORCH_VERSION"
 # 2. fbgemm matching that torch.
 if [ "$device" = cuda ]; then
   "${pip[@]}" "${index[@]}" "fbgemm-gpu==$FBGEMM_VERSION"
 else
   "${pip[@]}" "${index[@]}" "fbgemm-gpu-cpu==$FBGEMM_VERSION"
+  FBGEMM_VERSION="$("$py" -c 'import importlib.metadata as m; print(m.version("fbgemm-gpu-cpu"))')"  # exact, for the alias
   # torchrec requires 'fbgemm-gpu': satisfy it with a files-less alias to the CPU build.
   FBGEMM_VERSION=$FBGEMM_VERSION "${pip[@]}" --no-build-isolation --no-deps ./scripts/fbgemm_gpu_cpu_alias
 fi
