@@ -8,20 +8,26 @@ compact model from scratch with the ordinary training loop. Search lengths are s
 supernet (the configs' step counts are sized for the full Criteo data).
 
     python benchmarks/dim_search.py --rows 1000000 --test-rows 200000 --epochs 1 --search-epochs 0.15 --seeds 0 1 2 \\
-        --target 0.6 --optembed-budget 0.5 --optembed-set search.threshold_lr=0.01 --name dim_search_1m  # ~50 min/seed on 2 busy cores
+        --target 0.6 --optembed-budget 0.5 --optembed-set search.threshold_lr=0.01 --name dim_search_1m  # 25-50 min/seed on 2 shared cores
     python benchmarks/dim_search.py --rows 100000 --seeds 0 1 2 --target 0.6 --name dim_search_100k_target06
     python benchmarks/dim_search.py --dataset movielens_100k --ml100k data/movielens_100k --batch-size 512 \\
         --epochs 10 --seeds 0 1 2 --target 0.6 --name dim_search_ml100k
 
 Writes ``benchmarks/results/NAME.{json,md,png}`` (``--name``, default ``dim_search``). Wall-clock times on a shared machine are
 distorted by other jobs.
+
+Seeds can run in separate processes and be merged: ``--merge A.json B.json`` adds the per-seed rows of earlier
+results files written with the same settings (a mismatch or a seed present twice is an error); ``--seeds`` with no
+value merges only. The files merged, their commands and wall times are kept in the output (``merged_from``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import sys
@@ -45,7 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "need one id per bag, so genres as one genre-set id)")
     p.add_argument("--rows", type=int, default=100_000, help="synthetic training rows (last 10%% validate)")
     p.add_argument("--test-rows", type=int, default=None, help="test rows (default rows // 5)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (the data is generated once, seed 0)")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0],
+                   help="training seeds (the data is generated once, seed 0); none: only --merge")
+    p.add_argument("--merge", type=Path, nargs="+", default=[], metavar="JSON",
+                   help="earlier results files (same settings) whose per-seed rows are added to this run's")
     p.add_argument("--search-epochs", type=float, default=1.0, help="passes over the training rows per search phase")
     p.add_argument("--target", type=float, default=0.5, help="DNIS target compression (and OptEmbed budget unless --optembed-budget)")
     p.add_argument("--optembed-budget", type=float, default=None,
@@ -57,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "dim_search", help="work folder (data and runs)")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default="dim_search", help="results file stem")
+    p.add_argument("--note", default=None, help="a remark appended to the markdown and stored in the JSON (e.g. the machine load)")
     return p.parse_args(argv)
 
 
@@ -69,7 +79,7 @@ def run(args: argparse.Namespace, on_seed: Callable[[dict], None] | None = None)
 
     if args.dataset == "synthetic":
         data_dir = args.out / f"synth_{args.rows}"
-        if not (data_dir / "train.txt.gz").is_file():
+        if args.seeds and not (data_dir / "train.txt.gz").is_file():
             synth_criteo(data_dir, rows=args.rows, test_rows=args.test_rows or args.rows // 5, seed=0)
         train_rows = int(args.rows * 0.9)
         data = [f"data.train={data_dir / 'train.txt.gz'}", f"data.test={data_dir / 'test.txt.gz'}"]
@@ -125,6 +135,38 @@ def run(args: argparse.Namespace, on_seed: Callable[[dict], None] | None = None)
     return summary
 
 
+SETTINGS = ("dataset", "rows", "model", "search_steps", "target", "optembed_budget", "epochs", "batch_size")
+
+
+def merge_results(summary: dict, paths: list[Path]) -> dict:
+    """Add the per-seed rows of earlier results files to ``summary`` (in place); settings must match, seeds must not repeat."""
+    import json
+
+    merged = []
+    for path in paths:
+        try:
+            other = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--merge {path}: cannot read results JSON: {e}") from e
+        for key in SETTINGS:
+            if other.get(key) != summary[key]:
+                raise SystemExit(f"--merge {path}: field {key!r} is {other.get(key)!r}, this run has {summary[key]!r}")
+        seeds = sorted({r["seed"] for rows in other["results"].values() for r in rows})
+        for method, rows in summary["results"].items():
+            if method not in other["results"]:
+                raise SystemExit(f"--merge {path}: no results for {method!r}")
+            have = {r["seed"] for r in rows}
+            dup = have & {r["seed"] for r in other["results"][method]}
+            if dup:
+                raise SystemExit(f"--merge {path}: {method} seed(s) {sorted(dup)} already present")
+            rows.extend(other["results"][method])
+            rows.sort(key=lambda r: r["seed"])
+        merged.append({"file": str(path), "command": other.get("command"), "seeds": seeds,
+                       "wall_seconds": other.get("wall_seconds"), "machine": other.get("machine")})
+    summary["merged_from"] = merged
+    return summary
+
+
 def _diagnostics(report: dict) -> dict:
     """Where the bytes went: kept-row fraction over all ids, per-feature kept rows / dims, search AUCs."""
     features = report["features"]
@@ -157,6 +199,21 @@ def summarize(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def per_seed(summary: dict) -> str:
+    """One row per seed: test AUC, paired Δ AUC vs that seed's base, and x smaller, per method."""
+    methods = [m for m in summary["results"] if m != "base"]
+    lines = ["| seed | base AUC | " + " | ".join(f"{m} AUC | {m} Δ | {m} x smaller" for m in methods) + " |",
+             "|---:|---:|" + "---:|---:|---:|" * len(methods)]
+    for b in summary["results"]["base"]:
+        cells = [str(b["seed"]), f"{b['test_auc']:.4f}"]
+        for m in methods:
+            r = next((r for r in summary["results"][m] if r["seed"] == b["seed"]), None)
+            cells += ["", "", ""] if r is None else [f"{r['test_auc']:.4f}", f"{r['test_auc'] - b['test_auc']:+.4f}",
+                                                     f"{b['embedding_bytes'] / r['embedding_bytes']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -177,14 +234,16 @@ def plot(summary: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/dim_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/dim_search.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
 
     def write(summary: dict) -> str:
         summary["command"] = command
         summary["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
         summary["wall_seconds"] = time.perf_counter() - started
-        return write_results(args, summary)
+        if args.note:
+            summary["note"] = args.note
+        return write_results(args, merge_results(copy.deepcopy(summary), args.merge) if args.merge else summary)
 
     print(write(run(args, on_seed=write)))
     return 0
@@ -199,9 +258,17 @@ def write_results(args: argparse.Namespace, summary: dict) -> str:
           f"{summary['dataset']}: {summary['rows']:,} training rows, {summary['model']} dim 16; search phases of "
           f"{summary['search_steps']} steps; retrain/base: batch {summary['batch_size']}, at most {summary['epochs']} epoch(s); "
           f"target: prune {summary['target']:.0%} of the values (DNIS) / derived bytes <= {summary['optembed_budget']:.0%} "
-          f"(OptEmbed). Wall time {summary['wall_seconds'] / 60:.0f} min. Bytes are the REAL derived tables (fp32), not counting the int32 id remap. Machine: "
+          f"(OptEmbed). Wall time {summary['wall_seconds'] / 60:.0f} min{' (this command; merged runs below)' if summary.get('merged_from') else ''}. Bytes are the REAL derived tables (fp32), not counting the int32 id remap. Machine: "
           f"{summary['machine']['platform']}, {summary['machine']['cpus']} CPUs shared with other jobs (times distorted).\n\n"
           f"{table}\n\n![AUC vs bytes]({args.name}.png)\n")
+    if len(summary["results"]["base"]) > 1:
+        md += f"\nPer seed (Δ against the same seed's base):\n\n{per_seed(summary)}\n"
+    if summary.get("merged_from"):
+        md += "\nMerged from earlier runs (same settings):\n\n" + "".join(
+            f"- `{m['file']}`: seed(s) {', '.join(map(str, m['seeds']))}, wall time {(m['wall_seconds'] or 0) / 60:.0f} min, "
+            f"command `{(m['command'] or '?').strip()}`\n" for m in summary["merged_from"])
+    if summary.get("note"):
+        md += f"\n**Note:** {summary['note']}\n"
     atomic_write_text(args.results / f"{args.name}.md", md)
     return table
 
