@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def split_raw_file(path: Path, fraction: float, out_dir: Path) -> tuple[Path, Pa
     if total - n_tail < 1 or n_tail < 1:
         raise ValueError(f"{path}: {total} rows cannot be split into train/valid with valid_fraction={fraction}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp_head, tmp_tail = head.with_suffix(".tmp"), tail.with_suffix(".tmp")
+    # Per-process temporary names: several processes (e.g. benchmark seeds) may split the same file at once;
+    # each writes whole files and the last os.replace wins (same content).
+    tmp_head, tmp_tail = (p.with_name(f"{p.name}.{os.getpid()}.{threading.get_ident()}.tmp") for p in (head, tail))
     with _open_text(path) as f, gzip.open(tmp_head, "wt", compresslevel=1, newline="") as h, gzip.open(
         tmp_tail, "wt", compresslevel=1, newline=""
     ) as t:

@@ -527,3 +527,25 @@ def test_real_kaggle_head_sample(head_sample: Path, tmp_path: Path) -> None:
         "test_unlabeled_rows_00001-10000"]["rows"]
     np.testing.assert_array_equal(load(tmp_path / "test")["sparse"],
                                   reference_ids(test_rows, reference_vocab(rows, 1)))
+
+
+def test_split_raw_file_is_safe_when_several_workers_split_the_same_file(tmp_path):
+    # Benchmark seeds run as parallel processes and may split the same raw file into the same cache at once.
+    # Each worker must write its own temporary files (a shared temporary name let one worker move another's
+    # half-written file away). Threads stand in for the processes here (the temporary names include both ids).
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recsys_emb.data.resolve import split_raw_file
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text("".join(f"{i}\tline\n" for i in range(200_000)))
+    out = tmp_path / "split"
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: split_raw_file(raw, 0.1, out), range(4)))
+    assert all(r == results[0] for r in results)
+    head, tail = results[0]
+    import gzip
+
+    with gzip.open(head, "rt") as h, gzip.open(tail, "rt") as t:
+        assert [int(x.split("\t")[0]) for x in h] + [int(x.split("\t")[0]) for x in t] == list(range(200_000))
+    assert sorted(p.name for p in out.iterdir()) == ["head.txt.gz", "tail.txt.gz"]  # no temporary file left behind
