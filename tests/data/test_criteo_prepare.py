@@ -538,7 +538,7 @@ def test_split_raw_file_is_safe_when_several_workers_split_the_same_file(tmp_pat
     from recsys_emb.data.resolve import split_raw_file
 
     raw = tmp_path / "raw.txt"
-    raw.write_text("".join(f"{i}\tline\n" for i in range(200_000)))
+    raw.write_text("".join(f"{i}\tline\n" for i in range(60_000)))
     out = tmp_path / "split"
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: split_raw_file(raw, 0.1, out), range(4)))
@@ -547,5 +547,5 @@ def test_split_raw_file_is_safe_when_several_workers_split_the_same_file(tmp_pat
     import gzip
 
     with gzip.open(head, "rt") as h, gzip.open(tail, "rt") as t:
-        assert [int(x.split("\t")[0]) for x in h] + [int(x.split("\t")[0]) for x in t] == list(range(200_000))
+        assert [int(x.split("\t")[0]) for x in h] + [int(x.split("\t")[0]) for x in t] == list(range(60_000))
     assert sorted(p.name for p in out.iterdir()) == ["head.txt.gz", "tail.txt.gz"]  # no temporary file left behind
