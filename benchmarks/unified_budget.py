@@ -25,7 +25,9 @@ Criteo-shaped batch (26 features, one id per bag), measured in the same process.
         --synth-set train.epochs=1 --synth-budgets 1 0.04 0.2 --max-runs 7   # resumable chunks
 
 Results go to benchmarks/results/unified_budget.{json,md,png}; finished runs in the JSON are kept
-and skipped when the command is repeated (so long sweeps can be run in chunks).
+and skipped when the command is repeated (so long sweeps can be run in chunks). Every sweep setting,
+collision analysis and overhead entry records the hash it ran with (``HASH``); entries without it
+come from the hash before the splitmix64 premix and the markdown labels them so.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ from recsys_emb.data.movielens import prepare_movielens_100k  # noqa: E402
 from recsys_emb.data.resolve import resolve_data  # noqa: E402
 from recsys_emb.train.loop import build_ctr_model, train  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
+
+# The hash of recsys_emb.modules.unified the entries are produced with (recorded in the JSON).
+HASH = "splitmix64 premix + salted multilinear"
+OLD_HASH = "old hash (before the splitmix64 premix), not re-run"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,7 +122,7 @@ def sweep(name: str, config: Path, overrides: list[str], seeds: list[int], budge
         "model": base.model.name, "embedding_dim": base.model.embedding_dim, "epochs": base.train.epochs,
         "early_stopping_patience": base.train.early_stopping_patience, "batch_size": base.train.batch_size,
         "budgets": budgets, "seeds": seeds, "train_rows": _rows(resolve_data(base.data)["train"]),
-        "trainer": "recsys_emb.train.loop.train (the `recsys-emb train` code path)",
+        "trainer": "recsys_emb.train.loop.train (the `recsys-emb train` code path)", "hash": HASH,
     }
     jobs = [(("collisionless", None), seed) for seed in seeds]
     jobs += [((layout, b), seed) for b in budgets for seed in seeds for layout in ("multiplexed", "per_feature_hashing")]
@@ -177,7 +183,7 @@ def collision_analysis(data: PreparedCTRData, dim: int, budgets: list[float], ha
     stride = max(vocab)
     lengths = torch.cat([torch.cat([torch.ones(v, dtype=torch.int64), torch.zeros(stride - v, dtype=torch.int64)]) for v in vocab])
     kjt = KeyedJaggedTensor(keys=features, values=torch.cat([torch.arange(v) for v in vocab]), lengths=lengths, stride=stride)
-    out: dict = {"min_counts": list(min_counts), "vocab_total": int(sum(vocab)), "rows": int(len(data)), "layouts": []}
+    out: dict = {"min_counts": list(min_counts), "vocab_total": int(sum(vocab)), "rows": int(len(data)), "layouts": [], "hash": HASH}
     for fraction, layout, seed in [(b, lay, h) for b in budgets for lay in ("multiplexed", "per_feature_hashing") for h in hash_seeds]:
         emb = unified_from_tables(UnifiedOptions(layout=layout, budget_fraction=fraction, hash_seed=seed), tables)
         hashed = emb.lookup.transform(kjt).to_dict()
@@ -250,7 +256,7 @@ def run_overhead(results: dict, repeats: int = 20) -> None:
     results["overhead"] = {
         "batch": batch, "features": 26, "rows": rows, "dim": dim, "threads": torch.get_num_threads(), "repeats": repeats,
         "plain_ebc_ms": 1e3 * t_plain, "unified_ms": 1e3 * t_unified, "hash_transform_ms": 1e3 * t_hash,
-        "overhead_ratio": t_unified / t_plain,
+        "overhead_ratio": t_unified / t_plain, "hash": HASH,
     }
 
 
@@ -290,7 +296,7 @@ def markdown(results: dict) -> str:
         lines += [f"## {dataset}", "", f"{s['model']} ({s['config']} {' '.join(s.get('overrides', []))}), embedding dim {s['embedding_dim']}, "
                   f"{s['train_rows']:,} training rows, at most {s['epochs']} epoch(s) (early-stopping patience "
                   f"{s['early_stopping_patience']}; test AUC at the best validation step), batch {s['batch_size']}, "
-                  f"seeds {s['seeds']}; trainer: {s['trainer']}.", "",
+                  f"seeds {s['seeds']}; trainer: {s['trainer']}; hash: {s.get('hash', '**' + OLD_HASH + '**')}.", "",
                   "| layout | budget (x collisionless) | table bytes | runs | test AUC (mean +- std) |", "|---|---|---|---|---|"]
         for r in summarize(results):
             if r["dataset"] != dataset:
@@ -308,7 +314,7 @@ def markdown(results: dict) -> str:
         if key not in results:
             continue
         a = results[key]
-        lines += [f"## {title}: collisions of frequent values", "",
+        lines += [f"## {title}: collisions of frequent values", "", f"Hash: {a.get('hash', '**' + OLD_HASH + '**')}.", "",
                   f"Training split ({a['rows']:,} rows, {a['vocab_total']:,} vocabulary ids), "
                   "every id pushed through the layout's hash (the hash seeds of the sweep). `frequent` = at least c occurrences in training; "
                   "`head coll.` = share of the frequent values' occurrences whose row also holds another frequent value; "
@@ -326,7 +332,7 @@ def markdown(results: dict) -> str:
         lines.append("")
     if "overhead" in results:
         o = results["overhead"]
-        lines += ["## Lookup overhead", "", f"Forward, batch {o['batch']}, {o['features']} features, {o['rows']:,} rows x {o['dim']}, "
+        lines += ["## Lookup overhead", "", f"Hash: {o.get('hash', '**' + OLD_HASH + '**')}. Forward, batch {o['batch']}, {o['features']} features, {o['rows']:,} rows x {o['dim']}, "
                   f"{o['threads']} threads, median of {o['repeats']}: plain EBC on pre-hashed ids {o['plain_ebc_ms']:.2f} ms, "
                   f"unified (hash + lookup + regroup) {o['unified_ms']:.2f} ms (x{o['overhead_ratio']:.2f}), "
                   f"hash transform alone {o['hash_transform_ms']:.2f} ms."]
@@ -350,7 +356,8 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("embedding table bytes")
         ax.set_ylabel("test AUC")
-        ax.set_title(f"{dataset}, {results['settings'][dataset]['model']}")
+        old = "" if results["settings"][dataset].get("hash") else "\n(old hash, before the splitmix64 premix)"
+        ax.set_title(f"{dataset}, {results['settings'][dataset]['model']}{old}", fontsize=9 if old else None)
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,7 +1,13 @@
 // The salted multilinear hash of recsys_emb/modules/unified.py, shared by the CPU and CUDA kernels.
 //
-// h(v) = ((a0 * lo(v) + a1 * hi(v) + b) mod p) mod M,   p = 2^61 - 1,
-// lo/hi = low/high 32 bits of v read as an unsigned 64-bit number.
+// h(v) = ((a0 * lo(z) + a1 * hi(z) + b) mod p) mod M,   p = 2^61 - 1,   z = splitmix64(v),
+// lo/hi = low/high 32 bits of z; v and z read as unsigned 64-bit numbers.
+//
+// splitmix64 is the fixed finaliser of the SplitMix64 generator (premix64 below): a bijection of the
+// 64-bit ids applied before the salted hash, because the multilinear hash alone is linear in the id and
+// vocabulary ids are consecutive, so for an unlucky draw the pairs (v, v + D) of a feature collided
+// systematically. It is computed in uint64 (logical shifts, products mod 2^64), exactly the reference's
+// int64 sequence (arithmetic shift + mask, wrapping products).
 //
 // The reference (recsys_emb/ops/_library.py) computes a*x mod p on 31/30-bit limbs in torch int64
 // arithmetic. This file repeats exactly the same sequence of int64 operations, with two's-complement
@@ -53,10 +59,18 @@ RECSYS_HD int64_t py_remainder(int64_t h, int64_t m) {
   return r;
 }
 
+// splitmix64 finaliser of the 64-bit pattern of an id (a bijection; unsigned: no UB).
+RECSYS_HD uint64_t premix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 // Row of id v under coefficients c = (a0, a1, b) in a table of m rows.
 RECSYS_HD int64_t salted_row(int64_t v, const int64_t* c, int64_t m) {
-  const int64_t lo = v & kLow32;
-  const int64_t hi = (v >> 32) & kLow32;
+  const uint64_t z = premix64(static_cast<uint64_t>(v));
+  const int64_t lo = static_cast<int64_t>(z & 0xFFFFFFFFull);
+  const int64_t hi = static_cast<int64_t>(z >> 32);
   const int64_t h = reduce61(wadd(wadd(mulmod61(c[0], lo), mulmod61(c[1], hi)), c[2]));
   return py_remainder(h, m);
 }
@@ -89,7 +103,7 @@ inline bool coefficients_in_range(const int64_t* c, int64_t count) {
 }
 
 inline int64_t salted_row_fast(int64_t v, const int64_t* c, const FastMod& mod) {
-  const uint64_t u = static_cast<uint64_t>(v);
+  const uint64_t u = premix64(static_cast<uint64_t>(v));
   const unsigned __int128 t = static_cast<unsigned __int128>(static_cast<uint64_t>(c[0])) * (u & 0xFFFFFFFFull) +
                               static_cast<unsigned __int128>(static_cast<uint64_t>(c[1])) * (u >> 32) + static_cast<uint64_t>(c[2]);
   const uint64_t p = static_cast<uint64_t>(kP61);

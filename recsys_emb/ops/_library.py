@@ -15,8 +15,9 @@ Ops (shapes: N ids, F features, K probes, B bags, M table rows, D embedding dim)
 
 * ``multi_probe_hash(values, feature_index, coefficients, num_rows) -> (N, K) int64``: the salted
   multilinear hash of :mod:`recsys_emb.modules.unified` (bit-exact), row ``j`` of id ``i`` is
-  ``((a0 lo + a1 hi + b) mod (2^61 - 1)) mod num_rows[f]`` with ``(a0, a1, b) = coefficients[f, j]``
-  and ``f = feature_index[i]``.
+  ``((a0 lo(z) + a1 hi(z) + b) mod (2^61 - 1)) mod num_rows[f]`` with ``(a0, a1, b) = coefficients[f, j]``,
+  ``f = feature_index[i]`` and ``z`` the splitmix64 finaliser of ``values[i]`` (a fixed bijection of the
+  64-bit pattern that scatters consecutive ids; ``lo``/``hi`` its unsigned 32-bit halves).
 * ``hashed_embedding_bag(weight, values, offsets, feature_index, coefficients, num_rows, mode,
   per_sample_weights) -> (B, K, D)``: hash every id, gather its K rows of the shared ``weight``
   (M, D), pool each bag (``offsets`` (B + 1,), KJT-style, ``offsets[-1] == N``) per probe: ``sum`` of
@@ -51,6 +52,8 @@ MERSENNE_61 = (1 << 61) - 1
 _LOW30 = (1 << 30) - 1
 _LOW31 = (1 << 31) - 1
 _LOW32 = (1 << 32) - 1
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)  # splitmix64 finaliser multipliers, as int64 two's complement
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
 MODES = ("sum", "mean")
 
 
@@ -102,6 +105,15 @@ def _mulmod61(a: Tensor, x: Tensor) -> Tensor:
     return _reduce61(2 * (ah * xh) + folded + _reduce61(al * xl))
 
 
+def _splitmix64(v: Tensor) -> Tensor:
+    """splitmix64 finaliser of the int64 bit patterns ``v`` (logical shifts = arithmetic shift + mask; products wrap)."""
+    z = v ^ ((v >> 30) & ((1 << 34) - 1))
+    z = z * _MIX1
+    z = z ^ ((z >> 27) & ((1 << 37) - 1))
+    z = z * _MIX2
+    return z ^ ((z >> 31) & ((1 << 33) - 1))
+
+
 def _check_hash_inputs(values: Tensor, feature_index: Tensor, coefficients: Tensor, num_rows: Tensor) -> None:
     torch._check(values.dim() == 1, lambda: f"values must be 1-D, got shape {tuple(values.shape)}")
     torch._check(values.dtype in (torch.int32, torch.int64), lambda: f"values must be int32/int64, got {values.dtype}")
@@ -117,7 +129,7 @@ def _check_hash_inputs(values: Tensor, feature_index: Tensor, coefficients: Tens
 # ----------------------------------------------------------------------------- op 1: multi_probe_hash
 def _multi_probe_hash_ref(values: Tensor, feature_index: Tensor, coefficients: Tensor, num_rows: Tensor) -> Tensor:
     _check_hash_inputs(values, feature_index, coefficients, num_rows)
-    v = values.to(torch.int64)
+    v = _splitmix64(values.to(torch.int64))  # (N,) premixed ids
     fi = feature_index.to(torch.int64)
     c = coefficients[fi]  # (N, K, 3)
     lo = (v & _LOW32).unsqueeze(1)  # (N, 1)

@@ -129,9 +129,17 @@ def test_unified_and_plain_ebc_pool_genre_bags(tmp_path: Path, layout: str) -> N
     w = table.weight.detach()
     if layout == "multiplexed":  # rows from the documented salted hash, computed here with Python ints
         a0, a1, b = hash_coefficients(3, "genres", 0)
-        row = lambda v: ((a0 * (v & 0xFFFFFFFF) + a1 * (v >> 32) + b) % P61) % 37  # noqa: E731
+
+        def row(v: int) -> int:  # splitmix64 finaliser of the id, then the multilinear hash
+            z = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+            z ^= z >> 31
+            return ((a0 * (z & 0xFFFFFFFF) + a1 * (z >> 32) + b) % P61) % 37
     else:
-        row = lambda v: v  # noqa: E731
+
+        def row(v: int) -> int:
+            return v
+
     want = torch.stack([sum((w[row(int(v))] for v in bag), torch.zeros(8)) for bag in bags])
     torch.testing.assert_close(unified(kjt)["genres"], want)
 

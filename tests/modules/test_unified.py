@@ -22,17 +22,51 @@ from recsys_emb.modules.unified import (
     UnifiedOptions,
     hash_coefficients,
     mulmod61,
+    premix64,
 )
 from tests.conftest import REPO, make_prepared
 
 P = (1 << 61) - 1
 
 
+def splitmix64(value: int) -> int:
+    """The splitmix64 finaliser with Python big ints, on ``value`` read as an unsigned 64-bit number."""
+    z = value % (1 << 64)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    return z ^ (z >> 31)
+
+
 def reference_row(seed: int, feature: str, probe: int, value: int, num_rows: int) -> int:
-    """The documented hash with Python big ints: ((a0 lo + a1 hi + b) mod p) mod M, v as unsigned 64-bit."""
+    """The documented hash with Python big ints: ((a0 lo(z) + a1 hi(z) + b) mod p) mod M, z = splitmix64(v)."""
     a0, a1, b = hash_coefficients(seed, feature, probe)
-    u = value % (1 << 64)
+    u = splitmix64(value)
     return ((a0 * (u & 0xFFFFFFFF) + a1 * (u >> 32) + b) % P) % num_rows
+
+
+def test_splitmix64_premix_known_values_and_consecutive_ids() -> None:
+    """Torch premix == big-int finaliser; splitmix64's first outputs (state 0, step 0x9e3779b97f4a7c15) match."""
+    ids = [0, 1, -1, 2, 2**31, 2**32, -(2**63), 2**63 - 1, 123456789012345678, -987654321098765432]
+    got = premix64(torch.tensor(ids, dtype=torch.int64)).tolist()
+    assert [g % (1 << 64) for g in got] == [splitmix64(v) for v in ids]
+    gamma = 0x9E3779B97F4A7C15  # SplitMix64 seeded with 0 returns the finaliser of k * gamma, k = 1, 2, ...
+    assert [splitmix64(k * gamma) for k in (1, 2, 3)] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    # a bijection: 2^16 consecutive ids give 2^16 distinct outputs
+    assert premix64(torch.arange(1 << 16)).unique().numel() == 1 << 16
+
+
+def test_consecutive_ids_collide_like_a_uniform_hash() -> None:
+    """The defect the premix fixes: without it, (v, v + D) pairs of one feature collide together for some seeds."""
+    vocab, rows = 2000, 2000
+    expected = 1 - (1 - 1 / rows) ** (vocab - 1)  # birthday: share of values sharing a row with another
+    shares = []
+    for seed in range(6):
+        t = MultiProbeHash(["a"], num_rows=[rows], probes=[1], hash_seed=seed)
+        kjt = KeyedJaggedTensor(keys=["a"], values=torch.arange(vocab), lengths=torch.ones(vocab, dtype=torch.int64))
+        r = t(kjt)["a@0"].values()
+        occupancy = torch.bincount(r, minlength=rows)
+        shares.append(float((occupancy[r] > 1).float().mean()))
+    assert all(abs(x - expected) < 0.05 for x in shares), (shares, expected)
 
 
 def random_kjt(keys: list[str], vocab: dict[str, int], batch: int, seed: int, max_len: int = 3) -> KeyedJaggedTensor:

@@ -112,15 +112,24 @@ def test_gradients_match_reference(case):
 def test_weight_gradient_is_reduced_per_unique_row():
     """Two ids hashed to the same row: that row's gradient is the sum of both contributions."""
     coefficients = torch.zeros(1, 1, 3, dtype=torch.int64)
-    coefficients[0, 0, 0] = 1  # h(v) = lo(v) mod M
+    coefficients[0, 0, 0] = 1  # h(v) = lo(splitmix64(v)) mod M
+
+    def row(v: int) -> int:  # big-int splitmix64 finaliser, low 32 bits, mod 5
+        z = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+        return ((z ^ (z >> 31)) & 0xFFFFFFFF) % 5
+
+    a = 3
+    b = next(v for v in range(a + 1, 1000) if row(v) == row(a))  # shares a's row
+    c = next(v for v in range(1000) if row(v) != row(a))  # another row
     weight = torch.zeros(5, 2, requires_grad=True)
-    values = torch.tensor([3, 8, 1])  # 3 and 8 -> row 3 (mod 5)
+    values = torch.tensor([a, b, c])
     out = ops.hashed_embedding_bag(weight, values, torch.tensor([0, 2, 3]), torch.zeros(3, dtype=torch.int64),
                                    coefficients, torch.tensor([5]), "sum", None)
     out.backward(torch.tensor([[[1.0, 2.0]], [[10.0, 20.0]]]))
     expected = torch.zeros(5, 2)
-    expected[3] = torch.tensor([2.0, 4.0])
-    expected[1] = torch.tensor([10.0, 20.0])
+    expected[row(a)] = torch.tensor([2.0, 4.0])
+    expected[row(c)] = torch.tensor([10.0, 20.0])
     assert torch.equal(weight.grad, expected)
 
 

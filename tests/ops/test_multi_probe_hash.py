@@ -34,7 +34,10 @@ def hash_case(draw):
 
 def _python_hash(v: int, a0: int, a1: int, b: int, m: int) -> int:
     """Big-integer Python: the definition in the unified module's docstring, independently of torch."""
-    u = v % (1 << 64)
+    u = v % (1 << 64)  # splitmix64 finaliser of the unsigned 64-bit id, then the multilinear hash
+    u = ((u ^ (u >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    u = ((u ^ (u >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    u ^= u >> 31
     return ((a0 * (u & 0xFFFFFFFF) + a1 * (u >> 32) + b) % P61) % m
 
 
