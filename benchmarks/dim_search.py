@@ -215,10 +215,15 @@ def per_seed(summary: dict) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
+    """AUC vs bytes scatter; skipped (with a message) when matplotlib is not installed (it is not a requirement)."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"[dim_search] matplotlib not installed: {path} not written", file=sys.stderr)
+        return
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, rows in summary["results"].items():
