@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                 res = train_sequence(cfg, dataset=ds)
                 row = {"dataset": dataset, "variant": variant, "seed": seed, "seconds": time.perf_counter() - tick,
                        "test": res["test"], "valid": res["valid"], "best_epoch": res["best_epoch"],
-                       "samples_per_second": res["samples_per_second"], "data": res["data"], "config": settings}
+                       "samples_per_second": res["samples_per_second"], "data": res["data"], "config": settings,
+                       "valid_history": [{k: h[k] for k in ("epoch", "auc", "gauc")} for h in res["history"]],
+                       "stop_reason": res["stop_reason"]}
                 with jsonl.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(f"[bench] {dataset} {variant} seed {seed}: test auc {res['test']['auc']:.4f} gauc {res['test']['gauc']:.4f}", file=sys.stderr)
@@ -142,6 +144,7 @@ def _report(args: argparse.Namespace, jsonl: Path, out: Path) -> int:
         groups.setdefault((r["dataset"], r["variant"], *(r["config"][k] for k in SCALE_KEYS)), []).append(r)
     agg = []
     for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][0], json.dumps(kv[0][2:]), VARIANTS.index(kv[0][1]))):
+        rs = sorted(rs, key=lambda r: r["seed"])  # per-seed lists aligned with "seeds" (runs may finish out of order)
         search = [r["test"]["search_ms_per_batch"] for r in rs if "search_ms_per_batch" in r["test"]]
         agg.append({
             "dataset": key[0], "variant": key[1], "seeds": sorted(r["seed"] for r in rs),
@@ -178,6 +181,16 @@ def _report(args: argparse.Namespace, jsonl: Path, out: Path) -> int:
     return 0
 
 
+def _paired(a: dict, b: dict) -> str:
+    """Per-seed test-AUC differences a - b over the seeds both have: mean +- std and the list."""
+    pa, pb = dict(zip(a["seeds"], a["test_auc"])), dict(zip(b["seeds"], b["test_auc"]))
+    d = [pa[s] - pb[s] for s in sorted(pa.keys() & pb.keys())]
+    if not d:
+        return "no common seeds"
+    spread = f" ± {statistics.stdev(d):.4f}" if len(d) > 1 else ""
+    return f"paired per seed {statistics.mean(d):+.4f}{spread} [{', '.join(f'{x:+.4f}' for x in d)}]"
+
+
 def _goals(agg: list[dict]) -> list[str]:
     """One line per data set: DARE vs coupled, halved attention dim, DIN with vs without Dice + MBA."""
     by = {(a["dataset"], json.dumps({k: a["config"][k] for k in SCALE_KEYS}), a["variant"]): a for a in agg}
@@ -187,15 +200,16 @@ def _goals(agg: list[dict]) -> list[str]:
         parts = []
         if get("twin") and get("dare_1"):
             d = _mean(get("dare_1")["test_auc"]) - _mean(get("twin")["test_auc"])
-            parts.append(f"DARE - coupled = {d:+.4f} ({'holds' if d >= 0 else 'FAILS'})")
+            parts.append(f"DARE - coupled = {d:+.4f} ({'holds' if d >= 0 else 'FAILS'}; {_paired(get('dare_1'), get('twin'))})")
         if get("dare_1") and get("dare_1/2"):
             d = _mean(get("dare_1/2")["test_auc"]) - _mean(get("dare_1")["test_auc"])
             s1, s2 = _mean(get("dare_1")["search_ms_per_batch"]), _mean(get("dare_1/2")["search_ms_per_batch"])
-            parts.append(f"half attention dim: AUC {d:+.4f} ({'holds' if d >= -0.001 else 'FAILS'}: loss <= 0.001), "
+            parts.append(f"half attention dim: AUC {d:+.4f} ({'holds' if d >= -0.001 else 'FAILS'}: loss <= 0.001; "
+                         f"{_paired(get('dare_1/2'), get('dare_1'))}), "
                          f"search {s1:.1f} -> {s2:.1f} ms ({'faster' if s2 < s1 else 'NOT faster'})")
         if get("din") and get("din_plain"):
             d = _mean(get("din")["test_auc"]) - _mean(get("din_plain")["test_auc"])
-            parts.append(f"DIN Dice+MBA - plain = {d:+.4f} ({'holds' if d >= 0 else 'FAILS'})")
+            parts.append(f"DIN Dice+MBA - plain = {d:+.4f} ({'holds' if d >= 0 else 'FAILS'}; {_paired(get('din'), get('din_plain'))})")
         if parts:
             users = next(a["users"] for k, a in by.items() if k[:2] == (dataset, cfg))
             out.append(f"* {dataset} ({users} users, {json.loads(cfg)['epochs']} epoch(s)): " + "; ".join(parts))
