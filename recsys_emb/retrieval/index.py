@@ -27,7 +27,9 @@ Kinds:
 * ``ivf_flat``: ``faiss.IndexIVFFlat`` with an inner-product coarse quantizer; ``nlist`` lists
   (``0``: ``4 * sqrt(N)``, capped so each list gets >= 39 training points), ``nprobe`` probed.
 * ``hnsw``: ``faiss.IndexHNSWFlat(D, M, METRIC_INNER_PRODUCT)``; ``efSearch`` is raised to the
-  number of results requested when it is smaller. Inner product is not a metric, and an HNSW graph
+  number of results requested when it is smaller (``ef_search_floor: false`` keeps it as given: FAISS
+  then searches with a smaller candidate list, faster and less exact, and a row may come back with
+  fewer than k results, padded as above). Inner product is not a metric, and an HNSW graph
   built with it on vectors of very different norms (LightGCN/BPR embeddings) navigates poorly.
   ``mips_transform: augment`` applies the MIPS-to-nearest-neighbour reduction of Bachrach et al.
   (RecSys 2014, "Speeding up the Xbox recommender system using a Euclidean transformation for
@@ -78,7 +80,8 @@ class IndexConfig:
     nprobe: int = 16  # ivf_flat: lists probed per query
     hnsw_m: int = 32  # hnsw: graph degree M
     ef_construction: int = 200  # hnsw: efConstruction
-    ef_search: int = 128  # hnsw: efSearch (raised to the number of results when smaller)
+    ef_search: int = 128  # hnsw: efSearch (raised to the number of results when smaller, unless ef_search_floor false)
+    ef_search_floor: bool = True  # hnsw: raise efSearch to the results fetched (K + exclusions); false: as given
     mips_transform: str = "none"  # hnsw: none (inner-product graph) | augment (L2 graph on [x, sqrt(M^2-|x|^2)])
     threads: int = 0  # FAISS OpenMP threads (0 = FAISS default)
     seed: int = 0  # ivf_flat: k-means seed of the coarse quantizer
@@ -351,7 +354,8 @@ class FaissIndex(ItemIndex):
         max_ex = int(torch.bincount(ex_rows, minlength=b).max()) if ex_rows.numel() else 0
         k_fetch = min(k + max_ex, self.num_items)
         if self.kind == "hnsw":
-            self.index.hnsw.efSearch = max(self.config.ef_search, k_fetch)
+            floor = k_fetch if self.config.ef_search_floor else 0  # FAISS accepts efSearch < k (short rows: -1)
+            self.index.hnsw.efSearch = max(self.config.ef_search, floor)
         if self.augmented:
             qn = q.numpy()
             dist, lab = self.index.search(np.ascontiguousarray(np.pad(qn, ((0, 0), (0, 1)))), k_fetch)

@@ -1,0 +1,114 @@
+"""benchmarks/knn_faiss_tradeoff.py: effective efSearch bookkeeping, point selection, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recsys_emb.retrieval.index import Csr, IndexConfig, build_index
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bench():  # noqa: ANN202
+    path = REPO / "benchmarks" / "knn_faiss_tradeoff.py"
+    spec = importlib.util.spec_from_file_location("bench_knn_faiss_tradeoff", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_effective_ef_matches_what_the_index_sets() -> None:
+    pytest.importorskip("faiss")
+    bench = _bench()
+    g = torch.Generator().manual_seed(0)
+    n_items, n_q, batch = 400, 37, 8
+    item = torch.randn(n_items, 6, generator=g)
+    lengths = torch.randint(0, 60, (n_q,), generator=g)
+    offsets = torch.zeros(n_q + 1, dtype=torch.long)
+    torch.cumsum(lengths, 0, out=offsets[1:])
+    ids = torch.cat([torch.randperm(n_items, generator=g)[:int(n)] for n in lengths])
+    exclude = Csr(offsets, ids)
+    for ef, floor in ((1, True), (130, True), (500, True), (16, False), (130, False)):
+        index = build_index(item, IndexConfig(kind="hnsw", mips_transform="augment", hnsw_m=8, ef_search=ef,
+                                              ef_search_floor=floor, query_batch_size=batch, threads=1))
+        seen: list[tuple[int, int]] = []  # (queries in the batch, efSearch the index used)
+        inner = index._search_local
+
+        def spy(q, k, ex_rows, ex_local, inner=inner, index=index, seen=seen):  # noqa: ANN001, ANN202
+            out = inner(q, k, ex_rows, ex_local)
+            seen.append((q.shape[0], int(index.index.hnsw.efSearch)))
+            return out
+
+        index._search_local = spy
+        res = index.search(torch.randn(n_q, 6, generator=g), bench.K, exclude)
+        expected = sum(b * e for b, e in seen) / n_q
+        assert bench.effective_ef(exclude, n_items, batch, ef, floor) == pytest.approx(expected)
+        if not floor:  # efSearch below K: as given; rows may come back short (-1), never with excluded items
+            assert expected == ef
+            for row, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
+                assert not set(res.ids[row].tolist()) & set(ids[lo:hi].tolist())
+
+
+def test_choose_picks_fastest_point_above_target() -> None:
+    bench = _bench()
+    pts = [{"hnsw_m": 8, "ef_construction": 200, "ef_search": 1, "recall_ratio": 0.90, "speed_ratio_cpu": 9.0},
+           {"hnsw_m": 16, "ef_construction": 200, "ef_search": 1, "recall_ratio": 0.951, "speed_ratio_cpu": 6.0},
+           {"hnsw_m": 32, "ef_construction": 200, "ef_search": 1, "recall_ratio": 0.99, "speed_ratio_cpu": 4.0}]
+    assert bench.choose({"valid": {"points": pts}}, "valid", 0.95)["hnsw_m"] == 16
+    assert bench.choose({"valid": {"points": pts}}, "valid", 0.999) is None
+    assert bench.choose({"test": {"points": pts}}, "valid", 0.95) is None
+    paired = [dict(pts[2], speed_ratio_cpu=7.0)]  # the paired section wins when present
+    assert bench.choose({"valid": {"points": pts}, "valid_paired": {"points": paired}}, "valid", 0.95)["hnsw_m"] == 32
+
+
+def test_end_to_end_tiny(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    bench = _bench()
+    g = torch.Generator().manual_seed(1)
+    n_users, n_items = 40, 150
+    data = tmp_path / "data"
+    data.mkdir()
+    train, test = [], []
+    for u in range(n_users):
+        items = torch.randperm(n_items, generator=g)[:12].tolist()
+        train.append(f"{u} " + " ".join(map(str, items[:9])))
+        test.append(f"{u} " + " ".join(map(str, items[9:])))
+    (data / "train.txt").write_text("\n".join(train) + "\n")
+    (data / "test.txt").write_text("\n".join(test) + "\n")
+    emb = tmp_path / "emb.npz"
+    np.savez(emb, user=torch.randn(n_users, 8, generator=g).numpy(),
+             item=(torch.randn(n_items, 8, generator=g) * torch.rand(n_items, 1, generator=g) * 3).numpy())
+    out = tmp_path / "out"
+    common = ["--data", str(data), "--embeddings", str(emb), "--hnsw-m", "8", "--ef-search", "1", "400",
+              "--out", str(out), "--merge"]
+    assert bench.main(["--split", "test", *common]) == 0
+    res = json.loads((out / "knn_faiss_tradeoff.json").read_text())
+    run = res["test"]
+    assert run["users"] == n_users and len(run["points"]) == 2
+    # exact recall recomputed independently: hits of the exact top-100 among the test items
+    scores = torch.from_numpy(np.load(emb)["user"]) @ torch.from_numpy(np.load(emb)["item"]).T
+    recalls = []
+    for u in range(n_users):
+        tr = [int(x) for x in train[u].split()[1:]]
+        te = {int(x) for x in test[u].split()[1:]}
+        s = scores[u].clone()
+        s[tr] = float("-inf")
+        top = set(torch.topk(s, 100).indices.tolist())
+        recalls.append(len(top & te) / len(te))
+    assert run["exact"]["recall@100"] == pytest.approx(sum(recalls) / n_users, abs=1e-6)
+    big = next(p for p in run["points"] if p["ef_search"] == 400)  # efSearch >= catalogue: exhaustive
+    assert big["overlap@100"] == pytest.approx(1.0) and big["recall_ratio"] == pytest.approx(1.0)
+    assert "## test: 40 users" in (out / "knn_faiss_tradeoff.md").read_text()
+    # --paired: a separate section whose ratios use the exact run timed right before each point
+    assert bench.main(["--split", "test", "--paired", *common]) == 0
+    res = json.loads((out / "knn_faiss_tradeoff.json").read_text())
+    assert set(res) == {"test", "test_paired"} and len(res["test"]["points"]) == 2
+    for p in res["test_paired"]["points"]:
+        assert p["speed_ratio_cpu"] == pytest.approx(p["exact_cpu_seconds"] / p["cpu_seconds"])
+    assert "paired timing" in (out / "knn_faiss_tradeoff.md").read_text()
