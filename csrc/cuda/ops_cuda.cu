@@ -155,18 +155,26 @@ void check_offsets(const Tensor& offsets, int64_t n) {
   }
 }
 
+// The checks shared by the forward and the backward of hashed_embedding_bag: mode, every tensor on the
+// device of `ref` (weight / grad_output), the hash inputs and the offsets.
+void check_bag_inputs(const Tensor& ref, const char* ref_name, c10::string_view mode, const Tensor& values,
+                      const Tensor& offsets, const Tensor& feature_index, const Tensor& coefficients,
+                      const Tensor& num_rows, const std::optional<Tensor>& per_sample_weights) {
+  TORCH_CHECK(mode == "sum" || mode == "mean", "mode must be one of ('sum', 'mean'), got '", std::string(mode), "'");
+  check_same_device(values, ref, "values", ref_name);
+  check_same_device(offsets, ref, "offsets", ref_name);
+  if (per_sample_weights.has_value()) check_same_device(*per_sample_weights, ref, "per_sample_weights", ref_name);
+  check_hash_inputs(values, feature_index, coefficients, num_rows);
+  check_offsets(offsets, values.size(0));
+}
+
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 Tensor hashed_embedding_bag_cuda(const Tensor& weight, const Tensor& values, const Tensor& offsets, const Tensor& feature_index,
                                  const Tensor& coefficients, const Tensor& num_rows, c10::string_view mode,
                                  const std::optional<Tensor>& per_sample_weights) {
   TORCH_CHECK(weight.dim() == 2 && weight.is_floating_point(), "weight must be (M, D) floating point");
-  TORCH_CHECK(mode == "sum" || mode == "mean", "mode must be one of ('sum', 'mean'), got '", std::string(mode), "'");
-  check_same_device(values, weight, "values", "weight");
-  check_same_device(offsets, weight, "offsets", "weight");
-  if (per_sample_weights.has_value()) check_same_device(*per_sample_weights, weight, "per_sample_weights", "weight");
-  check_hash_inputs(values, feature_index, coefficients, num_rows);
-  check_offsets(offsets, values.size(0));
+  check_bag_inputs(weight, "weight", mode, values, offsets, feature_index, coefficients, num_rows, per_sample_weights);
   c10::cuda::CUDAGuard guard(weight.device());
   const Tensor w = weight.contiguous(), v = as_int64(values), fi = as_int64(feature_index), off = as_int64(offsets);
   const Tensor c = coefficients.contiguous(), m = num_rows.contiguous();
@@ -228,12 +236,7 @@ Tensor hashed_embedding_bag_backward_cuda(const Tensor& grad_output, const Tenso
                                           c10::SymInt num_weight_rows, c10::string_view mode,
                                           const std::optional<Tensor>& per_sample_weights) {
   TORCH_CHECK(grad_output.dim() == 3 && grad_output.is_floating_point(), "grad_output must be (B, K, D) floating point");
-  TORCH_CHECK(mode == "sum" || mode == "mean", "mode must be one of ('sum', 'mean'), got '", std::string(mode), "'");
-  check_same_device(values, grad_output, "values", "grad_output");
-  check_same_device(offsets, grad_output, "offsets", "grad_output");
-  if (per_sample_weights.has_value()) check_same_device(*per_sample_weights, grad_output, "per_sample_weights", "grad_output");
-  check_hash_inputs(values, feature_index, coefficients, num_rows);
-  check_offsets(offsets, values.size(0));
+  check_bag_inputs(grad_output, "grad_output", mode, values, offsets, feature_index, coefficients, num_rows, per_sample_weights);
   c10::cuda::CUDAGuard guard(grad_output.device());
   const Tensor g = grad_output.contiguous(), off = as_int64(offsets);
   const int64_t nbags = off.size(0) - 1, k = coefficients.size(1), d = g.size(2), n = values.size(0);
