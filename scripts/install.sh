@@ -20,6 +20,8 @@
 #                        in $PYTHON (e.g. a CUDA image's), in a --system-site-packages venv, and install the
 #                        fbgemm-gpu(-cpu) / torchrec releases built for it (recsys_emb/doctor.py COMPATIBLE).
 #                        Offline: PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR (pip's own variables) with the wheels in DIR.
+#                        If $PYTHON is itself a venv, set VENV to that venv (installs into it): a venv made
+#                        from a venv's python would not see that venv's torch.
 #   RECSYS_EMB_INSTALL_DRY_RUN=1  print what would be installed, change nothing
 # The script is idempotent: re-running it on a complete venv only re-checks it.
 set -euo pipefail
@@ -48,6 +50,14 @@ case "$torch_mode" in
     # Keep $PYTHON's torch; the fbgemm/torchrec pair comes from the table `recsys-emb doctor` checks against.
     if ! TORCH_VERSION="$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null)"; then
       echo "[install] RECSYS_EMB_TORCH=system needs a PYTHON with torch installed; '$PYTHON' cannot import torch" >&2
+      exit 1
+    fi
+    # A venv made from a venv's python sees the BASE interpreter's site-packages, not that venv's torch.
+    py_venv="$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.prefix) if sys.prefix != sys.base_prefix else "")')"
+    if [ -n "$py_venv" ] && [ "$py_venv" != "$(realpath -m "$VENV")" ]; then
+      echo "[install] RECSYS_EMB_TORCH=system: '$PYTHON' is a virtual environment ($py_venv); a new venv made from it" \
+           "would not see its torch. Install into that environment instead: VENV=$py_venv PYTHON=$PYTHON" \
+           "RECSYS_EMB_TORCH=system scripts/install.sh" >&2
       exit 1
     fi
     if [ "$device" = cuda ] && [ "$("$PYTHON" -c 'import torch; print(torch.version.cuda is not None)')" != True ]; then
@@ -81,6 +91,11 @@ fi
 echo "[install] creating $VENV with $($PYTHON --version) for device=$device"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "${venv_args[@]}" "$VENV"
 py="$VENV/bin/python"
+if [ "$torch_mode" = system ] && ! "$py" -c 'import torch' 2>/dev/null; then
+  echo "[install] RECSYS_EMB_TORCH=system: $VENV cannot import the torch of '$PYTHON' (was $VENV made from another" \
+       "interpreter, without --system-site-packages?); remove it or choose another VENV" >&2
+  exit 1
+fi
 pip=("$py" -m pip install --progress-bar off)
 index=()
 [ -n "${TORCH_INDEX_URL:-}" ] && index=(--extra-index-url "$TORCH_INDEX_URL")

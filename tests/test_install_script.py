@@ -25,9 +25,14 @@ def _fake_torch(tmp_path: Path, version: str, cuda: str | None) -> Path:
     return pkg.parent
 
 
+# The interpreter the test venv was made from: RECSYS_EMB_TORCH=system refuses a venv's python
+# (unless VENV is that venv), since a venv made from it would not see its packages.
+BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
+
+
 def _install(tmp_path: Path, pythonpath: Path | None, **env: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    full.update({"PYTHON": sys.executable, "VENV": str(tmp_path / "venv"), "RECSYS_EMB_TORCH": "system", **env})
+    full.update({"PYTHON": BASE_PYTHON, "VENV": str(tmp_path / "venv"), "RECSYS_EMB_TORCH": "system", **env})
     if pythonpath is not None:
         full["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(["bash", "scripts/install.sh"], cwd=REPO, env=full, capture_output=True, text=True, timeout=120)
@@ -60,4 +65,17 @@ def test_system_torch_errors(tmp_path: Path) -> None:
     assert no_torch.returncode != 0 and "cannot import torch" in no_torch.stderr
     bogus = _install(tmp_path, None, RECSYS_EMB_TORCH="bogus")
     assert bogus.returncode != 0 and "must be pinned or system" in bogus.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="needs the tests to run in a virtual environment")
+def test_system_torch_from_a_venv_python_installs_into_that_venv(tmp_path: Path) -> None:
+    fake = _fake_torch(tmp_path, "2.13.0", None)
+    other = _install(tmp_path, fake, PYTHON=sys.executable, RECSYS_EMB_DEVICE="cpu", RECSYS_EMB_INSTALL_DRY_RUN="1")
+    assert other.returncode != 0
+    assert "is a virtual environment" in other.stderr and f"VENV={os.path.realpath(sys.prefix)}" in other.stderr
+    same = _install(tmp_path, fake, PYTHON=sys.executable, VENV=sys.prefix, RECSYS_EMB_DEVICE="cpu",
+                    RECSYS_EMB_INSTALL_DRY_RUN="1")
+    assert same.returncode == 0, same.stderr
+    assert "torch=2.13.0 fbgemm=1.8.* torchrec=1.8.* device=cpu" in same.stdout
     assert not (tmp_path / "venv").exists()
