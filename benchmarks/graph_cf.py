@@ -6,9 +6,11 @@ is installed, ``OUT.png`` (test recall@20 against epochs, mean ± std over seeds
 as dashed lines for Gowalla). Per epoch, wall and CPU seconds (``time.process_time``) are recorded:
 on a shared machine CPU seconds are the process's own cost, wall seconds include waiting.
 
-The ML-1M comparison in ``benchmarks/results/graph_cf_ml1m_compare`` was made in three steps: MF
+The ML-1M comparison in ``benchmarks/results/graph_cf_ml1m_compare`` was made in steps: MF
 trained (LightGCN / NGCF reused from earlier result files with the same settings; every reused
-entry names the file and command that produced it), LightGCN at lr 3e-3 trained, then merged:
+entry names the file and command that produced it), LightGCN at lr 3e-3 trained, merged; then NGCF
+at lr 3e-3 (chosen on valid recall@20, seed 0, 1e-3 / 3e-3 / 1e-2) trained one invocation per
+seed and pooled over seeds with ``--merge-seeds``:
 
     D=../shared/datasets/lightgcnpp_ml1m_lastfm/ml-1m; R=benchmarks/results
     python benchmarks/graph_cf.py --data $D --models mf --seeds 0 1 2 --epochs 6 --threads 1 \\
@@ -18,6 +20,10 @@ entry names the file and command that produced it), LightGCN at lr 3e-3 trained,
         --model-lr lightgcn=0.003 --out $R/graph_cf_ml1m_lightgcn_lr3e-3
     python benchmarks/graph_cf.py --data $D --models --reuse $R/graph_cf_ml1m_compare.json \\
         $R/graph_cf_ml1m_lightgcn_lr3e-3.json --out $R/graph_cf_ml1m_compare
+    for s in 0 1 2; do python benchmarks/graph_cf.py --data $D --models ngcf --seeds $s --epochs 6 \\
+        --threads 1 --model-lr ngcf=0.003 --out /tmp/ngcf_ml1m_lr3e-3_seed$s; done
+    python benchmarks/graph_cf.py --data $D --models --merge-seeds --reuse /tmp/ngcf_ml1m_lr3e-3_seed{0,1,2}.json \\
+        $R/graph_cf_ml1m_compare.json --out $R/graph_cf_ml1m_compare
 
 All models share the LightGCN settings (dim 64, 3 layers, Adam, batch 2048; lr ``--lr``, per model
 ``--model-lr MODEL=LR``); L2 1e-4 on the layer-0 batch embeddings for MF/LightGCN, 1e-5 on the
@@ -121,9 +127,15 @@ def summarize_model(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def reuse_results(paths: list[Path], taken: set[str]) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+def reuse_results(paths: list[Path], taken: set[str], merge_seeds: bool = False
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Summaries and runs of the models of earlier result files, with where they came from. An entry
-    whose name is ``taken`` (run now, or in an earlier file) is labelled ``MODEL (lr LR, N ep)``."""
+    whose name is ``taken`` (run now, or in an earlier file) is labelled ``MODEL (lr LR, N ep)``.
+
+    ``merge_seeds``: an entry whose label is already used by an entry of an earlier file with the same
+    model, lr and epochs, made by the same command except ``--seeds`` / ``--out`` (e.g. one
+    invocation per seed), is pooled with it (its runs added, mean/std over all of them); a seed that
+    occurs twice is an error."""
     summary: dict[str, dict[str, Any]] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
@@ -134,17 +146,75 @@ def reuse_results(paths: list[Path], taken: set[str]) -> tuple[dict[str, dict[st
             entry = summarize_model(model_runs)
             entry["model"] = model
             entry["lr"] = prev.get("lr", _lr_of_command(old["command"], model))
-            if label in taken or label in summary:
-                label = f"{model} (lr {entry['lr']:g}, {entry['epochs']} ep)"
-            if label in taken or label in summary:
-                raise ValueError(f"{path}: {label} appears twice in the reused results")
             src = prev.get("source", {})  # the run that produced it (kept through repeated merges)
             entry["source"] = {"file": src.get("file", str(path)), "command": src.get("command", old["command"]),
                                "load_start": src.get("load_start", old.get("load_start")),
                                "load_end": src.get("load_end", old.get("load_end")),
                                "threads": src.get("threads", old.get("threads"))}
+            if "parts" in src:
+                entry["source"]["parts"] = src["parts"]
+            model_runs = _with_seeds(model_runs, entry["source"]["command"])
+            relabelled = f"{model} (lr {entry['lr']:g}, {entry['epochs']} ep)"
+            target = next((k for k in (label, relabelled) if k in summary and _same_setting(summary[k], entry)), None)
+            if merge_seeds and target is not None:
+                _merge_into(summary, runs, target, entry, model_runs, path)
+                continue
+            if label in taken or label in summary:
+                label = relabelled
+            if label in taken or label in summary:
+                raise ValueError(f"{path}: {label} appears twice in the reused results")
             summary[label], runs[label] = entry, model_runs
     return summary, runs
+
+
+def _with_seeds(model_runs: list[dict[str, Any]], command: str) -> list[dict[str, Any]]:
+    """The runs with their ``seed`` (recorded since the per-seed merging; older files: from ``--seeds``)."""
+    words = command.split()
+    seeds: list[int] = []
+    if "--seeds" in words:
+        for w in words[words.index("--seeds") + 1:]:
+            if w.startswith("--"):
+                break
+            seeds.append(int(w))
+    elif "--from-runs" not in words:
+        seeds = [0, 1, 2]  # the default of --seeds
+    return [{**r, "seed": r.get("seed", seeds[i] if i < len(seeds) else None)} for i, r in enumerate(model_runs)]
+
+
+def _setting(command: str) -> list[str]:
+    """A benchmark command without ``--seeds S...``, ``--out X``, ``--reuse F...`` and ``--progress``."""
+    out, skip = [], False
+    for w in command.split():
+        if w.startswith("--"):
+            skip = w in ("--seeds", "--out", "--reuse")
+            if skip or w == "--progress":
+                continue
+        if not skip:
+            out.append(w)
+    return out
+
+
+def _same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return ((a["model"], a["lr"], a["epochs"]) == (b["model"], b["lr"], b["epochs"])
+            and _setting(a["source"]["command"]) == _setting(b["source"]["command"]))
+
+
+def _merge_into(summary: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]], label: str,
+                entry: dict[str, Any], model_runs: list[dict[str, Any]], path: Path) -> None:
+    seen = {r["seed"] for r in runs[label]}
+    twice = sorted(r["seed"] for r in model_runs if r["seed"] in seen)
+    if twice or None in seen or any(r["seed"] is None for r in model_runs):
+        raise ValueError(f"{path}: cannot pool {label} over seeds: seed {twice or 'unknown'} occurs twice or is not recorded")
+    merged_runs = runs[label] + model_runs
+    old_src = summary[label]["source"]
+    parts = old_src.get("parts") or [{k: v for k, v in old_src.items() if k != "parts"}]
+    parts = parts + (entry["source"].get("parts") or [{k: v for k, v in entry["source"].items() if k != "parts"}])
+    merged = summarize_model(merged_runs)
+    merged.update(model=entry["model"], lr=entry["lr"])
+    merged["source"] = {"file": " + ".join(p["file"] for p in parts), "command": parts[0]["command"],
+                        "load_start": parts[0]["load_start"], "load_end": parts[-1]["load_end"],
+                        "threads": parts[0]["threads"], "parts": parts}
+    summary[label], runs[label] = merged, merged_runs
 
 
 def _lr_of_command(command: str, model: str) -> float:
@@ -187,7 +257,11 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         lines += [f"Training command: `{cmd}`", ""]
     reused = {m: s["source"] for m, s in result["summary"].items() if s.get("source", {}).get("file")}
     for m, src in reused.items():
-        lines.append(f"- `{m}`: reused from `{src['file']}` (command `{src['command']}`, load {src['load_start']} -> {src['load_end']}).")
+        if src.get("parts"):
+            lines.append(f"- `{m}`: {len(src['parts'])} result files pooled over seeds:")
+            lines += [f"  - `{p['file']}` (command `{p['command']}`, load {p['load_start']} -> {p['load_end']})." for p in src["parts"]]
+        else:
+            lines.append(f"- `{m}`: reused from `{src['file']}` (command `{src['command']}`, load {src['load_start']} -> {src['load_end']}).")
     if reused:
         lines.append("")
     published = result.get("published", {})
@@ -399,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="learning rate of one model (e.g. mf=0.003); others use --lr")
     p.add_argument("--reuse", type=Path, nargs="+", default=[], metavar="RESULT.json",
                    help="add the models of earlier result files that this command does not run (recorded as reused)")
+    p.add_argument("--merge-seeds", action="store_true",
+                   help="with --reuse: pool entries of the same model/lr/epochs/command that differ only in --seeds "
+                        "(one invocation per seed) into one entry")
     p.add_argument("--from-runs", type=Path, nargs="+", metavar="RUN_DIR",
                    help="instead of training: summarise finished `recsys-emb train-graph` run folders")
     p.add_argument("--train-command", action="append", default=[], help="with --from-runs: the command(s) that made the runs")
@@ -430,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
             finally:
                 shutil.rmtree(run_dir, ignore_errors=True)
+            metrics["seed"] = seed
             runs.setdefault(model, []).append(metrics)
             print(f"{model} seed {seed}: test recall@20 {metrics['history'][-1]['test']['recall@20']:.4f} "
                   f"({metrics['mean_train_seconds_per_epoch']:.1f} s/epoch, "
@@ -440,11 +518,12 @@ def main(argv: list[str] | None = None) -> int:
                        "source": {"command": command, "load_start": [round(x, 1) for x in load_start], "load_end": load_end,
                                   "threads": ms[0]["torch_threads"]}}
                for model, ms in runs.items()}
-    reused_summary, reused_runs = reuse_results(args.reuse, set(runs))
+    reused_summary, reused_runs = reuse_results(args.reuse, set(runs), args.merge_seeds)
     model_order = ("mf", "lightgcn", "ngcf")
     order = sorted([*summary, *reused_summary], key=lambda k: (model_order.index(k.split()[0]), k in reused_summary, k))
     summary = {k: summary.get(k) or reused_summary[k] for k in order}
-    runs_out = {k: [{key: m.get(key) for key in ("history", "best_epoch", "wall_seconds", "epochs_run")} for m in v] for k, v in runs.items()}
+    runs_out = {k: [{key: m.get(key) for key in ("history", "best_epoch", "wall_seconds", "epochs_run", "seed")} for m in v]
+                for k, v in runs.items()}
     result = {
         "command": command, "data": args.data, "models": order, "seeds": args.seeds, "epochs": args.epochs,
         "reused": {k: s["source"]["file"] for k, s in reused_summary.items()},

@@ -123,7 +123,9 @@ def _parse_lines(lines: list[str], where: str) -> tuple[np.ndarray, np.ndarray, 
     Fast path: all tokens converted by numpy at once; any error is then located line by line.
     """
     counts = np.fromiter((len(line.split()) for line in lines), dtype=np.int64, count=len(lines))
-    with warnings.catch_warnings():  # a bad token stops the C parser early (a warning): caught below
+    # np.fromstring's text mode (sep given) is not deprecated (only its binary mode is); a bad token ends
+    # the parse early (numpy 1.x: a warning, 2.x: ValueError), so a count mismatch sends us to the slow path.
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             ids = np.fromstring(" ".join(lines), dtype=np.int64, sep=" ")

@@ -50,6 +50,23 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path, text: str, needle: s
     assert str(path) in str(err.value)
 
 
+def test_graph_file_with_tabs_blank_lines_and_leading_zeros() -> None:
+    rng = np.random.default_rng(1)
+    lines, expected = [], {}
+    for user in rng.permutation(200):
+        items = rng.integers(0, 100_000, size=int(rng.integers(0, 6))).tolist()
+        tokens = [str(user).zfill(3), *(str(i).zfill(int(rng.integers(1, 8))) for i in items)]
+        seps = rng.choice([" ", "  ", "\t", " \t "], size=len(tokens))
+        lines.append("".join(s + t for s, t in zip(seps, tokens)) + str(rng.choice(["", " ", "\t"])))
+        if rng.random() < 0.1:
+            lines.append(" ")
+        expected[int(user)] = sorted(set(items))
+    split = parse_graph_text("\n".join(lines))
+    assert split.lines == 200
+    for user, items in expected.items():
+        assert split.items_of(user).tolist() == items
+
+
 def test_load_dataset_gz_and_items_only_in_test(tmp_path: Path) -> None:
     (tmp_path / "train.txt").write_text("0 0 1\n1 1 2\n")
     with gzip.open(tmp_path / "test.txt.gz", "wt") as f:

@@ -239,6 +239,61 @@ def test_graph_cf_benchmark_summarises_run_dirs_and_reuses_results(tmp_path: Pat
     assert bench._lr_of_command("x --lr 0.5 --model-lr mf=0.003 --out y", "lightgcn") == 0.5
 
 
+def _fake_result(path: Path, seeds: list[int], layers: int = 3) -> list[list[float]]:
+    """A benchmark result file of NGCF runs (random metrics), as one invocation per seed list writes it;
+    returns each run's recall@20 curve."""
+    rng = np.random.default_rng(seeds[0] + 10 * layers)
+    metrics = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50")
+    runs = [{"history": [{"epoch": e, "loss": 0.5, "train_seconds": float(rng.uniform(50, 200)), "train_cpu_seconds": 80.0,
+                          "eval_seconds": 5.0, "test": {m: float(rng.uniform()) for m in metrics}} for e in (1, 2)],
+             "best_epoch": 2, "wall_seconds": 300.0, "epochs_run": 2} for _ in seeds]
+    command = (f"python benchmarks/graph_cf.py --data D --models ngcf --seeds {' '.join(map(str, seeds))} --epochs 2 "
+               f"--layers {layers} --model-lr ngcf=0.003 --out {path.stem}")
+    summary = {"ngcf": {"model": "ngcf", "lr": 0.003, "source": {"command": command, "load_start": [1.0], "load_end": [2.0],
+                                                                 "threads": 1}}}
+    path.write_text(json.dumps({"command": command, "summary": summary, "runs": {"ngcf": runs}, "threads": [1],
+                                "load_start": [1.0], "load_end": [2.0]}))
+    return [[r["test"]["recall@20"] for r in run["history"]] for run in runs]
+
+
+def test_graph_cf_benchmark_pools_per_seed_result_files(tmp_path: Path) -> None:
+    """--merge-seeds: result files of one invocation per seed become one entry whose mean/std equal
+    numpy's over all the runs; a repeated seed or a different setting is not pooled."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("graph_cf_bench", REPO / "benchmarks" / "graph_cf.py")
+    bench = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(bench)
+    curves = []
+    for seeds in ([0], [1], [2, 3]):
+        curves += _fake_result(tmp_path / f"s{seeds[0]}.json", seeds)
+    files = [str(tmp_path / f"s{s}.json") for s in (0, 1, 2)]
+    out = tmp_path / "merged"
+    assert bench.main(["--data", "D", "--models", "--merge-seeds", "--reuse", *files, "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    s = result["summary"]["ngcf"]
+    assert list(result["summary"]) == ["ngcf"] and s["seeds"] == 4
+    np.testing.assert_allclose(s["recall@20"]["mean"], np.mean(curves, 0))
+    np.testing.assert_allclose(s["recall@20"]["std"], np.std(curves, 0))
+    assert [r["seed"] for r in result["runs"]["ngcf"]] == [0, 1, 2, 3] and len(s["source"]["parts"]) == 3
+    assert "3 result files pooled over seeds" in out.with_suffix(".md").read_text()
+    again = tmp_path / "again"  # merging the merged file with one more seed keeps all parts
+    _fake_result(tmp_path / "s4.json", [4])
+    assert bench.main(["--data", "D", "--models", "--merge-seeds", "--reuse", str(out.with_suffix(".json")),
+                       str(tmp_path / "s4.json"), "--out", str(again)]) == 0
+    s = json.loads(again.with_suffix(".json").read_text())["summary"]["ngcf"]
+    assert s["seeds"] == 5 and len(s["source"]["parts"]) == 4
+    with pytest.raises(ValueError, match="seed \\[0\\] occurs twice"):
+        bench.main(["--data", "D", "--models", "--merge-seeds", "--reuse", files[0], files[0], "--out", str(out)])
+    _fake_result(tmp_path / "l2.json", [5], layers=2)  # another setting: kept apart, relabelled
+    assert bench.main(["--data", "D", "--models", "--merge-seeds", "--reuse", files[0], str(tmp_path / "l2.json"),
+                       "--out", str(out)]) == 0
+    assert list(json.loads(out.with_suffix(".json").read_text())["summary"]) == ["ngcf", "ngcf (lr 0.003, 2 ep)"]
+    with pytest.raises(ValueError, match="appears twice"):  # without --merge-seeds: never pooled
+        bench.main(["--data", "D", "--models", "--reuse", *files, "--out", str(out)])
+
+
 def _sharded_overrides(data: Path, sharding_type: str) -> list[str]:
     return [f"data.path={data}", "train.epochs=2", "model.propagation=neighbor", "train.optimizer=adagrad",
             "train.lr=0.1", f"sharding.type={sharding_type}"]
