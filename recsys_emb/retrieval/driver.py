@@ -247,12 +247,16 @@ def evaluation_users(data: InteractionData, cfg: RetrieveEvalConfig) -> Tensor:
 
 def evaluate_methods(cfg: RetrieveConfig, data: InteractionData, user_emb: Tensor, item_emb: Tensor,
                      extra_single_kinds: tuple[str, ...] = (),
-                     extra_single: dict[str, IndexConfig] | None = None) -> dict:
+                     extra_single: dict[str, IndexConfig] | None = None, keep: dict | None = None) -> dict:
     """Build every retriever and evaluate them on the same users; returns the metrics dict.
 
     Methods: ``single[exact]``, ``single[<index.kind>]`` and ``single[<extra kind>]`` (single-vector
     top-K), ``single[<name>]`` for each ``extra_single`` index config, ``knn_embed[<index.kind>]``
     and, when ``eval.knn_embed_exact``, ``knn_embed[exact]``.
+
+    ``keep`` (a dict, filled in place) receives the evaluated ``users``, the cluster ``assignments``
+    and every method's (B, K) ids at the largest cutoff (kNN-Embed: its budget-K run), for per-user
+    analyses.
     """
     ks = sorted(cfg.eval.ks)
     k = ks[-1]
@@ -317,6 +321,9 @@ def evaluate_methods(cfg: RetrieveConfig, data: InteractionData, user_emb: Tenso
         methods[name] = nan_to_none(merged)
     for name, secs in build_seconds.items():
         methods[name]["build_seconds"] = secs
+    if keep is not None:
+        keep.update({"users": users, "assignments": assignments,
+                     **{r.name: r.ids for r in results}, **{name: runs[k].ids for name, runs in knn_runs.items()}})
     return {"users": int(users.numel()), "k": k, "methods": methods, "knn_embed": knn_info,
             "num_users": data.num_users, "num_items": data.num_items, "split": cfg.eval.split,
             "data": data.source}

@@ -25,6 +25,10 @@ What it does, on top of any user/item embeddings (two-tower, MF, LightGCN, ...):
 
 Choices not fixed by the paper (also in docs/techniques/knn_embed.md):
 
+* Each mixture component (cluster c) is queried with the user's own embedding over cluster c's items
+  only (the definition in the issue). The paper's abstract speaks of "querying each of a user's
+  mixture component"; its full text was not available when this was checked, so no other
+  per-component query vector is offered.
 * k-means runs on L2-normalised item embeddings by default (``spherical: true``; the retrieval score
   is an inner product, so direction is what defines an interest); items are assigned to the centroid
   of highest cosine similarity (Euclidean nearest centroid when ``spherical: false``).

@@ -202,7 +202,7 @@ def test_benchmark_tune_picks_best_validation_row(tmp_path):
     g = torch.Generator().manual_seed(0)
     user, item = torch.randn(d.num_users, 8, generator=g), torch.randn(d.num_items, 8, generator=g)
     grid = {"num_clusters": [1, 3], "smoothing_lambda": [0.0, 0.5], "num_neighbors": [2, 5]}
-    out = bench.tune(cfg, d, user, item, grid)
+    out = bench.select_setting(bench.tune(cfg, d, user, item, grid), "recall")
     # lambda = 0 is run once per C (k irrelevant): 2 x (1 + 2) rows
     assert len(out["rows"]) == 6
     best = max(r["knn_embed"]["recall@10"] for r in out["rows"])
