@@ -225,19 +225,16 @@ def test_train_seq_sid_cold_start(synth, tmp_path: Path) -> None:  # noqa: ANN00
 @pytest.mark.slow
 def test_benchmark_and_train_seq_tiny_end_to_end(tmp_path: Path) -> None:
     """benchmarks/semantic_ids.py and `train-seq` on the tiny Scientific cold-start config (random SIDs)."""
-    import importlib.util
     import json
 
-    from tests.conftest import shared_dataset
+    from tests.conftest import load_benchmark, shared_dataset
 
     folder = shared_dataset("amazon_scientific_text")
     repo = Path(__file__).resolve().parents[2]
     codes = np.random.default_rng(0).integers(0, 8, size=(1585, 3))
     codes_path = tmp_path / "sids.npz"
     SemanticIds.from_codes([str(i) for i in range(1585)], codes, 8).save(codes_path)
-    spec = importlib.util.spec_from_file_location("bench_sid", repo / "benchmarks" / "semantic_ids.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("semantic_ids")
     out = tmp_path / "res"
     assert bench.main(["--config", str(repo / "configs" / "amazon_scientific_coldstart_tiny.yaml"), "--codes", str(codes_path),
                        "--seeds", "0", "1", "--variants", "hash", "prefix_ngram", "--set", f"data.path={folder}", "--out", str(out)]) == 0

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from recsys_emb.retrieval.data import Interactions, concat_csr, holdout_split, l
 from recsys_emb.retrieval.driver import (RetrieveConfig, add_retrieve_arguments, evaluation_users, load_data,
                                          load_embeddings, run_retrieve, set_base_seed)
 from recsys_emb.retrieval.index import Csr, IndexConfig, build_index, load_index
+from tests.conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -189,10 +188,7 @@ def test_validation_split_never_reads_test_items(tmp_path):
 
 def test_benchmark_tune_picks_best_validation_row(tmp_path):
     pytest.importorskip("faiss")
-    spec = importlib.util.spec_from_file_location("bench_knn_embed", REPO / "benchmarks" / "knn_embed.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_knn_embed"] = bench
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("knn_embed")
     data_dir = _write_folder(tmp_path / "data")
     from recsys_emb.config.io import load_config
 
@@ -213,10 +209,7 @@ def test_benchmark_tune_picks_best_validation_row(tmp_path):
 
 
 def test_benchmark_dataset_overrides_win():
-    spec = importlib.util.spec_from_file_location("bench_knn_embed2", REPO / "benchmarks" / "knn_embed.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_knn_embed2"] = bench
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("knn_embed")
     args = bench.parse_args(["--max-users", "0", "--set", "knn_embed.num_clusters=5",
                              "--set-ds", "gowalla:eval.max_users=123", "--set-ds", "ml1m:knn_embed.num_clusters=7"])
     g, m = bench.make_config("gowalla", args, []), bench.make_config("ml1m", args, ["eval.max_users=9"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,16 +12,11 @@ import pytest
 import torch
 
 from recsys_emb.retrieval.data import Interactions
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import load_benchmark
 
 
 def _bench():  # noqa: ANN202
-    path = REPO / "benchmarks" / "knn_embed.py"
-    spec = importlib.util.spec_from_file_location("bench_knn_embed", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("knn_embed")
 
 
 def _row(c: int, lam: float, nn: int, recall: float, clusters: float, entropy: float) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,16 +10,11 @@ import pytest
 import torch
 
 from recsys_emb.retrieval.index import Csr, IndexConfig, build_index
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import load_benchmark
 
 
 def _bench():  # noqa: ANN202
-    path = REPO / "benchmarks" / "knn_faiss_tradeoff.py"
-    spec = importlib.util.spec_from_file_location("bench_knn_faiss_tradeoff", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("knn_faiss_tradeoff")
 
 
 def test_effective_ef_matches_what_the_index_sets() -> None:

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import load_benchmark
+
 ARGS = ["--rows", "1000", "--epochs", "1", "--search-epochs", "0.5", "--target", "0.6", "--optembed-budget", "0.5"]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_dim_search", REPO / "benchmarks" / "dim_search.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("dim_search")
 
 
 def _results_file(path: Path, seed: int, **settings) -> Path:

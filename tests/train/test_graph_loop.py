@@ -23,6 +23,7 @@ from recsys_emb.train.graph_loop import (
     run_graph,
     train_graph,
 )
+from tests.conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -207,12 +208,7 @@ def test_time_budget_stops_after_an_evaluated_epoch_and_resume_continues(tmp_pat
 def test_graph_cf_benchmark_summarises_run_dirs_and_reuses_results(tmp_path: Path) -> None:
     """benchmarks/graph_cf.py --from-runs: mean/std over seeds equal numpy's on the runs' metrics;
     --reuse with no models merges earlier results, relabelling a model that appears twice."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("graph_cf_bench", REPO / "benchmarks" / "graph_cf.py")
-    bench = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("graph_cf")
     data = write_community_graph(tmp_path / "graph", seed=4)
     tiny = REPO / "configs" / "gowalla_lightgcn_tiny.yaml"
     runs = []
@@ -259,12 +255,7 @@ def _fake_result(path: Path, seeds: list[int], layers: int = 3) -> list[list[flo
 def test_graph_cf_benchmark_pools_per_seed_result_files(tmp_path: Path) -> None:
     """--merge-seeds: result files of one invocation per seed become one entry whose mean/std equal
     numpy's over all the runs; a repeated seed or a different setting is not pooled."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("graph_cf_bench", REPO / "benchmarks" / "graph_cf.py")
-    bench = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("graph_cf")
     curves = []
     for seeds in ([0], [1], [2, 3]):
         curves += _fake_result(tmp_path / f"s{seeds[0]}.json", seeds)
