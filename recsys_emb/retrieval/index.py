@@ -25,7 +25,12 @@ Kinds:
   score ``-inf`` before the top-k.
 * ``flat``: ``faiss.IndexFlatIP``, exact (the FAISS twin of ``exact``; equal up to float rounding).
 * ``ivf_flat``: ``faiss.IndexIVFFlat`` with an inner-product coarse quantizer; ``nlist`` lists
-  (``0``: ``4 * sqrt(N)``, capped so each list gets >= 39 training points), ``nprobe`` probed.
+  (``0``: ``4 * sqrt(N)``, capped so each list gets >= 39 training points; an explicit ``nlist`` is
+  capped at N), ``nprobe`` probed. With ``mips_transform: augment`` (see ``hnsw``) the lists are
+  built over the augmented items instead: an L2 coarse quantizer (``IndexFlatL2``, k-means in L2) and
+  ``IndexIVFFlat(..., METRIC_L2)`` in D + 1 dims, queries padded with 0, scores recovered as for
+  HNSW. An inner-product quantizer over vectors of very different norms assigns queries to the lists
+  whose centroids have large norms rather than the lists holding their best items.
 * ``hnsw``: ``faiss.IndexHNSWFlat(D, M, METRIC_INNER_PRODUCT)``; ``efSearch`` is raised to the
   number of results requested when it is smaller (``ef_search_floor: false`` keeps it as given: FAISS
   then searches with a smaller candidate list, faster and less exact, and a row may come back with
@@ -38,6 +43,7 @@ Kinds:
   ``|q' - x'|^2 = |q|^2 + M^2 - 2 q.x``, so the L2 order is the inner-product order, and the
   returned score is recovered as ``q.x = (|q|^2 + M^2 - |q' - x'|^2) / 2`` (float rounding of the
   order of ``1e-6 M^2``). For L2-normalised items the extra coordinate is 0 and nothing changes.
+  The same transform applies to ``ivf_flat`` (above); ``flat`` ignores it (it is exact anyway).
 
 FAISS cannot exclude a different id set per query in one batched call, so FAISS indexes over-fetch:
 queries are sorted by exclusion-list length, each batch asks for ``k + max excluded in the batch``
@@ -82,7 +88,7 @@ class IndexConfig:
     ef_construction: int = 200  # hnsw: efConstruction
     ef_search: int = 128  # hnsw: efSearch (raised to the number of results when smaller, unless ef_search_floor false)
     ef_search_floor: bool = True  # hnsw: raise efSearch to the results fetched (K + exclusions); false: as given
-    mips_transform: str = "none"  # hnsw: none (inner-product graph) | augment (L2 graph on [x, sqrt(M^2-|x|^2)])
+    mips_transform: str = "none"  # hnsw, ivf_flat: none (inner product) | augment (L2 graph / L2 lists on [x, sqrt(M^2-|x|^2)])
     threads: int = 0  # FAISS OpenMP threads (0 = FAISS default)
     seed: int = 0  # ivf_flat: k-means seed of the coarse quantizer
     show_progress: bool = False  # tqdm bar over query batches
@@ -296,7 +302,8 @@ def _faiss() -> Any:
 
 
 class FaissIndex(ItemIndex):
-    """FAISS inner-product index (``flat``, ``ivf_flat`` or ``hnsw``) behind the :class:`ItemIndex` interface."""
+    """FAISS inner-product index (``flat``, ``ivf_flat`` or ``hnsw``; the last two optionally over the
+    augmented items, ``mips_transform: augment``) behind the :class:`ItemIndex` interface."""
 
     def __init__(
         self,
@@ -315,8 +322,8 @@ class FaissIndex(ItemIndex):
         faiss = _faiss()
         if config.threads:
             faiss.omp_set_num_threads(config.threads)
-        # augment: an L2 HNSW graph over [x, sqrt(M^2 - |x|^2)] (see the module docstring)
-        self.augmented = config.kind == "hnsw" and config.mips_transform == "augment"
+        # augment: an L2 HNSW graph / L2 IVF lists over [x, sqrt(M^2 - |x|^2)] (see the module docstring)
+        self.augmented = config.kind in ("hnsw", "ivf_flat") and config.mips_transform == "augment"
         self.max_norm = float(_max_norm)
         if _faiss_index is not None:
             self.index = _faiss_index
@@ -330,8 +337,12 @@ class FaissIndex(ItemIndex):
         elif config.kind == "ivf_flat":
             nlist = config.nlist or int(round(4 * math.sqrt(max(n, 1))))
             nlist = max(1, min(nlist, n // 39 if config.nlist == 0 else n))
-            quantizer = faiss.IndexFlatIP(d)
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            if self.augmented:
+                quantizer = faiss.IndexFlatL2(d)
+                index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
+            else:
+                quantizer = faiss.IndexFlatIP(d)
+                index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.cp.seed = config.seed
             if n:
                 index.train(x)

@@ -98,7 +98,7 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
     assert run["exact"]["recall@100"] == pytest.approx(sum(recalls) / n_users, abs=1e-6)
     big = next(p for p in run["points"] if p["ef_search"] == 400)  # efSearch >= catalogue: exhaustive
     assert big["overlap@100"] == pytest.approx(1.0) and big["recall_ratio"] == pytest.approx(1.0)
-    assert "## test: 40 users" in (out / "knn_faiss_tradeoff.md").read_text()
+    assert "## test, base-model seed 0: 40 users" in (out / "knn_faiss_tradeoff.md").read_text()
     # --paired: a separate section whose ratios use the exact run timed right before each point
     assert bench.main(["--split", "test", "--paired", *common]) == 0
     res = json.loads((out / "knn_faiss_tradeoff.json").read_text())
@@ -106,3 +106,37 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
     for p in res["test_paired"]["points"]:
         assert p["speed_ratio_cpu"] == pytest.approx(p["exact_cpu_seconds"] / p["cpu_seconds"])
     assert "paired timing" in (out / "knn_faiss_tradeoff.md").read_text()
+    # IVF-Flat points (augmented items, L2 lists), another base seed in its own section, HNSW points kept
+    ivf = ["--data", str(data), "--embeddings", str(emb), "--hnsw-m", "--ivf-nprobe", "1", "3",
+           "--out", str(out), "--merge", "--paired"]
+    assert bench.main(["--split", "test", "--seed", "1", *ivf]) == 0
+    assert bench.main(["--split", "test", *ivf]) == 0
+    res = json.loads((out / "knn_faiss_tradeoff.json").read_text())
+    assert set(res) == {"test", "test_paired", "test_paired_s1"} and res["test_paired_s1"]["seed"] == 1
+    kinds = [p.get("kind") for p in res["test_paired"]["points"]]
+    assert kinds.count("hnsw") == 2 and kinds.count("ivf_flat") == 2  # merged, HNSW points not lost
+    for sec in ("test_paired", "test_paired_s1"):
+        pts = {p["nprobe"]: p for p in res[sec]["points"] if p.get("kind") == "ivf_flat"}
+        assert set(pts) == {1, 3} and all(p["nlist"] == 3 and p["mips_transform"] == "augment" for p in pts.values())
+        assert pts[3]["overlap@100"] == pytest.approx(1.0)  # nprobe = nlist: exhaustive, the exact top-100
+        assert pts[3]["recall_ratio"] == pytest.approx(1.0)
+    text = (out / "knn_faiss_tradeoff.md").read_text()
+    assert "| L2, augmented items | 3 | 3 |" in text and "base-model seed 1" in text
+
+
+def test_choose_by_kind_and_sections_order() -> None:
+    bench = _bench()
+    pts = [{"kind": "ivf_flat", "mips_transform": "augment", "nlist": 8, "nprobe": 2, "recall_ratio": 0.96,
+            "speed_ratio_cpu": 12.0},
+           {"kind": "ivf_flat", "mips_transform": "augment", "nlist": 8, "nprobe": 4, "recall_ratio": 0.975,
+            "speed_ratio_cpu": 9.0},
+           {"hnsw_m": 24, "ef_construction": 200, "ef_search": 96, "recall_ratio": 0.99, "speed_ratio_cpu": 10.0}]
+    res = {"valid": {"points": pts}}
+    assert bench.choose(res, "valid", 0.95)["speed_ratio_cpu"] == 12.0
+    assert bench.choose(res, "valid", 0.97, kind="ivf_flat")["nprobe"] == 4  # margin 0.02 over 0.95
+    assert bench.choose(res, "valid", 0.95, kind="hnsw")["hnsw_m"] == 24  # old points without "kind" are HNSW
+    assert not bench.same_point(pts[0], pts[1]) and bench.same_point(pts[1], dict(pts[1]))
+    assert not bench.same_point(pts[0], pts[2])
+    assert bench.section_key("test", True, 2) == "test_paired_s2" and bench.section_key("valid", False, 0) == "valid"
+    secs = {k: {"points": []} for k in ("test_paired_s2", "test_s1", "valid", "test_paired", "test")}
+    assert bench.sections(secs) == ["valid", "test", "test_paired", "test_s1", "test_paired_s2"]
