@@ -3,7 +3,9 @@ reference vs FBGEMM TBE, on the same lookups, with a memory-bandwidth probe as t
 
 Workload (Unified Embedding, single probe): F features (default 26) share ONE table of M rows x D
 (fp32); batch B, P ids per bag (pooling 1 or 20); random int64 raw ids, salted hash per feature.
-Per shape, in the same process and interleaved over rounds (median time):
+Per shape, in the same process, the variants are timed round-robin over several rounds (fused,
+torch_ref, fbgemm_tbe, hash_only, fused, ...; each gets one warm-up call and a few timed calls per
+round), so that a load change on a shared machine hits all variants alike:
 
 * ``fused``: ``recsys_emb.ops.hashed_embedding_bag`` on raw ids = salted hash + gather + pooled sum in
   one op (the compiled CPU kernel when ``recsys_emb._C`` is built; otherwise the torch reference and
@@ -18,9 +20,11 @@ Per shape, in the same process and interleaved over rounds (median time):
 * ``copy``: ``dst.copy_(src)`` of a large fp32 tensor (default 1 GiB): the measured memory-bandwidth
   ceiling (bytes read + written / time), same threads.
 
-Reported per variant: lookups/s (ids x probes / s) and effective GB/s = (rows read N*D*4 + output
+Reported per variant: lookups/s (ids x probes / s, from the median time over rounds) and effective GB/s = (rows read N*D*4 + output
 written F*B*D*4 + ids/offsets read) / time, and that as % of the copy bandwidth. Every variant's
-output is checked against ``fused`` (allclose) before timing.
+output is checked against ``fused`` (allclose) before timing. The speedups of ``fused`` over
+``torch_ref`` and ``fbgemm_tbe`` are the MEDIAN OF THE PER-ROUND RATIOS (other's time / fused time in
+the same round), with their min and max over rounds (``speedup_vs_*_min/_max/_per_round`` in the JSON).
 
     python benchmarks/kernels.py --quick --threads 1       # small sanity run (~1 min)
     python benchmarks/kernels.py --threads N               # full: rows 1e5,1e6,1e7 x dim 16,64 x pooling 1,20
@@ -36,6 +40,7 @@ On CUDA every timed call ends with ``torch.cuda.synchronize()``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shlex
@@ -86,11 +91,16 @@ def machine(device: torch.device) -> dict[str, object]:
     }
 
 
-def timeit(fn, reps: int, device: torch.device) -> float:
-    """Median seconds of ``reps`` calls (after one warm-up call); on CUDA each call is synchronised."""
+def timeit(fn, reps: int, device: torch.device, min_seconds: float = 0.0) -> float:
+    """Median seconds of ``reps`` calls (after one warm-up call), or of as many more calls as fill
+    ``min_seconds`` (estimated from the warm-up call); on CUDA each call is synchronised."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
     fn()
     sync()
+    warm = time.perf_counter() - t0
+    if min_seconds > 0 and warm > 0:
+        reps = max(reps, min(1000, math.ceil(min_seconds / warm)))
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -98,6 +108,25 @@ def timeit(fn, reps: int, device: torch.device) -> float:
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved(variants: dict, rounds: int, calls: int, device: torch.device, min_seconds: float = 0.0) -> dict[str, list[float]]:
+    """Round-robin timing: in each of ``rounds`` rounds every variant in turn gets one warm-up call and
+    ``calls`` timed calls (more for fast variants, to fill ``min_seconds``); their median is the
+    variant's time in that round. A load change on the shared machine then hits all variants of the
+    round alike, and ratios are taken round by round."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(timeit(fn, calls, device, min_seconds))
+    return times
+
+
+def ratio_stats(baseline: list[float], fused: list[float]) -> dict[str, object]:
+    """Speedup of ``fused`` over ``baseline`` per round (baseline time / fused time of the same round):
+    the median over rounds, the min and max, and every round's ratio."""
+    per_round = [b / f for b, f in zip(baseline, fused)]
+    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round), "per_round": per_round}
 
 
 def copy_bandwidth(nbytes: int, reps: int, device: torch.device) -> float:
@@ -124,8 +153,8 @@ def make_tbe(num_rows: int, dim: int, features: int, weight: torch.Tensor):
     return tbe
 
 
-def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, reps: int, bandwidth: float, seed: int,
-              device: torch.device) -> dict:
+def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, rounds: int, calls: int, bandwidth: float,
+              seed: int, device: torch.device, tbe: bool = True, min_round_seconds: float = 0.0) -> dict:
     g = torch.Generator().manual_seed(seed)
     nbags = features * batch
     n = nbags * pooling
@@ -148,38 +177,57 @@ def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, 
         return ops.multi_probe_hash(values, feature_index, coefficients, table_rows)
 
     rows = ops.multi_probe_hash(values, feature_index, coefficients, table_rows)[:, 0].contiguous()
-    variants = {"fused": fused, "torch_ref": torch_ref, "hash_only": hash_only}
-    tbe = None
-    try:
-        tbe = make_tbe(num_rows, dim, features, weight)
-        variants["fbgemm_tbe"] = lambda: tbe(rows, offsets)  # (B, F D), pre-hashed rows
-    except Exception as exc:  # fbgemm missing / API change: report, keep the rest
-        print(f"[kernels] FBGEMM TBE unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+    variants = {"fused": fused, "torch_ref": torch_ref}  # round-robin order: fused, torch_ref, fbgemm_tbe, hash_only
+    module = None
+    if tbe:
+        try:
+            module = make_tbe(num_rows, dim, features, weight)
+            variants["fbgemm_tbe"] = lambda: module(rows, offsets)  # (B, F D), pre-hashed rows
+        except Exception as exc:  # fbgemm missing / API change: report, keep the rest
+            print(f"[kernels] FBGEMM TBE unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+    variants["hash_only"] = hash_only
 
     with torch.no_grad():
         want = fused()  # (F B, D)
         torch.testing.assert_close(torch_ref(), want, rtol=1e-5, atol=1e-5)
-        if tbe is not None:
-            got = tbe(rows, offsets).view(batch, features, dim).transpose(0, 1).reshape(nbags, dim)
+        if module is not None:
+            got = module(rows, offsets).view(batch, features, dim).transpose(0, 1).reshape(nbags, dim)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        times = {name: [] for name in variants}
-        for _ in range(max(1, reps // 3)):  # interleave the variants over rounds (shared machine)
-            for name, fn in variants.items():
-                times[name].append(timeit(fn, 3, device))
+        times = interleaved(variants, rounds, calls, device, min_round_seconds)
     bytes_moved = n * dim * 4 + nbags * dim * 4 + n * 8 + (nbags + 1) * 8  # rows + output + ids + offsets
-    result = {"rows": num_rows, "dim": dim, "pooling": pooling, "features": features, "batch": batch, "lookups": n, "variants": {}}
+    result = {"rows": num_rows, "dim": dim, "pooling": pooling, "features": features, "batch": batch, "lookups": n,
+              "rounds": rounds, "calls_per_round": calls, "min_round_seconds": min_round_seconds, "variants": {}}
     for name, ts in times.items():
         t = statistics.median(ts)
-        entry = {"seconds": t, "lookups_per_s": n / t}
+        entry = {"seconds": t, "lookups_per_s": n / t, "seconds_per_round": ts}
         if name != "hash_only":
             gbs = bytes_moved / t / 1e9
             entry.update({"effective_GBps": gbs, "pct_of_copy_bandwidth": 100 * gbs / bandwidth})
         result["variants"][name] = entry
-    v = result["variants"]
-    result["speedup_vs_torch_ref"] = v["torch_ref"]["seconds"] / v["fused"]["seconds"]
-    if "fbgemm_tbe" in v:
-        result["speedup_vs_fbgemm_tbe"] = v["fbgemm_tbe"]["seconds"] / v["fused"]["seconds"]
+    # Speedups: median over rounds of the per-round ratio (both variants timed back to back in that round).
+    for other, key in (("torch_ref", "speedup_vs_torch_ref"), ("fbgemm_tbe", "speedup_vs_fbgemm_tbe")):
+        if other in times:
+            stats = ratio_stats(times[other], times["fused"])
+            result[key] = stats["median"]
+            result[key + "_min"], result[key + "_max"], result[key + "_per_round"] = stats["min"], stats["max"], stats["per_round"]
     return result
+
+
+def rounds_text(report: dict) -> str:
+    if "rounds" not in report:  # results written before the per-round ratios
+        return "rounds not recorded"
+    text = f"{report['rounds']} rounds x {report['calls_per_round']} timed call(s) per variant"
+    if report.get("min_round_seconds"):
+        text += f", or more calls for a fast variant, to fill {report['min_round_seconds'] * 1e3:.0f} ms per round"
+    return text
+
+
+def ratio_text(result: dict, key: str) -> str:
+    """``1.23x (1.10-1.31)``: the median per-round speedup and its range (older results: the median only)."""
+    text = f"{result[key]:.2f}x"
+    if key + "_min" in result:
+        text += f" ({result[key + '_min']:.2f}-{result[key + '_max']:.2f})"
+    return text
 
 
 def markdown(report: dict) -> str:
@@ -203,7 +251,11 @@ def markdown(report: dict) -> str:
         f"SplitTableBatchedEmbeddingBagsCodegen ({'CUDA, device-resident' if on_gpu else 'CPU'}, fp32, SUM, one shared table) on pre-hashed rows (EXCLUDES the hash); "
         "`hash_only` = recsys_emb::multi_probe_hash alone. Effective GB/s = (rows read + output written + ids/offsets read) / time.",
         "",
-        "| rows | dim | pooling | batch | lookups | fused Mlookups/s | fused GB/s (% copy) | torch_ref Mlookups/s | fbgemm_tbe Mlookups/s | fbgemm_tbe GB/s (% copy) | hash_only Mlookups/s | fused / torch_ref | fused / fbgemm_tbe |",
+        f"Timing: per shape the variants run round-robin ({rounds_text(report)}); every round gives each variant one "
+        "warm-up call and then times it (median of its calls in that round). Lookups/s use the median over rounds; "
+        "the speedups are the median of the per-round ratios (both variants timed back to back), with their min-max over rounds.",
+        "",
+        "| rows | dim | pooling | batch | lookups | fused Mlookups/s | fused GB/s (% copy) | torch_ref Mlookups/s | fbgemm_tbe Mlookups/s | fbgemm_tbe GB/s (% copy) | hash_only Mlookups/s | fused / torch_ref (min-max) | fused / fbgemm_tbe (min-max) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
@@ -213,8 +265,8 @@ def markdown(report: dict) -> str:
             f"| {r['rows']:.0e} | {r['dim']} | {r['pooling']} | {r['batch']} | {r['lookups']} | {v['fused']['lookups_per_s'] / 1e6:.1f} | "
             f"{v['fused']['effective_GBps']:.2f} ({v['fused']['pct_of_copy_bandwidth']:.0f}%) | {v['torch_ref']['lookups_per_s'] / 1e6:.1f} | "
             + (f"{tbe['lookups_per_s'] / 1e6:.1f} | {tbe['effective_GBps']:.2f} ({tbe['pct_of_copy_bandwidth']:.0f}%) | " if tbe else "n/a | n/a | ")
-            + f"{v['hash_only']['lookups_per_s'] / 1e6:.1f} | {r['speedup_vs_torch_ref']:.2f}x | "
-            + (f"{r['speedup_vs_fbgemm_tbe']:.2f}x |" if tbe else "n/a |")
+            + f"{v['hash_only']['lookups_per_s'] / 1e6:.1f} | {ratio_text(r, 'speedup_vs_torch_ref')} | "
+            + (f"{ratio_text(r, 'speedup_vs_fbgemm_tbe')} |" if tbe else "n/a |")
         )
     goal = ("Goal (issue 10, GPU): fused >= 60% of the measured device bandwidth at large batch." if on_gpu
             else "Goals (issue 10, CPU): fused >= 2x torch_ref and >= 1.2x fbgemm_tbe forward.")
@@ -234,7 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, nargs="*", default=None, help="override the table sizes")
     parser.add_argument("--dims", type=int, nargs="*", default=None)
     parser.add_argument("--pooling", type=int, nargs="*", default=None)
-    parser.add_argument("--reps", type=int, default=None, help="timed calls per variant (default 6 quick, 12 full)")
+    parser.add_argument("--reps", type=int, default=None, help="timed calls per variant in all (default 6 quick, 12 full)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="round-robin rounds per shape; the reps are split evenly over them (default 3 quick, 6 full)")
+    parser.add_argument("--min-round-ms", type=float, default=100.0,
+                        help="a fast variant gets more timed calls per round, to fill this many ms (default 100)")
+    parser.add_argument("--no-tbe", action="store_true", help="skip the FBGEMM TBE variant")
     parser.add_argument("--copy-gib", type=float, default=1.0, help="size of the bandwidth-probe copy")
     parser.add_argument("--note", default="", help="free text added to the markdown (e.g. 'idle machine')")
     parser.add_argument("--out", type=Path, default=None, help="results stem (default benchmarks/results/kernels[_cuda])")
@@ -250,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key):
             grid[key] = getattr(args, key)
     reps = args.reps or (6 if args.quick else 12)
+    rounds = max(1, min(reps, args.rounds or (3 if args.quick else 6)))
+    calls = -(-reps // rounds)  # timed calls per variant per round
     command = "python benchmarks/kernels.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"[kernels] {command}\n[kernels] {ops.extension_status()}")
     copy_bytes = int(args.copy_gib * 2**30)
@@ -258,14 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     shapes = [(r, d, p, b) for r in grid["rows"] for d in grid["dims"] for p in grid["pooling"] for b in args.batch]
     for num_rows, dim, pooling, batch in shapes:
-        r = run_shape(num_rows, dim, pooling, args.features, batch, reps, bandwidth, seed=len(results), device=device)
+        r = run_shape(num_rows, dim, pooling, args.features, batch, rounds, calls, bandwidth, seed=len(results), device=device,
+                      tbe=not args.no_tbe, min_round_seconds=args.min_round_ms / 1e3)
         v = r["variants"]
         print(
             f"[kernels] rows={num_rows:.0e} dim={dim} pooling={pooling} batch={batch}: fused {v['fused']['lookups_per_s'] / 1e6:.1f} M/s "
             f"({v['fused']['pct_of_copy_bandwidth']:.0f}% bw), torch_ref {v['torch_ref']['lookups_per_s'] / 1e6:.1f} M/s, "
             + (f"tbe {v['fbgemm_tbe']['lookups_per_s'] / 1e6:.1f} M/s, " if "fbgemm_tbe" in v else "")
-            + f"x{r['speedup_vs_torch_ref']:.2f} vs torch_ref"
-            + (f", x{r['speedup_vs_fbgemm_tbe']:.2f} vs TBE" if "fbgemm_tbe" in v else ""),
+            + f"x{r['speedup_vs_torch_ref']:.2f} ({r['speedup_vs_torch_ref_min']:.2f}-{r['speedup_vs_torch_ref_max']:.2f}) vs torch_ref"
+            + (f", x{r['speedup_vs_fbgemm_tbe']:.2f} ({r['speedup_vs_fbgemm_tbe_min']:.2f}-{r['speedup_vs_fbgemm_tbe_max']:.2f}) vs TBE"
+               if "fbgemm_tbe" in v else ""),
             flush=True,
         )
         results.append(r)
@@ -273,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "mode": "quick" if args.quick else "full",
         "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "calls_per_round": calls,
+        "min_round_seconds": args.min_round_ms / 1e3,
         "device": args.device,
         "machine": machine(device),
         "copy_bytes": copy_bytes,

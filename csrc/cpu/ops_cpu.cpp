@@ -4,8 +4,10 @@
 // then prefers them over the CompositeExplicitAutograd reference on CPU tensors. Autograd and the
 // fake (meta) kernels stay the Python ones.
 //
-// Parallelism: at::parallel_for (OpenMP, built with -fopenmp) over bags / ids / table rows; inner loops
-// run over the contiguous embedding dim with __restrict__ pointers so -O3 vectorises them. Every
+// Parallelism: at::parallel_for (OpenMP, built with -fopenmp) over ids / table rows; the forward hands
+// out ranges of bags dynamically (heb_forward). The forward and the hash run the engine of pool_impl.h
+// (blocks of 8 ids hashed together, rows prefetched ahead, AVX2 where the CPU has it); the other inner
+// loops run over the contiguous embedding dim with __restrict__ pointers so -O3 vectorises them. Every
 // result is independent of the number of threads (each output element is reduced by one thread in a
 // fixed order), so the kernels are deterministic.
 #include <ATen/Dispatch.h>
@@ -17,7 +19,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -30,7 +34,6 @@ namespace {
 using at::Tensor;
 
 constexpr int64_t kGrainWork = 32768;  // ~elements of work per parallel task (at::internal::GRAIN_SIZE)
-constexpr int64_t kTileIds = 128;      // ids hashed + prefetched ahead of the gather
 
 template <typename T>
 struct AccType { using type = float; };
@@ -97,9 +100,21 @@ Tensor multi_probe_hash_cpu(const Tensor& values, const Tensor& feature_index, c
   HashArgs h(values, feature_index, coefficients, num_rows);
   Tensor out = at::empty({h.n, h.k}, values.options().dtype(at::kLong));
   int64_t* o = out.data_ptr<int64_t>();
-  at::parallel_for(0, h.n, grain_for(8 * h.k), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) h.rows(i, o + i * h.k);
+  // Ids in blocks of 8 (hash.h's arithmetic, interleaved over the block; AVX2 lanes where available).
+  const FwdArgs<float, float> a{nullptr, std::numeric_limits<int64_t>::max(), 0, h.k, h.f, h.vp, h.fp, h.cp, h.mp, h.mods.data(),
+                                h.fast.data(), nullptr, nullptr, false, nullptr, false};
+#ifdef RECSYS_EMB_AVX2_POOL
+  const HashFn hash = cpu_has_avx2_fma() ? avx2::avx2_hash_fn() : baseline::hash_fn();
+#else
+  const HashFn hash = baseline::hash_fn();
+#endif
+  std::atomic<bool> failed{false};
+  FwdStatus status;
+  at::parallel_for(0, h.n, std::max<int64_t>(64, grain_for(8 * h.k)), [&](int64_t begin, int64_t end) {
+    FwdStatus st;
+    if (!failed.load(std::memory_order_relaxed) && !hash(a, begin, end, o, &st) && !failed.exchange(true)) status = st;
   });
+  TORCH_CHECK(status.code != 1, "feature_index ", status.a, " out of range [0, ", status.b, ")");
   return out;
 }
 
@@ -128,54 +143,60 @@ Tensor checked_offsets(const Tensor& offsets, int64_t n) {
   return o;
 }
 
-
 template <typename scalar_t, typename acc_t>
 inline void axpy(acc_t* __restrict__ acc, const scalar_t* __restrict__ row, acc_t s, int64_t d) {
   for (int64_t x = 0; x < d; ++x) acc[x] += s * static_cast<acc_t>(row[x]);
 }
 
-template <typename scalar_t, typename acc_t>
-inline void add(acc_t* __restrict__ acc, const scalar_t* __restrict__ row, int64_t d) {
-  for (int64_t x = 0; x < d; ++x) acc[x] += static_cast<acc_t>(row[x]);
-}
+// Dynamic schedule of the forward: the bags are cut into ranges of about kRangeWork elements of work
+// (ids x probes x dim), and every thread takes the next range from an atomic counter until none is left.
+// A thread that is slowed down (other processes on its core, longer bags) then simply takes fewer ranges.
+constexpr int64_t kRangeWork = 131072;
+constexpr int64_t kRangeMinIds = 512, kRangeMaxIds = 8192;
+constexpr size_t kStreamOutputBytes = size_t(8) << 20;
 
 template <typename scalar_t>
 void heb_forward(const Tensor& weight, const HashArgs& h, const int64_t* __restrict__ offsets, int64_t nbags, bool mean,
                  const Tensor& psw, Tensor& out) {
   using acc_t = typename AccType<scalar_t>::type;
-  const scalar_t* w = weight.data_ptr<scalar_t>();
-  const int64_t m = weight.size(0), d = weight.size(1), k = h.k;
-  const acc_t* s = psw.defined() ? psw.data_ptr<acc_t>() : nullptr;
-  scalar_t* o = out.data_ptr<scalar_t>();
-  const int64_t per_bag = std::max<int64_t>(1, h.n / std::max<int64_t>(1, nbags)) * k * d;
+  const int64_t d = weight.size(1);
+  FwdArgs<scalar_t, acc_t> a{weight.data_ptr<scalar_t>(), weight.size(0), d, h.k, h.f, h.vp, h.fp, h.cp, h.mp, h.mods.data(),
+                             h.fast.data(), offsets, psw.defined() ? psw.data_ptr<acc_t>() : nullptr, mean,
+                             out.data_ptr<scalar_t>(), false};
+  // An output much larger than the caches (pooling 1 writes one row per id) is written with non-temporal
+  // stores: no read-for-ownership of lines that are overwritten entirely, and the table rows stay cached.
+  a.stream = out.nbytes() >= kStreamOutputBytes && reinterpret_cast<uintptr_t>(a.out) % 32 == 0;
 #ifdef RECSYS_EMB_AVX2_POOL
-  const auto pool = cpu_has_avx2_fma() ? avx2::pool_fn<scalar_t, acc_t>(d) : baseline::pool_fn<scalar_t, acc_t>(d);
+  const auto forward = cpu_has_avx2_fma() ? avx2::forward_fn<scalar_t, acc_t>(d) : baseline::forward_fn<scalar_t, acc_t>(d);
 #else
-  const auto pool = baseline::pool_fn<scalar_t, acc_t>(d);
+  const auto forward = baseline::forward_fn<scalar_t, acc_t>(d);
 #endif
-  at::parallel_for(0, nbags, grain_for(per_bag), [&](int64_t b0, int64_t b1) {
+  if (nbags == 0) return;
+  const int64_t ids_per_bag = std::max<int64_t>(1, h.n / nbags);
+  const int64_t range_ids = std::clamp<int64_t>(kRangeWork / std::max<int64_t>(1, h.k * d), kRangeMinIds, kRangeMaxIds);
+  const int64_t bags_per_range = std::max<int64_t>(1, range_ids / ids_per_bag);
+  const int64_t nranges = (nbags + bags_per_range - 1) / bags_per_range;
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nranges));
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::vector<FwdStatus> status(workers);
+  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
     std::vector<acc_t> scratch(d);
-    std::vector<int64_t> rows;
-    int64_t bag = b0;
-    while (bag < b1) {
-      // A tile of whole bags with about kTileIds ids: hash them all (checking the rows), prefetch the first
-      // rows, then pool bag by bag.
-      int64_t tile_end = bag + 1;
-      while (tile_end < b1 && offsets[tile_end + 1] - offsets[bag] <= kTileIds) ++tile_end;
-      const int64_t first = offsets[bag], last = offsets[tile_end];
-      rows.resize((last - first) * k);
-      for (int64_t i = first; i < last; ++i) {
-        int64_t* r = rows.data() + (i - first) * k;
-        h.rows(i, r);
-        for (int64_t j = 0; j < k; ++j) {
-          TORCH_CHECK(r[j] < m, "hashed row ", r[j], " >= weight rows ", m, " (num_rows exceeds the table)");
-          if (i - first < baseline::kPrefetchDistance) baseline::prefetch_row(w + r[j] * d, d * static_cast<int64_t>(sizeof(scalar_t)));
+    for (int64_t wk = w0; wk < w1; ++wk) {
+      for (int64_t r = next.fetch_add(1, std::memory_order_relaxed); r < nranges && !failed.load(std::memory_order_relaxed);
+           r = next.fetch_add(1, std::memory_order_relaxed)) {
+        const int64_t b0 = r * bags_per_range, b1 = std::min(nbags, b0 + bags_per_range);
+        if (!forward(a, b0, b1, scratch.data(), &status[wk])) {
+          failed.store(true);
+          break;
         }
       }
-      pool(w, d, rows.data(), first, last, bag, tile_end, offsets, k, s, mean, o, scratch.data());
-      bag = tile_end;
     }
   });
+  for (const FwdStatus& st : status) {
+    TORCH_CHECK(st.code != 1, "feature_index ", st.a, " out of range [0, ", st.b, ")");
+    TORCH_CHECK(st.code != 2, "hashed row ", st.a, " >= weight rows ", st.b, " (num_rows exceeds the table)");
+  }
 }
 
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }

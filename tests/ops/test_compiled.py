@@ -161,6 +161,106 @@ def test_forward_rejects_rows_beyond_the_table_and_bad_offsets():
         ops.hashed_embedding_bag(weight, values, bad, fi, coefficients, num_rows, "sum", psw)
 
 
+# ------------------------------------------------------- KJT-like inputs: features in contiguous runs
+# The forward hashes blocks of 8 ids of one feature together (AVX2: 4 ids in SIMD lanes + 4 scalar) and
+# falls back to id-by-id hashing when a block crosses a feature boundary; the random feature_index of
+# _bag_case never takes the block path, these cases mostly do.
+EDGE_IDS = [0, -1, I64_MIN, I64_MAX, 2**32, -(2**32), 2**61 - 1, 2**31, 2**32 - 1, -(2**61)]
+
+
+def _runs_case(nbags, d, num_rows, k=2, max_len=5, seed=0, table_rows=None, id_dtype=torch.int64):
+    """Bags of F = len(num_rows) features, feature-major like a KJT; edge ids; coefficients 0, p - 1 and random."""
+    g = torch.Generator().manual_seed(seed)
+    f = len(num_rows)
+    lengths = torch.randint(0, max_len + 1, (nbags,), generator=g)
+    bag_feature = torch.arange(nbags) * f // nbags  # feature of each bag, non-decreasing
+    n = int(lengths.sum())
+    fi = bag_feature.repeat_interleave(lengths)
+    values = torch.randint(I64_MIN, I64_MAX, (n,), generator=g)
+    values[: min(n, len(EDGE_IDS))] = torch.tensor(EDGE_IDS[: min(n, len(EDGE_IDS))])
+    coefficients = torch.randint(0, P61, (f, k, 3), generator=g)
+    coefficients[0, 0] = P61 - 1
+    if f > 1:
+        coefficients[1, -1] = 0
+    m = table_rows or max(num_rows)
+    weight = torch.randn(m, d, generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    return weight, values.to(id_dtype), offsets, fi, coefficients, torch.tensor(num_rows, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("d", [16, 32, 64, 128, 24, 8])
+def test_forward_feature_runs_bit_identical_to_embedding_bag(d, two_threads):
+    """Every specialised dim (16/32/64/128: AVX2 register accumulators) and generic ones (24, 8): unweighted
+    float32 sums equal F.embedding_bag over the REFERENCE hash bit for bit, with many parallel ranges and
+    empty bags; same bits on 1 and 2 threads."""
+    weight, values, offsets, fi, coefficients, num_rows = _runs_case(9000, d, [1, 3, 97, 4099, 65537, 100_003])
+    out = ops.hashed_embedding_bag(weight, values, offsets, fi, coefficients, num_rows, "sum", None)
+    rows = ref("multi_probe_hash")(values, fi, coefficients, num_rows)
+    for j in range(coefficients.shape[1]):
+        expected = torch.nn.functional.embedding_bag(rows[:, j], weight, offsets, mode="sum", include_last_offset=True)
+        assert torch.equal(out[:, j], expected), j
+    mean = ops.hashed_embedding_bag(weight, values, offsets, fi, coefficients, num_rows, "mean", None)
+    expected_mean = ref("hashed_embedding_bag")(weight.double(), values, offsets, fi, coefficients, num_rows, "mean", None)
+    torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-5, atol=1e-5)
+    torch.set_num_threads(1)
+    assert torch.equal(out, ops.hashed_embedding_bag(weight, values, offsets, fi, coefficients, num_rows, "sum", None))
+
+
+def test_forward_feature_runs_weighted_and_int32_ids(two_threads):
+    weight, values, offsets, fi, coefficients, num_rows = _runs_case(5000, 64, [5, 4099, 70_001], id_dtype=torch.int32)
+    psw = torch.rand(values.numel(), generator=torch.Generator().manual_seed(3))
+    out = ops.hashed_embedding_bag(weight, values, offsets, fi, coefficients, num_rows, "sum", psw)
+    expected = ref("hashed_embedding_bag")(weight.double(), values, offsets, fi, coefficients, num_rows, "sum", psw.double())
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("id_dtype", [torch.int64, torch.int32])
+def test_hash_feature_runs_bit_exact(k, id_dtype, two_threads):
+    """multi_probe_hash on runs of one feature (block path) for table sizes from 1 to 2^63 - 1 (the SIMD
+    modulo's 64-bit reciprocal and m >= 2^32 products) and a feature with out-of-range coefficients
+    (the exact limb path, id by id)."""
+    num_rows = [1, 3, 97, 2**32 - 1, 2**32 + 1, 2**40, P61, 2**62 + 3, I64_MAX, 1000]
+    _, values, offsets, fi, coefficients, nr = _runs_case(4000, 4, num_rows, k=k, max_len=30, table_rows=1, id_dtype=id_dtype)
+    coefficients[-1] = torch.randint(I64_MIN, I64_MAX, (k, 3), generator=torch.Generator().manual_seed(5))  # outside [0, p)
+    out = ops.multi_probe_hash(values, fi, coefficients, nr)
+    assert torch.equal(out, ref("multi_probe_hash")(values, fi, coefficients, nr))
+
+
+def test_forward_pooling_one_large_output_streams(two_threads):
+    """An output above 8 MiB is written with non-temporal stores (AVX2, float32 dims 16/32/64/128): same values."""
+    weight, values, offsets, fi, coefficients, num_rows = _runs_case(1, 64, [50_000, 60_000], k=1)
+    n = 45_000
+    g = torch.Generator().manual_seed(7)
+    values = torch.randint(I64_MIN, I64_MAX, (n,), generator=g)
+    fi = torch.arange(n) * 2 // n
+    offsets = torch.arange(n + 1)  # 45000 bags x 64 floats = 11.5 MB of output
+    for mode in ("sum", "mean"):
+        out = ops.hashed_embedding_bag(weight, values, offsets, fi, coefficients, num_rows, mode, None)
+        rows = ref("multi_probe_hash")(values, fi, coefficients, num_rows)[:, 0]
+        assert torch.equal(out[:, 0], weight[rows]), mode  # one id per bag: exact
+
+
+def test_forward_errors_inside_feature_runs():
+    weight, values, offsets, fi, coefficients, num_rows = _runs_case(2000, 16, [300, 400, 500])
+    bad = fi.clone()
+    bad[bad.numel() // 2] = 3  # one bad feature index in the middle of a run
+    with pytest.raises(RuntimeError, match="feature_index 3 out of range"):
+        ops.hashed_embedding_bag(weight, values, offsets, bad, coefficients, num_rows, "sum", None)
+    with pytest.raises(RuntimeError, match="feature_index 3 out of range"):
+        ops.multi_probe_hash(values, bad, coefficients, num_rows)
+    # num_rows above the table: an error only when some id really hashes beyond it
+    big = torch.tensor([300, 400, 5000])
+    with pytest.raises(RuntimeError, match="weight rows"):
+        ops.hashed_embedding_bag(weight, values, offsets, fi, coefficients, big, "sum", None)
+    rows = ref("multi_probe_hash")(values, fi, coefficients, big)
+    keep = (rows < weight.shape[0]).all(dim=1)
+    kept_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(torch.stack(
+        [keep[a:b].sum() for a, b in zip(offsets[:-1], offsets[1:])]), 0)])
+    args = (weight, values[keep], kept_offsets, fi[keep], coefficients, big, "sum", None)
+    torch.testing.assert_close(ops.hashed_embedding_bag(*args), ref("hashed_embedding_bag")(*args))
+
+
 @pytest.mark.parametrize("id_dtype", [torch.int64, torch.int32])
 def test_sid_pieces_bit_exact_large(id_dtype, two_threads):
     g = torch.Generator().manual_seed(0)
@@ -233,20 +333,25 @@ def test_cuda_kernels_reject_a_cpu_tensor_among_cuda_ones():
 
 
 def test_baseline_and_avx2_pooling_loops_agree(tmp_path):
-    """The forward has a baseline and an AVX2+FMA pooling loop (chosen at run time); run the baseline one in a
-    subprocess (RECSYS_EMB_NO_AVX2=1) and compare: unweighted sums bit-identical, weighted within tolerance."""
+    """The forward and the hash have a baseline and an AVX2+FMA engine (chosen at run time; AVX2 hashes 4 ids of a
+    block in SIMD lanes); run the baseline one in a subprocess (RECSYS_EMB_NO_AVX2=1) and compare: hashes and
+    unweighted sums bit-identical (random features and feature runs), weighted within tolerance."""
     import os
     import subprocess
     import sys
 
     script = (
         "import sys, torch, recsys_emb.ops as ops\n"
-        "from tests.ops.test_compiled import _bag_case\n"
+        "from tests.ops.test_compiled import _bag_case, _runs_case\n"
         "out = {}\n"
         "for d in (16, 64, 24):\n"
         "    for weighted in (False, True):\n"
         "        w, v, o, f, c, r, p = _bag_case(300, m=200, d=d, weighted=weighted)\n"
         "        out[(d, weighted)] = ops.hashed_embedding_bag(w, v, o, f, c, r, 'sum', p)\n"
+        "    w, v, o, f, c, r = _runs_case(2000, d, [7, 4099, 2**32 + 1], table_rows=5000)\n"
+        "    r = r.clamp(max=5000)\n"
+        "    out[(d, 'runs')] = ops.hashed_embedding_bag(w, v, o, f, c, r, 'sum', None)\n"
+        "    out[(d, 'hash')] = ops.multi_probe_hash(v, f, c, torch.tensor([7, 2**40, 2**63 - 1]))\n"
         "torch.save(out, sys.argv[1])\n"
     )
     results = {}
@@ -258,7 +363,7 @@ def test_baseline_and_avx2_pooling_loops_agree(tmp_path):
         results[flag] = torch.load(path, weights_only=False)
     for key, fast in results["0"].items():
         base = results["1"][key]
-        if key[1]:
+        if key[1] is True:
             torch.testing.assert_close(fast, base, rtol=1e-6, atol=1e-6)
         else:
             assert torch.equal(fast, base), key
