@@ -178,6 +178,22 @@ def run(args: argparse.Namespace) -> dict:
     print(f"[{args.split}] {n} users, exact recall@{K} {exact_recall:.4f}, {n / w_a:.0f} q/s wall, "
           f"{n / c_a:.0f} q/s cpu", file=sys.stderr, flush=True)
     points = []
+
+    def measure(ann, label: str, **fields) -> None:
+        """Time ``ann`` on the users (after a fresh exact timing when --paired) and record one point."""
+        pair = timed_search(exact, q, exclude)[1:] if args.paired else None
+        ids, w, c = timed_search(ann, q, exclude)
+        r = ranking_metrics(ids, test, [K])[f"recall@{K}"]
+        pt = {"split": args.split, **fields, "recall@100": r, "recall_ratio": r / exact_recall,
+              "overlap@100": overlap(ids, ref), "wall_seconds": w, "cpu_seconds": c, "qps_wall": n / w,
+              "qps_cpu": n / c}
+        if pair is not None:
+            pt["exact_wall_seconds"], pt["exact_cpu_seconds"] = pair
+        points.append(pt)
+        print(f"[{args.split} s{args.seed}] {label} recall ratio {pt['recall_ratio']:.4f} overlap "
+              f"{pt['overlap@100']:.4f} {pt['qps_wall']:.0f} q/s wall {pt['qps_cpu']:.0f} q/s cpu",
+              file=sys.stderr, flush=True)
+
     for m in args.hnsw_m:
         for efc in args.ef_construction:
             hcfg = dataclasses.replace(icfg, kind="hnsw", hnsw_m=m, ef_construction=efc,
@@ -187,22 +203,10 @@ def run(args: argparse.Namespace) -> dict:
             build_s = time.perf_counter() - t0
             for ef in args.ef_search:
                 ann.config = dataclasses.replace(hcfg, ef_search=ef)  # read at search time
-                pair = timed_search(exact, q, exclude)[1:] if args.paired else None
-                ids, w, c = timed_search(ann, q, exclude)
-                r = ranking_metrics(ids, test, [K])[f"recall@{K}"]
-                pt = {"split": args.split, "kind": "hnsw", "hnsw_m": m, "ef_construction": efc, "ef_search": ef,
-                      "ef_floor": not args.no_ef_floor,
-                      "effective_ef_search": effective_ef(exclude, item.shape[0], args.query_batch_size, ef,
-                                                          not args.no_ef_floor),
-                      "recall@100": r, "recall_ratio": r / exact_recall, "overlap@100": overlap(ids, ref),
-                      "wall_seconds": w, "cpu_seconds": c, "qps_wall": n / w, "qps_cpu": n / c,
-                      "build_seconds": build_s}
-                if pair is not None:
-                    pt["exact_wall_seconds"], pt["exact_cpu_seconds"] = pair
-                points.append(pt)
-                print(f"[{args.split}] M={m} efC={efc} ef={ef} (eff {pt['effective_ef_search']:.0f}) recall ratio "
-                      f"{pt['recall_ratio']:.4f} overlap {pt['overlap@100']:.4f} {pt['qps_wall']:.0f} q/s wall "
-                      f"{pt['qps_cpu']:.0f} q/s cpu", file=sys.stderr, flush=True)
+                eff = effective_ef(exclude, item.shape[0], args.query_batch_size, ef, not args.no_ef_floor)
+                measure(ann, f"M={m} efC={efc} ef={ef} (eff {eff:.0f})", kind="hnsw", hnsw_m=m,
+                        ef_construction=efc, ef_search=ef, ef_floor=not args.no_ef_floor,
+                        effective_ef_search=eff, build_seconds=build_s)
     if args.ivf_nprobe:
         vcfg = dataclasses.replace(icfg, kind="ivf_flat", nlist=args.ivf_nlist, mips_transform=args.ivf_mips)
         t0 = time.perf_counter()
@@ -211,19 +215,9 @@ def run(args: argparse.Namespace) -> dict:
         for nprobe in args.ivf_nprobe:
             ann.config = dataclasses.replace(vcfg, nprobe=nprobe)
             ann.index.nprobe = min(nprobe, ann.nlist)
-            pair = timed_search(exact, q, exclude)[1:] if args.paired else None
-            ids, w, c = timed_search(ann, q, exclude)
-            r = ranking_metrics(ids, test, [K])[f"recall@{K}"]
-            pt = {"split": args.split, "kind": "ivf_flat", "mips_transform": args.ivf_mips, "nlist": ann.nlist,
-                  "nprobe": int(ann.index.nprobe), "recall@100": r, "recall_ratio": r / exact_recall,
-                  "overlap@100": overlap(ids, ref), "wall_seconds": w, "cpu_seconds": c, "qps_wall": n / w,
-                  "qps_cpu": n / c, "build_seconds": build_s}
-            if pair is not None:
-                pt["exact_wall_seconds"], pt["exact_cpu_seconds"] = pair
-            points.append(pt)
-            print(f"[{args.split} s{args.seed}] ivf_flat({args.ivf_mips}) nlist={ann.nlist} nprobe={nprobe} recall "
-                  f"ratio {pt['recall_ratio']:.4f} overlap {pt['overlap@100']:.4f} {pt['qps_wall']:.0f} q/s wall "
-                  f"{pt['qps_cpu']:.0f} q/s cpu", file=sys.stderr, flush=True)
+            measure(ann, f"ivf_flat({args.ivf_mips}) nlist={ann.nlist} nprobe={nprobe}", kind="ivf_flat",
+                    mips_transform=args.ivf_mips, nlist=ann.nlist, nprobe=int(ann.index.nprobe),
+                    build_seconds=build_s)
     _, w_b, c_b = timed_search(exact, q, exclude)
     exact_wall, exact_cpu = (w_a + w_b) / 2, (c_a + c_b) / 2
     for pt in points:
