@@ -88,6 +88,7 @@ SHOW = ["recall@20", "recall@50", "recall@100", "ndcg@100", "clusters@100", "ent
         "overlap@100", "queries_per_second", "ms_per_query"]
 GRID = {"num_clusters": [4, 8, 16, 32, 64], "smoothing_lambda": [0.0, 0.5, 0.9], "num_neighbors": [10, 50]}
 SELECT_MODES = ("recall", "constrained")
+TUNED = ["num_clusters", "smoothing_lambda", "num_neighbors"]  # the kNN-Embed settings the grid varies
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -155,8 +156,8 @@ def cached_base(cfg: RetrieveConfig, data: InteractionData, ds: str, seed: int, 
     return user, item, info
 
 
-def _setting_key(row: dict, fields: list[str]) -> str:
-    return json.dumps({f: row.get(f) for f in fields}, sort_keys=True)
+def _setting_key(row: dict) -> str:
+    return json.dumps({f: row.get(f) for f in TUNED}, sort_keys=True)
 
 
 def tune(cfg: RetrieveConfig, data: InteractionData, user: torch.Tensor, item: torch.Tensor, grid: dict,
@@ -173,21 +174,13 @@ def tune(cfg: RetrieveConfig, data: InteractionData, user: torch.Tensor, item: t
     exact = build_index(item, IndexConfig(kind="exact"))
     single_ids = exact.search(q, k, exclude).ids
     icfg = IndexConfig(kind="exact", threads=cfg.index.threads)
-    fields = ["num_clusters", "smoothing_lambda", "num_neighbors"]
     rows = list(done or [])
-    have = {_setting_key(r, fields) for r in rows}
+    have = {_setting_key(r) for r in rows}
+    missing = [pt for pt in grid_points(grid, {f: getattr(cfg.knn_embed, f) for f in TUNED})
+               if _setting_key(pt) not in have]
     t0 = time.perf_counter()
-    for c in grid.get("num_clusters", [cfg.knn_embed.num_clusters]):
-        todo = []
-        for lam, nn in itertools.product(grid.get("smoothing_lambda", [cfg.knn_embed.smoothing_lambda]),
-                                         grid.get("num_neighbors", [cfg.knn_embed.num_neighbors])):
-            if lam == 0.0 and nn != grid.get("num_neighbors", [nn])[0]:
-                continue  # lambda = 0 ignores the neighbours: one k suffices
-            setting = {"num_clusters": c, "smoothing_lambda": lam, "num_neighbors": nn}
-            if _setting_key(setting, fields) not in have:
-                todo.append(setting)
-        if not todo:
-            continue
+    for c in dict.fromkeys(pt["num_clusters"] for pt in missing):  # one k-means per C, in grid order
+        todo = [pt for pt in missing if pt["num_clusters"] == c]
         kcfg = copy.deepcopy(cfg.knn_embed)
         kcfg.num_clusters = c
         knn = KnnEmbed.fit(item, kcfg, icfg)
@@ -201,7 +194,6 @@ def tune(cfg: RetrieveConfig, data: InteractionData, user: torch.Tensor, item: t
             ids = knn.retrieve_users(users, q, k, exclude).ids
             m = {**ranking_metrics(ids, test, [k]), **diversity_metrics(ids, knn.assignments, c, item, [k])}
             rows.append({**setting, "knn_embed": m, "single": single, "seconds": time.perf_counter() - t1})
-            have.add(_setting_key(setting, fields))
             print(f"[tune] {setting} recall@{k} {m[f'recall@{k}']:.4f} (single {single[f'recall@{k}']:.4f}) "
                   f"clusters {m[f'clusters@{k}']:.2f} vs {single[f'clusters@{k}']:.2f} "
                   f"entropy {m[f'entropy@{k}']:.3f} vs {single[f'entropy@{k}']:.3f} "
@@ -226,7 +218,6 @@ def select_setting(t: dict, mode: str) -> dict:
     """
     k = t["k"]
     rows = [r for r in t["rows"] if in_grid(r, t["grid"])]
-    fields = ["num_clusters", "smoothing_lambda", "num_neighbors"]
 
     def more_diverse(r: dict) -> bool:
         kn, si = r["knn_embed"], r["single"]
@@ -242,7 +233,7 @@ def select_setting(t: dict, mode: str) -> dict:
         pick = best(rows)
         rule = "recall" if mode == "recall" else "recall (fallback: no grid point was more diverse than single-vector)"
     beat = [r for r in qualifying if r["knn_embed"][f"recall@{k}"] >= r["single"][f"recall@{k}"]]
-    t.update({"select": mode, "rule_applied": rule, "chosen": {f: pick[f] for f in fields},
+    t.update({"select": mode, "rule_applied": rule, "chosen": {f: pick[f] for f in TUNED},
               "chosen_metrics": pick["knn_embed"], "single_metrics": pick["single"],
               "points": len(rows), "points_more_diverse": len(qualifying),
               "points_more_diverse_and_recall_ge_single": len(beat)})
@@ -448,9 +439,8 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
 
 def grid_points(grid: dict, defaults: dict) -> list[dict]:
     """Every (C, lambda, k) point of ``grid`` (missing fields: ``defaults``); lambda = 0 once per C (first k)."""
-    fields = ["num_clusters", "smoothing_lambda", "num_neighbors"]
-    vals = [grid.get(f, [defaults[f]]) for f in fields]
-    return [dict(zip(fields, v)) for v in itertools.product(*vals) if not (v[1] == 0.0 and v[2] != vals[2][0])]
+    vals = [grid.get(f, [defaults[f]]) for f in TUNED]
+    return [dict(zip(TUNED, v)) for v in itertools.product(*vals) if not (v[1] == 0.0 and v[2] != vals[2][0])]
 
 
 def run_tuning(ds: str, args: argparse.Namespace, grid: dict, given: dict) -> dict:
@@ -464,10 +454,9 @@ def run_tuning(ds: str, args: argparse.Namespace, grid: dict, given: dict) -> di
         print(f"[{ds}] cached tuning rows are for other validation users: recomputed", file=sys.stderr)
         cached = None
     rows = cached["rows"] if cached else []
-    fields = ["num_clusters", "smoothing_lambda", "num_neighbors"]
-    have = {_setting_key(r, fields) for r in rows}
-    defaults = {f: getattr(tcfg.knn_embed, f) for f in fields}
-    missing = [pt for pt in grid_points(grid, defaults) if _setting_key(pt, fields) not in have]
+    have = {_setting_key(r) for r in rows}
+    defaults = {f: getattr(tcfg.knn_embed, f) for f in TUNED}
+    missing = [pt for pt in grid_points(grid, defaults) if _setting_key(pt) not in have]
     if cached is None or missing:
         vdata = load_data(tcfg)
         if ds in given:

@@ -13,6 +13,7 @@ import torch
 
 from recsys_emb.retrieval.data import Interactions
 from tests.conftest import load_benchmark
+from tests.retrieval.conftest import write_random_splits
 
 
 def _bench():  # noqa: ANN202
@@ -149,16 +150,7 @@ def test_end_to_end_tiny_tuning_cache_and_merge(tmp_path: Path) -> None:
     bench = _bench()
     g = torch.Generator().manual_seed(2)
     n_users, n_items = 60, 200
-    data = tmp_path / "data"
-    data.mkdir()
-    files: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
-    for u in range(n_users):
-        items = torch.randperm(n_items, generator=g)[:16].tolist()
-        files["train"].append(f"{u} " + " ".join(map(str, items[:10])))
-        files["valid"].append(f"{u} " + " ".join(map(str, items[10:13])))
-        files["test"].append(f"{u} " + " ".join(map(str, items[13:])))
-    for name, lines in files.items():
-        (data / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    data = write_random_splits(tmp_path / "data", n_users, n_items, {"train": 10, "valid": 3, "test": 3}, g)
     emb = tmp_path / "emb.npz"
     np.savez(emb, user=torch.randn(n_users, 8, generator=g).numpy(), item=torch.randn(n_items, 8, generator=g).numpy())
     out, work = tmp_path / "out", tmp_path / "work"

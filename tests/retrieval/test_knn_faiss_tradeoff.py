@@ -11,6 +11,7 @@ import torch
 
 from recsys_emb.retrieval.index import Csr, IndexConfig, build_index
 from tests.conftest import load_benchmark
+from tests.retrieval.conftest import write_random_splits
 
 
 def _bench():  # noqa: ANN202
@@ -66,15 +67,8 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
     bench = _bench()
     g = torch.Generator().manual_seed(1)
     n_users, n_items = 40, 150
-    data = tmp_path / "data"
-    data.mkdir()
-    train, test = [], []
-    for u in range(n_users):
-        items = torch.randperm(n_items, generator=g)[:12].tolist()
-        train.append(f"{u} " + " ".join(map(str, items[:9])))
-        test.append(f"{u} " + " ".join(map(str, items[9:])))
-    (data / "train.txt").write_text("\n".join(train) + "\n")
-    (data / "test.txt").write_text("\n".join(test) + "\n")
+    data = write_random_splits(tmp_path / "data", n_users, n_items, {"train": 9, "test": 3}, g)
+    train, test = ((data / f"{name}.txt").read_text().splitlines() for name in ("train", "test"))
     emb = tmp_path / "emb.npz"
     np.savez(emb, user=torch.randn(n_users, 8, generator=g).numpy(),
              item=(torch.randn(n_items, 8, generator=g) * torch.rand(n_items, 1, generator=g) * 3).numpy())
