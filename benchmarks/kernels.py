@@ -4,7 +4,7 @@ reference vs FBGEMM TBE, on the same lookups, with a memory-bandwidth probe as t
 Workload (Unified Embedding, single probe): F features (default 26) share ONE table of M rows x D
 (fp32); batch B, P ids per bag (pooling 1 or 20); random int64 raw ids, salted hash per feature.
 Per shape, in the same process, the variants are timed round-robin over several rounds (fused,
-torch_ref, fbgemm_tbe, hash_only, fused, ...; each gets one warm-up call and a few timed calls per
+torch_ref, fbgemm_tbe, torch_gather, hash_only, fused, ...; each gets one warm-up call and a few timed calls per
 round), so that a load change on a shared machine hits all variants alike:
 
 * ``fused``: ``recsys_emb.ops.hashed_embedding_bag`` on raw ids = salted hash + gather + pooled sum in
@@ -17,6 +17,10 @@ round), so that a load change on a shared machine hits all variants alike:
   = [0] * F, ``ComputeDevice.CPU``, fp32, SUM) forward on the PRE-HASHED rows: EXCLUDES THE HASH
   (hashing is not something TBE does; its input is the hash output, computed once outside the timer).
 * ``hash_only``: ``recsys_emb.ops.multi_probe_hash`` alone (what the hash costs inside ``fused``).
+* ``torch_gather`` (pooling 1 only): ``torch.index_select(weight, 0, rows, out=buf)`` on the pre-hashed
+  rows into a preallocated output: the bare random-row copy, no hash, no pooling, no allocation. With
+  one id per bag it moves exactly the bytes ``fused`` moves, so it is the machine's ceiling for
+  random row reads, the counterpart of the ``copy`` probe for sequential ones.
 * ``copy``: ``dst.copy_(src)`` of a large fp32 tensor (default 1 GiB): the measured memory-bandwidth
   ceiling (bytes read + written / time), same threads.
 
@@ -77,8 +81,15 @@ def machine(device: torch.device) -> dict[str, object]:
         mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    thp = None
+    try:  # e.g. "always [madvise] never": torch asks for huge pages only with THP_MEM_ALLOC_ENABLE=1 and madvise/always
+        thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
+    except OSError:
+        pass
     return {
         "cpu": cpu,
+        "transparent_hugepage": thp,
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "logical_cores": os.cpu_count(),
         "memory_bytes": mem,
         "load_average_at_start": [round(x, 1) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
@@ -177,7 +188,7 @@ def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, 
         return ops.multi_probe_hash(values, feature_index, coefficients, table_rows)
 
     rows = ops.multi_probe_hash(values, feature_index, coefficients, table_rows)[:, 0].contiguous()
-    variants = {"fused": fused, "torch_ref": torch_ref}  # round-robin order: fused, torch_ref, fbgemm_tbe, hash_only
+    variants = {"fused": fused, "torch_ref": torch_ref}  # round-robin order: fused, torch_ref, fbgemm_tbe, torch_gather, hash_only
     module = None
     if tbe:
         try:
@@ -185,6 +196,10 @@ def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, 
             variants["fbgemm_tbe"] = lambda: module(rows, offsets)  # (B, F D), pre-hashed rows
         except Exception as exc:  # fbgemm missing / API change: report, keep the rest
             print(f"[kernels] FBGEMM TBE unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+    gather_out = None
+    if pooling == 1:  # one row per bag: the bare gather writes exactly fused's output
+        gather_out = torch.empty(nbags, dim, device=device)
+        variants["torch_gather"] = lambda: torch.index_select(weight, 0, rows, out=gather_out)
     variants["hash_only"] = hash_only
 
     with torch.no_grad():
@@ -193,6 +208,8 @@ def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, 
         if module is not None:
             got = module(rows, offsets).view(batch, features, dim).transpose(0, 1).reshape(nbags, dim)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        if gather_out is not None:
+            torch.testing.assert_close(variants["torch_gather"](), want, rtol=1e-5, atol=1e-5)
         times = interleaved(variants, rounds, calls, device, min_round_seconds)
     bytes_moved = n * dim * 4 + nbags * dim * 4 + n * 8 + (nbags + 1) * 8  # rows + output + ids + offsets
     result = {"rows": num_rows, "dim": dim, "pooling": pooling, "features": features, "batch": batch, "lookups": n,
@@ -205,7 +222,8 @@ def run_shape(num_rows: int, dim: int, pooling: int, features: int, batch: int, 
             entry.update({"effective_GBps": gbs, "pct_of_copy_bandwidth": 100 * gbs / bandwidth})
         result["variants"][name] = entry
     # Speedups: median over rounds of the per-round ratio (both variants timed back to back in that round).
-    for other, key in (("torch_ref", "speedup_vs_torch_ref"), ("fbgemm_tbe", "speedup_vs_fbgemm_tbe")):
+    for other, key in (("torch_ref", "speedup_vs_torch_ref"), ("fbgemm_tbe", "speedup_vs_fbgemm_tbe"),
+                       ("torch_gather", "speedup_vs_torch_gather")):
         if other in times:
             stats = ratio_stats(times[other], times["fused"])
             result[key] = stats["median"]
@@ -240,6 +258,8 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {(m['memory_bytes'] or 0) / 2**30:.0f} GiB; "
         f"torch {m['torch']} with {report['threads']} thread(s); load average at start {m['load_average_at_start']}."
+        + ("" if on_gpu else f" Huge pages: THP_MEM_ALLOC_ENABLE={m.get('THP_MEM_ALLOC_ENABLE') or 'unset'} "
+           f"(kernel setting: {m.get('transparent_hugepage') or 'unknown'}).")
         + (f" GPU: {m['gpu']} (CUDA {m['cuda']}); all variants run on the GPU." if on_gpu else ""),
         f"Extension: {m['extension']}",
         "",
@@ -255,8 +275,8 @@ def markdown(report: dict) -> str:
         "warm-up call and then times it (median of its calls in that round). Lookups/s use the median over rounds; "
         "the speedups are the median of the per-round ratios (both variants timed back to back), with their min-max over rounds.",
         "",
-        "| rows | dim | pooling | batch | lookups | fused Mlookups/s | fused GB/s (% copy) | torch_ref Mlookups/s | fbgemm_tbe Mlookups/s | fbgemm_tbe GB/s (% copy) | hash_only Mlookups/s | fused / torch_ref (min-max) | fused / fbgemm_tbe (min-max) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| rows | dim | pooling | batch | lookups | fused Mlookups/s | fused GB/s (% copy) | torch_ref Mlookups/s | fbgemm_tbe Mlookups/s | fbgemm_tbe GB/s (% copy) | hash_only Mlookups/s | fused / torch_ref (min-max) | fused / fbgemm_tbe (min-max) | fused / torch_gather (min-max) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         v = r["variants"]
@@ -267,10 +287,15 @@ def markdown(report: dict) -> str:
             + (f"{tbe['lookups_per_s'] / 1e6:.1f} | {tbe['effective_GBps']:.2f} ({tbe['pct_of_copy_bandwidth']:.0f}%) | " if tbe else "n/a | n/a | ")
             + f"{v['hash_only']['lookups_per_s'] / 1e6:.1f} | {ratio_text(r, 'speedup_vs_torch_ref')} | "
             + (f"{ratio_text(r, 'speedup_vs_fbgemm_tbe')} |" if tbe else "n/a |")
+            + (f" {ratio_text(r, 'speedup_vs_torch_gather')} |" if "speedup_vs_torch_gather" in r else " - |")
         )
     goal = ("Goal (issue 10, GPU): fused >= 60% of the measured device bandwidth at large batch." if on_gpu
             else "Goals (issue 10, CPU): fused >= 2x torch_ref and >= 1.2x fbgemm_tbe forward.")
     lines += ["", goal, ""]
+    if any("speedup_vs_torch_gather" in r for r in report["results"]):
+        lines += ["`torch_gather` (pooling 1 only): torch.index_select of the pre-hashed rows into a preallocated "
+                  "output, i.e. the bare random-row copy without hash, pooling or allocation; fused / torch_gather "
+                  "near 1 means the fused op runs at the machine's random-read ceiling for that shape.", ""]
     if report.get("note"):
         lines += [report["note"], ""]
     return "\n".join(lines)

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def kernels():
-    spec = importlib.util.spec_from_file_location("bench_kernels", REPO / "benchmarks" / "kernels.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_kernels"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("kernels")
 
 
 def test_ratio_stats_is_the_median_of_per_round_ratios(kernels):
@@ -66,3 +59,17 @@ def test_run_shape_reports_per_round_speedups_and_markdown(kernels):
     old = {k: v for k, v in result.items() if not k.endswith(("_min", "_max", "_per_round"))}
     old_report = {k: v for k, v in report.items() if k not in ("rounds", "calls_per_round", "min_round_seconds")}
     assert "rounds not recorded" in kernels.markdown({**old_report, "results": [old]})
+
+
+@pytest.mark.parametrize("pooling", [1, 3])
+def test_torch_gather_ceiling_runs_for_pooling_one_only(kernels, pooling):
+    result = kernels.run_shape(500, 4, pooling, features=2, batch=8, rounds=2, calls=1, bandwidth=10.0, seed=1,
+                               device=torch.device("cpu"), tbe=False)
+    assert ("torch_gather" in result["variants"]) == (pooling == 1)
+    assert ("speedup_vs_torch_gather" in result) == (pooling == 1)
+    report = {"machine": kernels.machine(torch.device("cpu")), "command": "test", "mode": "quick", "threads": 1,
+              "rounds": 2, "calls_per_round": 1, "min_round_seconds": 0.0, "copy_bytes": 2**20, "copy_GBps": 10.0,
+              "note": "", "results": [result]}
+    row = [line for line in kernels.markdown(report).splitlines() if line.startswith("| 5e+02")][0]
+    assert row.endswith(" - |") == (pooling != 1)
+    assert "Huge pages: THP_MEM_ALLOC_ENABLE=" in kernels.markdown(report)
