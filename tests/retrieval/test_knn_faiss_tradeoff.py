@@ -134,3 +134,16 @@ def test_choose_by_kind_and_sections_order() -> None:
     assert bench.section_key("test", True, 2) == "test_paired_s2" and bench.section_key("valid", False, 0) == "valid"
     secs = {k: {"points": []} for k in ("test_paired_s2", "test_s1", "valid", "test_paired", "test")}
     assert bench.sections(secs) == ["valid", "test", "test_paired", "test_s1", "test_paired_s2"]
+
+
+@pytest.mark.parametrize("dataset, name, other", [("gowalla", "(Gowalla, LightGCN)", "ML-1M"),
+                                                  ("ml1m", "(ML-1M, LightGCN)", "Gowalla")])
+def test_markdown_describes_the_data_set_it_ran_on(dataset: str, name: str, other: str) -> None:
+    bench = _bench()
+    args = bench.parse_args(["--dataset", dataset])
+    run = {"command": "x", "users": 3, "base": {}, "machine": "m", "seed": 0, "points": [],
+           "exact": {"recall@100": 0.5, "qps_wall": 1.0, "qps_cpu": 1.0, "wall_seconds": [1.0], "cpu_seconds": [1.0]}}
+    text = bench.markdown({"valid": run}, args)
+    header = text.split("## validation")[0]
+    assert name in text.splitlines()[0] and f"configs/retrieval_{dataset}_lightgcn.yaml" in header
+    assert other not in text.splitlines()[0] and f"{dataset}_lightgcn_{{holdout,train}}" in header
