@@ -180,12 +180,21 @@ def _to_split(line_users: np.ndarray, users: np.ndarray, items: np.ndarray, num_
     return GraphSplit(indptr, keys % stride, path, len(line_users), len(items) - len(keys))
 
 
-def read_graph_file(path: str | Path, num_users: int | None = None) -> GraphSplit:
-    """Read one ``user item item ...`` file (plain or .gz) into a :class:`GraphSplit`."""
+def read_interactions(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse one ``user item item ...`` file (plain or .gz), keeping file order and repeated items.
+
+    Returns:
+        ``(line_users (L,), users (N,), items (N,))``: the user of every non-blank line, and the user
+        and item of every interaction, in file order. Raises :class:`GraphFormatError` on bad input.
+    """
     path = Path(path)
     with _open_text(path) as f:
-        parsed = _parse_lines(f.read().splitlines(), str(path))
-    return _to_split(*parsed, num_users, str(path))
+        return _parse_lines(f.read().splitlines(), str(path))
+
+
+def read_graph_file(path: str | Path, num_users: int | None = None) -> GraphSplit:
+    """Read one ``user item item ...`` file (plain or .gz) into a :class:`GraphSplit`."""
+    return _to_split(*read_interactions(path), num_users, str(path))
 
 
 def parse_graph_text(text: str, where: str = "<text>") -> GraphSplit:

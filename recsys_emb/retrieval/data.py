@@ -4,14 +4,14 @@ Each line is ``user_id item_id item_id ...`` (space separated, 0-based ids); a l
 user id is a user without interactions in that split. Files may be plain (``train.txt``, as in the
 public LightGCN/NGCF repositories) or gzip-compressed (``train.txt.gz``).
 
-This reader lives in ``recsys_emb/retrieval/`` because the shared graph-data module
-(``recsys_emb/data/graphs.py``) was not there yet when retrieval was written; it keeps its own
-small CSR type so retrieval does not depend on it.
+Parsing (and its errors naming file, line and token) is shared with the graph-CF reader
+(:func:`recsys_emb.data.graphs.read_interactions`). Retrieval keeps its own CSR type,
+:class:`Interactions`, because its item lists stay in FILE order (the validation holdout draws from
+that order), where ``GraphSplit`` sorts every user's items.
 """
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recsys_emb.data.graphs import read_interactions
 from recsys_emb.retrieval.index import Csr
 
 
@@ -92,32 +93,20 @@ def resolve_split(folder: str | Path, split: str) -> Path:
     raise FileNotFoundError(f"no {split}.txt or {split}.txt.gz in {folder}")
 
 
-def read_user_item_lists(path: str | Path) -> dict[int, list[int]]:
-    """Read one ``user item item ...`` file into ``{user: [items]}`` (duplicates within a line dropped).
+def read_user_item_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one ``user item item ...`` file: ``(line_users, users, items)`` in file order.
 
-    Raises:
-        ValueError: naming the file and line for non-integer or negative ids and repeated users.
+    A repeated item on a user's line is kept once (its first position). Bad input raises
+    :class:`~recsys_emb.data.graphs.GraphFormatError` (a ``ValueError``) naming file, line and token;
+    a user id on two lines is an error too.
     """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    out: dict[int, list[int]] = {}
-    with opener(path, "rt") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                ids = [int(x) for x in fields]
-            except ValueError:
-                bad = next(x for x in fields if not x.lstrip("-").isdigit())
-                raise ValueError(f"{path}:{lineno}: expected integer ids, got {bad!r}") from None
-            if min(ids) < 0:
-                raise ValueError(f"{path}:{lineno}: negative id {min(ids)}")
-            user = ids[0]
-            if user in out:
-                raise ValueError(f"{path}:{lineno}: user {user} appears on more than one line")
-            out[user] = list(dict.fromkeys(ids[1:]))
-    return out
+    line_users, users, items = read_interactions(path)
+    if len(items):
+        stride = int(items.max()) + 1
+        _, first = np.unique(users * stride + items, return_index=True)
+        keep = np.sort(first)
+        users, items = users[keep], items[keep]
+    return line_users, users, items
 
 
 @dataclass(frozen=True)
@@ -156,16 +145,23 @@ def concat_csr(a: Csr, b: Csr) -> Csr:
     return Csr(offsets, ids[order])
 
 
-def _to_csr(lists: dict[int, list[int]], num_users: int, num_items: int) -> Interactions:
-    lengths = np.zeros(num_users, dtype=np.int64)
-    for u, items in lists.items():
-        lengths[u] = len(items)
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # read_user_item_pairs: (line_users, users, items)
+
+
+def _id_spaces(splits: list[Pairs]) -> tuple[int, int]:
+    """(num_users, num_items) = largest user / item id over all splits + 1."""
+    num_users = 1 + max((int(p[0].max()) for p in splits if len(p[0])), default=-1)
+    num_items = 1 + max((int(p[2].max()) for p in splits if len(p[2])), default=-1)
+    return num_users, num_items
+
+
+def _to_csr(pairs: Pairs, num_users: int, num_items: int) -> Interactions:
+    """Group the interactions by user (stable: every user's items stay in file order)."""
+    _, users, items = pairs
+    order = np.argsort(users, kind="stable")
     offsets = np.zeros(num_users + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.empty(int(offsets[-1]), dtype=np.int64)
-    for u, items in lists.items():
-        flat[offsets[u] : offsets[u + 1]] = items
-    return Interactions(torch.from_numpy(offsets), torch.from_numpy(flat), num_items)
+    np.cumsum(np.bincount(users, minlength=num_users), out=offsets[1:])
+    return Interactions(torch.from_numpy(offsets), torch.from_numpy(items[order].astype(np.int64)), num_items)
 
 
 def load_interaction_data(folder: str | Path, train: str = "train", test: str = "test") -> InteractionData:
@@ -174,14 +170,12 @@ def load_interaction_data(folder: str | Path, train: str = "train", test: str = 
     Items that occur only in the test file are part of the catalogue (they can be retrieved, but a
     model trained on the train file has never seen them).
     """
-    train_lists = read_user_item_lists(resolve_split(folder, train))
-    test_lists = read_user_item_lists(resolve_split(folder, test))
-    all_lists = list(train_lists.items()) + list(test_lists.items())
-    num_users = 1 + max((u for u, _ in all_lists), default=-1)
-    num_items = 1 + max((max(x) for _, x in all_lists if x), default=-1)
+    train_pairs = read_user_item_pairs(resolve_split(folder, train))
+    test_pairs = read_user_item_pairs(resolve_split(folder, test))
+    num_users, num_items = _id_spaces([train_pairs, test_pairs])
     return InteractionData(
-        train=_to_csr(train_lists, num_users, num_items),
-        test=_to_csr(test_lists, num_users, num_items),
+        train=_to_csr(train_pairs, num_users, num_items),
+        test=_to_csr(test_pairs, num_users, num_items),
         num_users=num_users,
         num_items=num_items,
         source=str(folder),
@@ -226,19 +220,17 @@ def load_split_data(folder: str | Path, split: str = "test", train: str = "train
     """
     if split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
-    lists = {"train": read_user_item_lists(resolve_split(folder, train)),
-             "test": read_user_item_lists(resolve_split(folder, test))}
+    pairs = {"train": read_user_item_pairs(resolve_split(folder, train)),
+             "test": read_user_item_pairs(resolve_split(folder, test))}
     has_valid = False
     if valid:
         try:
-            lists["valid"] = read_user_item_lists(resolve_split(folder, valid))
+            pairs["valid"] = read_user_item_pairs(resolve_split(folder, valid))
             has_valid = True
         except FileNotFoundError:
             pass
-    all_lists = [x for d in lists.values() for x in d.items()]
-    num_users = 1 + max((u for u, _ in all_lists), default=-1)
-    num_items = 1 + max((max(x) for _, x in all_lists if x), default=-1)
-    csr = {name: _to_csr(d, num_users, num_items) for name, d in lists.items()}
+    num_users, num_items = _id_spaces(list(pairs.values()))
+    csr = {name: _to_csr(p, num_users, num_items) for name, p in pairs.items()}
     if split == "test":
         return InteractionData(csr["train"], csr["test"], num_users, num_items, str(folder), csr.get("valid"))
     if has_valid:

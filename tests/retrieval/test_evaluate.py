@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from recsys_emb.retrieval.data import load_interaction_data, read_user_item_lists
+from recsys_emb.retrieval.data import load_interaction_data, read_user_item_pairs
 from recsys_emb.retrieval.evaluate import diversity_metrics, ranking_metrics
 from recsys_emb.retrieval.index import Csr
 
@@ -72,8 +72,24 @@ def test_reader_plain_and_gz_and_errors(tmp_path):
     sel = data.train.select(torch.tensor([2, 0]))
     assert sel.offsets.tolist() == [0, 0, 2] and sel.ids.tolist() == [1, 2]
     (tmp_path / "bad.txt").write_text("0 1\n1 x 2\n")
-    with pytest.raises(ValueError, match=r"bad.txt:2: expected integer ids, got 'x'"):
-        read_user_item_lists(tmp_path / "bad.txt")
+    with pytest.raises(ValueError, match=r"bad.txt:2: 'x' is not an integer id"):
+        read_user_item_pairs(tmp_path / "bad.txt")
+    (tmp_path / "neg.txt").write_text("0 1\n1 2 -3\n")
+    with pytest.raises(ValueError, match=r"neg.txt:2: negative item id \(field 3\) -3"):
+        read_user_item_pairs(tmp_path / "neg.txt")
     (tmp_path / "dup.txt").write_text("0 1\n0 2\n")
-    with pytest.raises(ValueError, match=r"dup.txt:2: user 0 appears"):
-        read_user_item_lists(tmp_path / "dup.txt")
+    with pytest.raises(ValueError, match=r"dup.txt:2: user 0 already has a line"):
+        read_user_item_pairs(tmp_path / "dup.txt")
+
+
+def test_reader_keeps_file_order_and_first_of_repeated_items(tmp_path):
+    # users out of order, items unsorted, a repeated item, an empty line and a user without items
+    (tmp_path / "train.txt").write_text("3 9 2 9 5\n\n0 4 1\n2\n1 7 7 0\n")
+    (tmp_path / "test.txt").write_text("0 8\n")
+    line_users, users, items = read_user_item_pairs(tmp_path / "train.txt")
+    assert line_users.tolist() == [3, 0, 2, 1]
+    assert list(zip(users.tolist(), items.tolist())) == [(3, 9), (3, 2), (3, 5), (0, 4), (0, 1), (1, 7), (1, 0)]
+    data = load_interaction_data(tmp_path)
+    assert (data.num_users, data.num_items) == (4, 10)
+    expect = {0: [4, 1], 1: [7, 0], 2: [], 3: [9, 2, 5]}  # each user's items in file order, repeats once
+    assert {u: data.train.user_items(u).tolist() for u in range(4)} == expect
