@@ -423,9 +423,11 @@ class KnnEmbed:
         has_history = has_history & (mixtures.sum(1) > 0)
         capacity = self.cluster_sizes.unsqueeze(0) - cluster_counts(excl, self.assignments, self.num_clusters)
         budgets, _ = allocate_budget(mixtures * has_history.unsqueeze(1), k, capacity)  # (B, C)
-        width = int(budgets.max()) if budgets.numel() else 0
-        cand_ids = torch.full((b, self.num_clusters, max(width, 1)), -1, dtype=torch.long)
-        cand_scores = torch.full((b, self.num_clusters, max(width, 1)), float("-inf"))
+        # A row's budgets sum to at most k, so its candidates fit in k slots: cluster c's go to
+        # [start[b, c], start[b, c] + budgets[b, c]) (cluster-major, as the merge's tie order expects).
+        start = torch.cumsum(budgets, 1) - budgets  # (B, C)
+        cand_ids = torch.full((b, k), -1, dtype=torch.long)
+        cand_scores = torch.full((b, k), float("-inf"))
         clusters = [c for c in range(self.num_clusters) if bool((budgets[:, c] > 0).any())]
         for c in tqdm(clusters, desc="kNN-Embed clusters", disable=not show_progress, leave=False):
             rows = torch.nonzero(budgets[:, c] > 0).squeeze(1)
@@ -433,10 +435,11 @@ class KnnEmbed:
             assert index is not None  # budget > 0 implies capacity > 0 implies members
             kc = int(budgets[rows, c].max())
             res = index.search(queries[rows], kc, exclude=_select_csr(excl, rows))
-            within = torch.arange(kc).unsqueeze(0) < budgets[rows, c].unsqueeze(1)  # (R, kc)
-            cand_ids[rows, c, :kc] = torch.where(within, res.ids, torch.full_like(res.ids, -1))
-            cand_scores[rows, c, :kc] = torch.where(within, res.scores, torch.full_like(res.scores, float("-inf")))
-        cand_ids, cand_scores = cand_ids.view(b, -1), cand_scores.view(b, -1)
+            slot = torch.arange(kc).unsqueeze(0)  # (1, kc)
+            within = slot < budgets[rows, c].unsqueeze(1)  # (R, kc)
+            r = rows.unsqueeze(1).expand(-1, kc)[within]
+            cand_ids[r, (start[rows, c].unsqueeze(1) + slot)[within]] = res.ids[within]
+            cand_scores[r, (start[rows, c].unsqueeze(1) + slot)[within]] = res.scores[within].float()
         n_found = (cand_ids >= 0).sum(1)
         out = merge_candidates(cand_ids, cand_scores, k)
         # refill rows that are short of k (and serve the fallback rows) from the whole catalogue

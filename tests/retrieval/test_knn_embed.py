@@ -299,3 +299,29 @@ def test_user_chunking_does_not_change_results():
         out.append(knn.retrieve_users(torch.arange(23), users, 17, seen))
     assert torch.equal(out[0].ids, out[1].ids) and torch.equal(out[0].budgets, out[1].budgets)
     assert torch.equal(out[0].fallback, out[1].fallback)
+
+
+def test_each_cluster_contributes_its_top_budget_items():
+    """Independent per-user reference of steps 5-6 with many clusters: for every cluster with budget n,
+    the n best unseen items of that cluster; the union, ordered by score."""
+    g = torch.Generator().manual_seed(11)
+    n_items, n_clusters, n_users, k = 300, 12, 40, 37
+    items = torch.randn(n_items, 6, generator=g)
+    assign = torch.randint(0, n_clusters, (n_items,), generator=g)
+    users = torch.randn(n_users, 6, generator=g)
+    history = [torch.randperm(n_items, generator=g)[: int(n)] for n in torch.randint(1, 60, (n_users,), generator=g)]
+    knn = KnnEmbed(items, assign, n_clusters, KnnEmbedConfig(num_clusters=n_clusters, smoothing_lambda=0.3, num_neighbors=4))
+    knn.fit_users(users, Csr(*_seen_csr(history)))
+    res = knn.retrieve_users(torch.arange(n_users), users, k, history)
+    scores = users @ items.T
+    for u in range(n_users):
+        assert int(res.budgets[u].sum()) == k
+        want = []
+        for c in range(n_clusters):
+            s = scores[u].clone()
+            s[assign != c] = float("-inf")
+            s[history[u]] = float("-inf")
+            want += s.topk(int(res.budgets[u, c])).indices.tolist()
+        order = sorted(want, key=lambda i: -float(scores[u, i]))
+        assert res.ids[u].tolist() == order
+        assert torch.allclose(res.scores[u], scores[u, order])
