@@ -12,6 +12,7 @@ that order), where ``GraphSplit`` sorts every user's items.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,14 +97,18 @@ def resolve_split(folder: str | Path, split: str) -> Path:
 def read_user_item_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read one ``user item item ...`` file: ``(line_users, users, items)`` in file order.
 
-    A repeated item on a user's line is kept once (its first position). Bad input raises
-    :class:`~recsys_emb.data.graphs.GraphFormatError` (a ``ValueError``) naming file, line and token;
-    a user id on two lines is an error too.
+    A repeated item on a user's line is kept once (its first position), and a warning counts them.
+    Bad input raises :class:`~recsys_emb.data.graphs.GraphFormatError` (a ``ValueError``) naming
+    file, line and token; a user id on two lines is an error too.
     """
     line_users, users, items = read_interactions(path)
     if len(items):
         stride = int(items.max()) + 1
         _, first = np.unique(users * stride + items, return_index=True)
+        if len(first) < len(items):
+            repeat = np.setdiff1d(np.arange(len(items)), first)[0]
+            warnings.warn(f"{path}: {len(items) - len(first)} repeated item(s) on a user's line kept once "
+                          f"(first: user {users[repeat]}, item {items[repeat]})", stacklevel=2)
         keep = np.sort(first)
         users, items = users[keep], items[keep]
     return line_users, users, items

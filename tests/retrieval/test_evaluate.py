@@ -65,7 +65,8 @@ def test_reader_plain_and_gz_and_errors(tmp_path):
     (tmp_path / "train.txt").write_text("0 1 2 2\n1 0\n2\n")
     with gzip.open(tmp_path / "test.txt.gz", "wt") as f:
         f.write("0 3\n1 4 1\n")
-    data = load_interaction_data(tmp_path)
+    with pytest.warns(UserWarning, match=r"train.txt: 1 repeated item\(s\) .* \(first: user 0, item 2\)"):
+        data = load_interaction_data(tmp_path)
     assert (data.num_users, data.num_items) == (3, 5)
     assert data.train.user_items(0).tolist() == [1, 2] and data.train.user_items(2).tolist() == []
     assert data.test.user_items(1).tolist() == [4, 1]
@@ -86,10 +87,12 @@ def test_reader_keeps_file_order_and_first_of_repeated_items(tmp_path):
     # users out of order, items unsorted, a repeated item, an empty line and a user without items
     (tmp_path / "train.txt").write_text("3 9 2 9 5\n\n0 4 1\n2\n1 7 7 0\n")
     (tmp_path / "test.txt").write_text("0 8\n")
-    line_users, users, items = read_user_item_pairs(tmp_path / "train.txt")
+    with pytest.warns(UserWarning, match=r"train.txt: 2 repeated item\(s\) on a user's line kept once \(first: user 3, item 9\)"):
+        line_users, users, items = read_user_item_pairs(tmp_path / "train.txt")
     assert line_users.tolist() == [3, 0, 2, 1]
     assert list(zip(users.tolist(), items.tolist())) == [(3, 9), (3, 2), (3, 5), (0, 4), (0, 1), (1, 7), (1, 0)]
-    data = load_interaction_data(tmp_path)
+    with pytest.warns(UserWarning, match="2 repeated"):
+        data = load_interaction_data(tmp_path)
     assert (data.num_users, data.num_items) == (4, 10)
     expect = {0: [4, 1], 1: [7, 0], 2: [], 3: [9, 2, 5]}  # each user's items in file order, repeats once
     assert {u: data.train.user_items(u).tolist() for u in range(4)} == expect
