@@ -40,7 +40,8 @@ Usage::
 Long runs can be split into several invocations (one seed each): ``--merge`` keeps the runs of other
 (data set, seed) pairs already in the output JSON, and the base-model trainings and the tuning
 result are cached under ``--work-dir`` (reused when the same data set, base model, training split
-and seed come again; ``--no-reuse`` retrains).
+and seed come again with the same base-model settings; a cache trained with other settings is an
+error naming the differences, not silently reused; ``--no-reuse`` retrains).
 
 ``--train-only`` trains (or finds cached) the base models of the given seeds and stops, so that a
 long training and the evaluation can be separate invocations. ``--per-user`` adds a per-user
@@ -56,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import platform
@@ -138,21 +140,66 @@ def make_config(ds: str, args: argparse.Namespace, extra: list[str]) -> Retrieve
     return cfg
 
 
+RUNTIME_ONLY = {"progress", "show_progress", "num_threads", "threads", "device", "eval_every", "ks", "select_metric",
+                "eval_user_chunk", "eval_max_users", "eval_batch_size"}  # base-config fields that do not change the model
+
+
+def base_signature(cfg: RetrieveConfig) -> dict:
+    """The base-model settings a cached model must have been trained with: ``base.type`` and its
+    ``model`` (two-tower) or ``graph`` section, without run-time-only fields (progress bars, threads,
+    evaluation cut-offs)."""
+    def clean(x):  # noqa: ANN001, ANN202
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if k not in RUNTIME_ONLY}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x if x is None or isinstance(x, (bool, int, float, str)) else str(x)
+    section = cfg.base.model if cfg.base.type == "two_tower" else cfg.base.graph
+    return {"type": cfg.base.type, **clean(dataclasses.asdict(section))}
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}: cached {x!r}, asked {y!r}")
+    return out
+
+
 def cached_base(cfg: RetrieveConfig, data: InteractionData, ds: str, seed: int, args: argparse.Namespace) -> tuple:
-    """Base embeddings for (data set, base model, training split, seed), trained once and cached."""
+    """Base embeddings for (data set, base model, training split, seed), trained once and cached.
+
+    A cached model is reused only when it was trained with the same base settings
+    (:func:`base_signature`); otherwise this raises, naming the differences, rather than evaluate a
+    model of another configuration (use another ``--work-dir``, or ``--no-reuse`` to retrain over it).
+    Caches written before signatures existed are reused unchecked, with a note.
+    """
     split = "holdout" if "(holdout" in data.source else "train"
     work = args.work_dir / f"{ds}_{args.base}_{split}_s{seed}"
     info_path = work / "base_info.json"
+    signature = base_signature(cfg)
     if not args.no_reuse and info_path.is_file() and (work / "embeddings.pt").is_file():
+        info = json.loads(info_path.read_text())
+        if "signature" not in info:
+            print(f"[{ds}] {work}: cached base model has no config signature (older cache): reused unchecked",
+                  file=sys.stderr)
+        elif info["signature"] != signature:
+            diff = "; ".join(_differences(info["signature"], signature))
+            raise ValueError(f"{work}: the cached base model was trained with other settings ({diff}); "
+                             "use another --work-dir, or --no-reuse to retrain it")
         user, item = load_embeddings(work / "embeddings.pt")
-        return user, item, {**json.loads(info_path.read_text()), "cached": True}
+        return user, item, {**info, "cached": True}
     if work.exists():
         shutil.rmtree(work)
     user, item, info = base_embeddings(cfg, data, work)
     if args.base == "two_tower":  # graph models write embeddings.pt themselves
         work.mkdir(parents=True, exist_ok=True)
         torch.save({"user": user, "item": item}, work / "embeddings.pt")
-    atomic_write_text(info_path, json.dumps({k: v for k, v in info.items() if k != "epoch_loss"}))
+    atomic_write_text(info_path, json.dumps({**{k: v for k, v in info.items() if k != "epoch_loss"},
+                                             "signature": signature}))
     return user, item, info
 
 
@@ -453,6 +500,11 @@ def run_tuning(ds: str, args: argparse.Namespace, grid: dict, given: dict) -> di
     if cached is not None and (cached.get("max_users") != tcfg.eval.max_users or cached.get("tune_seed", 0) != args.tune_seed):
         print(f"[{ds}] cached tuning rows are for other validation users: recomputed", file=sys.stderr)
         cached = None
+    signature = base_signature(tcfg)
+    if cached is not None and cached.get("base_signature", signature) != signature:
+        diff = "; ".join(_differences(cached["base_signature"], signature))
+        raise ValueError(f"{tune_path}: the cached tuning rows are for a base model with other settings ({diff}); "
+                         "use another --work-dir, or --no-reuse to recompute them")
     rows = cached["rows"] if cached else []
     have = {_setting_key(r) for r in rows}
     defaults = {f: getattr(tcfg.knn_embed, f) for f in TUNED}
@@ -465,7 +517,8 @@ def run_tuning(ds: str, args: argparse.Namespace, grid: dict, given: dict) -> di
         else:
             user, item, info = cached_base(tcfg, vdata, ds, args.tune_seed, args)
         extra = {"split_info": vdata.source.split(" ", 1)[1] if " (" in vdata.source else "valid.txt",
-                 "base": info, "max_users": tcfg.eval.max_users, "tune_seed": args.tune_seed}
+                 "base": info, "max_users": tcfg.eval.max_users, "tune_seed": args.tune_seed,
+                 "base_signature": signature}
         args.work_dir.mkdir(parents=True, exist_ok=True)
         t = tune(tcfg, vdata, user, item, grid, done=rows,
                  save=lambda part: atomic_write_text(tune_path, json.dumps({**part, **extra, "partial": True})))
@@ -533,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.tune_only or args.train_only or not runs:
             continue
         ordered = [runs[k] for k in sorted(runs)]
-        base_info = {k: v for k, v in ordered[0]["base"].items() if k not in ("epoch_loss", "eval_split_metrics", "cached")}
+        base_info = {k: v for k, v in ordered[0]["base"].items()
+                     if k not in ("epoch_loss", "eval_split_metrics", "cached", "signature")}
         res.update({"runs": ordered, "seeds": sorted(runs), "aggregate": aggregate(ordered), "goal": goal_check(ordered),
                     "users": ordered[0]["users"], "num_items": ordered[0]["num_items"], "base": base_info,
                     "knn_embed_config": vars(make_config(ds, args, chosen).knn_embed) | {"seed": "= run seed"}})

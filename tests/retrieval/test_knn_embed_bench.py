@@ -192,3 +192,58 @@ def test_end_to_end_tiny_tuning_cache_and_merge(tmp_path: Path) -> None:
     res = json.loads((out / "knn_embed.json").read_text())["results"]
     assert res["gowalla"]["marker"] == 1 and res["ml1m"]["seeds"] == [0, 1]
     assert "## gowalla" in (out / "knn_embed.md").read_text()
+
+
+def test_cached_base_is_reused_only_for_the_same_settings(tmp_path: Path, monkeypatch) -> None:
+    bench = _bench()
+    trained = []
+
+    def fake_train(cfg, data, work):  # noqa: ANN001, ANN202
+        trained.append(cfg.base.graph.train.epochs)
+        work.mkdir(parents=True, exist_ok=True)
+        user, item = torch.randn(4, 3), torch.randn(5, 3)
+        torch.save({"user": user, "item": item}, work / "embeddings.pt")
+        return user, item, {"source": "lightgcn", "epochs": cfg.base.graph.train.epochs}
+
+    monkeypatch.setattr(bench, "base_embeddings", fake_train)
+    args = bench.parse_args(["--datasets", "ml1m", "--work-dir", str(tmp_path)])
+    data = SimpleNamespace(source="folder")
+
+    def cfg(*over: str):  # noqa: ANN202
+        return bench.make_config("ml1m", args, list(over))
+
+    u0, _, info = bench.cached_base(cfg(), data, "ml1m", 0, args)
+    assert trained == [10] and "cached" not in info
+    # run-time-only settings (progress bars, threads, evaluation cut-offs) do not matter
+    u1, _, info = bench.cached_base(cfg("base.graph.train.progress=false", "base.graph.train.ks=[20]"), data, "ml1m", 0, args)
+    assert trained == [10] and info["cached"] and torch.equal(u0, u1)
+    # a different training schedule is refused, naming the field, rather than evaluated as if it matched
+    with pytest.raises(ValueError, match=r"train\.epochs: cached 10, asked 40.*--no-reuse"):
+        bench.cached_base(cfg("base.graph.train.epochs=40"), data, "ml1m", 0, args)
+    args.no_reuse = True  # retrains over it
+    bench.cached_base(cfg("base.graph.train.epochs=40"), data, "ml1m", 0, args)
+    assert trained == [10, 40]
+    # caches written before signatures existed are reused unchecked
+    info_path = tmp_path / "ml1m_lightgcn_train_s0" / "base_info.json"
+    info_path.write_text(json.dumps({"source": "lightgcn", "epochs": 40}))
+    args.no_reuse = False
+    _, _, info = bench.cached_base(cfg("base.graph.train.epochs=3"), data, "ml1m", 0, args)
+    assert info["cached"] and trained == [10, 40]
+
+
+def test_cached_tuning_rows_of_another_base_are_refused(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    bench = _bench()
+    g = torch.Generator().manual_seed(5)
+    data = write_random_splits(tmp_path / "data", 30, 80, {"train": 8, "valid": 3, "test": 3}, g)
+    emb = tmp_path / "emb.npz"
+    np.savez(emb, user=torch.randn(30, 4, generator=g).numpy(), item=torch.randn(80, 4, generator=g).numpy())
+    work = tmp_path / "work"
+    common = ["--datasets", "ml1m", "--embeddings", f"ml1m={emb}", "--set", f"data.path={data}", "--work-dir",
+              str(work), "--tune", "--tune-only", "--grid", json.dumps({"num_clusters": [2], "smoothing_lambda": [0.0]})]
+    assert bench.main(common) == 0
+    cache = json.loads((work / "ml1m_lightgcn_tuning.json").read_text())
+    assert cache["base_signature"]["train"]["epochs"] == 10
+    assert bench.main([*common, "--set", "base.graph.train.progress=false"]) == 0  # run-time only: reused
+    with pytest.raises(ValueError, match=r"tuning rows are for a base model with other settings \(train\.epochs: cached 10, asked 2\)"):
+        bench.main([*common, "--set", "base.graph.train.epochs=2"])
