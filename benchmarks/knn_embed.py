@@ -169,6 +169,17 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def check_base_signature(where: Path, cached: dict | None, signature: dict, what: str) -> None:
+    """Refuse a cache (``what`` at ``where``) made with other base-model settings than ``signature``;
+    a cache without a signature (written before they existed) is reused unchecked, with a note."""
+    if cached is None:
+        print(f"{where}: this {what} has no base-model signature (older cache): reused unchecked", file=sys.stderr)
+    elif cached != signature:
+        raise ValueError(f"{where}: this {what} was made with other base-model settings "
+                         f"({'; '.join(_differences(cached, signature))}); use another --work-dir, or --no-reuse "
+                         "to recompute it")
+
+
 def cached_base(cfg: RetrieveConfig, data: InteractionData, ds: str, seed: int, args: argparse.Namespace) -> tuple:
     """Base embeddings for (data set, base model, training split, seed), trained once and cached.
 
@@ -183,13 +194,7 @@ def cached_base(cfg: RetrieveConfig, data: InteractionData, ds: str, seed: int, 
     signature = base_signature(cfg)
     if not args.no_reuse and info_path.is_file() and (work / "embeddings.pt").is_file():
         info = json.loads(info_path.read_text())
-        if "signature" not in info:
-            print(f"[{ds}] {work}: cached base model has no config signature (older cache): reused unchecked",
-                  file=sys.stderr)
-        elif info["signature"] != signature:
-            diff = "; ".join(_differences(info["signature"], signature))
-            raise ValueError(f"{work}: the cached base model was trained with other settings ({diff}); "
-                             "use another --work-dir, or --no-reuse to retrain it")
+        check_base_signature(work, info.get("signature"), signature, "cached base model")
         user, item = load_embeddings(work / "embeddings.pt")
         return user, item, {**info, "cached": True}
     if work.exists():
@@ -501,10 +506,8 @@ def run_tuning(ds: str, args: argparse.Namespace, grid: dict, given: dict) -> di
         print(f"[{ds}] cached tuning rows are for other validation users: recomputed", file=sys.stderr)
         cached = None
     signature = base_signature(tcfg)
-    if cached is not None and cached.get("base_signature", signature) != signature:
-        diff = "; ".join(_differences(cached["base_signature"], signature))
-        raise ValueError(f"{tune_path}: the cached tuning rows are for a base model with other settings ({diff}); "
-                         "use another --work-dir, or --no-reuse to recompute them")
+    if cached is not None:
+        check_base_signature(tune_path, cached.get("base_signature"), signature, "tuning cache")
     rows = cached["rows"] if cached else []
     have = {_setting_key(r) for r in rows}
     defaults = {f: getattr(tcfg.knn_embed, f) for f in TUNED}

@@ -297,10 +297,10 @@ DATASET_TEXT = {
     "gowalla": {"name": "Gowalla", "base": "3 layers, dim 64, 3 epochs, batch 16384, lr 0.02, seed 0",
                 "valid": "10 % train holdout, base trained without it",
                 "users": "Validation: trained without the 10 % holdout; the seed-0 files of `runs/knn_tradeoff` and "
-                         "`runs/knn_embed_bench` are identical. All users with evaluation items (29,858 in both splits)."},
+                         "`runs/knn_embed_bench` are identical. All users with evaluation items (counts in each section)."},
     "ml1m": {"name": "ML-1M", "base": "3 layers, dim 64, 10 epochs, batch 8192, lr 0.01, seed 0",
              "valid": "valid.txt, the same base model as test: it never saw validation or test items",
-             "users": "All users with evaluation items (6,033 validation, 6,038 test); 3,628 items."},
+             "users": "All users with evaluation items (counts in each section); 3,628 items."},
 }
 
 

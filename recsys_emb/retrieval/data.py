@@ -166,7 +166,7 @@ def _to_csr(pairs: Pairs, num_users: int, num_items: int) -> Interactions:
     order = np.argsort(users, kind="stable")
     offsets = np.zeros(num_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(users, minlength=num_users), out=offsets[1:])
-    return Interactions(torch.from_numpy(offsets), torch.from_numpy(items[order].astype(np.int64)), num_items)
+    return Interactions(torch.from_numpy(offsets), torch.from_numpy(items[order]), num_items)
 
 
 def load_interaction_data(folder: str | Path, train: str = "train", test: str = "test") -> InteractionData:

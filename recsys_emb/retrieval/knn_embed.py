@@ -437,9 +437,9 @@ class KnnEmbed:
             res = index.search(queries[rows], kc, exclude=_select_csr(excl, rows))
             slot = torch.arange(kc).unsqueeze(0)  # (1, kc)
             within = slot < budgets[rows, c].unsqueeze(1)  # (R, kc)
-            r = rows.unsqueeze(1).expand(-1, kc)[within]
-            cand_ids[r, (start[rows, c].unsqueeze(1) + slot)[within]] = res.ids[within]
-            cand_scores[r, (start[rows, c].unsqueeze(1) + slot)[within]] = res.scores[within].float()
+            r, pos = rows.unsqueeze(1).expand(-1, kc)[within], (start[rows, c].unsqueeze(1) + slot)[within]
+            cand_ids[r, pos] = res.ids[within]
+            cand_scores[r, pos] = res.scores[within].float()
         n_found = (cand_ids >= 0).sum(1)
         out = merge_candidates(cand_ids, cand_scores, k)
         # refill rows that are short of k (and serve the fallback rows) from the whole catalogue

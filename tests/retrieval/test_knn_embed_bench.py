@@ -218,7 +218,7 @@ def test_cached_base_is_reused_only_for_the_same_settings(tmp_path: Path, monkey
     u1, _, info = bench.cached_base(cfg("base.graph.train.progress=false", "base.graph.train.ks=[20]"), data, "ml1m", 0, args)
     assert trained == [10] and info["cached"] and torch.equal(u0, u1)
     # a different training schedule is refused, naming the field, rather than evaluated as if it matched
-    with pytest.raises(ValueError, match=r"train\.epochs: cached 10, asked 40.*--no-reuse"):
+    with pytest.raises(ValueError, match=r"cached base model was made with other base-model settings \(train\.epochs: cached 10, asked 40\).*--no-reuse"):
         bench.cached_base(cfg("base.graph.train.epochs=40"), data, "ml1m", 0, args)
     args.no_reuse = True  # retrains over it
     bench.cached_base(cfg("base.graph.train.epochs=40"), data, "ml1m", 0, args)
@@ -245,5 +245,5 @@ def test_cached_tuning_rows_of_another_base_are_refused(tmp_path: Path) -> None:
     cache = json.loads((work / "ml1m_lightgcn_tuning.json").read_text())
     assert cache["base_signature"]["train"]["epochs"] == 10
     assert bench.main([*common, "--set", "base.graph.train.progress=false"]) == 0  # run-time only: reused
-    with pytest.raises(ValueError, match=r"tuning rows are for a base model with other settings \(train\.epochs: cached 10, asked 2\)"):
+    with pytest.raises(ValueError, match=r"tuning cache was made with other base-model settings \(train\.epochs: cached 10, asked 2\)"):
         bench.main([*common, "--set", "base.graph.train.epochs=2"])
