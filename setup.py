@@ -80,5 +80,5 @@ setup(
     ],
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    entry_points={"console_scripts": ["recsys-emb=recsys_emb.cli:main"]},
+    entry_points={"console_scripts": ["recsys-emb=recsys_emb.cli:run"]},
 )

@@ -196,5 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def run() -> None:
+    """The ``recsys-emb`` console script (and ``python -m recsys_emb``): :func:`main`, then exit.
+
+    A process that trained or evaluated through a process group ends without interpreter finalization
+    (:func:`recsys_emb.train.env.exit_process` says why); the others exit normally.
+    """
+    code = main()
+    if "recsys_emb.train.env" in sys.modules:
+        from recsys_emb.train.env import exit_process, used_process_group
+
+        if used_process_group():
+            exit_process(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -14,6 +14,8 @@ import platform
 import sys
 from typing import Any
 
+from recsys_emb import lockfile
+
 # fbgemm-gpu release -> the torch minor it is built for, and the torchrec release that pairs with it.
 # Verified on this project's machines (docs/INSTALL.md): 1.8 (CPU, the pinned stack) and 1.6 (CUDA 13:
 # torch 2.11.0+cu130, fbgemm-gpu 1.6.0, torchrec 1.6.1 on an H100); the others are the pairings published
@@ -119,6 +121,15 @@ def diagnose() -> dict[str, Any]:
     for module, err in report["import_errors"].items():
         if not any(module in a for a in advice):
             advice.append(f"import {module} failed ({err}); run scripts/install.sh into a fresh venv")
+    report["lock"] = lock = lockfile.lock_report()
+    if lock["status"] == "differs":
+        diff = lock["differs"]
+        shown = ", ".join(f"{n} {want} locked / {have or 'missing'} installed" for n, (want, have) in list(diff.items())[:5])
+        advice.append(
+            f"{len(diff)} package(s) differ from {lockfile.LOCK_NAME} ({shown}{', ...' if len(diff) > 5 else ''}): "
+            "the test suite passed with the locked versions; reinstall into a fresh venv (scripts/install.sh), or after "
+            "an intended upgrade refresh the lock with scripts/update_lock.sh (docs/INSTALL.md)"
+        )
     report["ok"] = not report["import_errors"] and not advice
     report["advice"] = advice
     return report
@@ -140,6 +151,7 @@ def run_doctor(as_json: bool = False) -> int:
         f"recsys_emb    {d['recsys_emb'] or 'not installed (run from a checkout?)'}",
         f"CUDA          {'available: ' + ', '.join(report['gpus']) if report.get('cuda_available') else 'not available'}",
         f"extension     {report['extension']}",
+        f"lock          {report['lock']['status']}" + (f" ({report['lock']['file']})" if report['lock']['file'] else ""),
     ]
     for module, err in report["import_errors"].items():
         lines.append(f"IMPORT ERROR  {module}: {err}")

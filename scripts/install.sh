@@ -22,6 +22,10 @@
 #                        Offline: PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR (pip's own variables) with the wheels in DIR.
 #                        If $PYTHON is itself a venv, set VENV to that venv (installs into it): a venv made
 #                        from a venv's python would not see that venv's torch.
+#   RECSYS_EMB_LOCK      requirements.lock (default): install requirements.txt under the exact versions the test
+#                        suite passed with (pip constraints; recsys_emb/lockfile.py) | none: newest versions that
+#                        requirements.txt allows (recorded in the venv; `recsys-emb doctor` then skips the lock check)
+#                        | another lock file. A lock is resolved for one Python minor (its '# python:' line).
 #   RECSYS_EMB_INSTALL_DRY_RUN=1  print what would be installed, change nothing
 # The script is idempotent: re-running it on a complete venv only re-checks it.
 set -euo pipefail
@@ -77,8 +81,24 @@ except ValueError as e:
   *) echo "[install] RECSYS_EMB_TORCH must be pinned or system, got '$torch_mode'" >&2; exit 1 ;;
 esac
 
+lock="${RECSYS_EMB_LOCK:-requirements.lock}"
+if [ "$lock" != none ]; then
+  if [ ! -f "$lock" ]; then
+    echo "[install] RECSYS_EMB_LOCK=$lock: no such file (the default is requirements.lock; 'none' opts out)" >&2
+    exit 1
+  fi
+  lock_python="$(sed -n 's/^# python: *//p' "$lock" | head -n 1)"
+  python_minor="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  if [ "$lock_python" != "$python_minor" ]; then
+    echo "[install] $lock holds the versions the test suite passed with on Python ${lock_python:-?}, but '$PYTHON' is" \
+         "Python $python_minor. Use PYTHON=python${lock_python:-3.11}, or install the newest versions requirements.txt" \
+         "allows with RECSYS_EMB_LOCK=none (untested combination; docs/INSTALL.md)" >&2
+    exit 1
+  fi
+fi
+
 stamp="$VENV/.recsys_emb_install"
-want="torch=$TORCH_VERSION fbgemm=$FBGEMM_VERSION torchrec=$TORCHREC_VERSION device=$device ext=$([ "${RECSYS_EMB_NO_EXT:-0}" = 1 ] && echo no || echo yes) $(cat setup.py requirements.txt $(find csrc -type f | sort) | sha1sum | cut -c1-12)"
+want="torch=$TORCH_VERSION fbgemm=$FBGEMM_VERSION torchrec=$TORCHREC_VERSION device=$device ext=$([ "${RECSYS_EMB_NO_EXT:-0}" = 1 ] && echo no || echo yes) lock=$lock $(cat setup.py requirements.txt $([ "$lock" = none ] || echo "$lock") $(find csrc -type f | sort) | sha1sum | cut -c1-12)"
 if [ "${RECSYS_EMB_INSTALL_DRY_RUN:-0}" = 1 ]; then
   echo "[install] dry run: would install into $VENV: $want (torch mode: $torch_mode)"
   exit 0
@@ -118,6 +138,7 @@ constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
 printf 'torch==%s\nfbgemm-gpu==%s\n' "$TORCH_VERSION" "$FBGEMM_VERSION" >"$constraints"
 [ "$device" = cpu ] && printf 'fbgemm-gpu-cpu==%s\n' "$FBGEMM_VERSION" >>"$constraints"
+[ "$lock" = none ] || cat "$lock" >>"$constraints"
 "${pip[@]}" "${index[@]}" -c "$constraints" "torchrec==$TORCHREC_VERSION" -r requirements.txt
 # 4. the project itself (editable), which also compiles recsys_emb._C from csrc/ with the installed torch
 #    (setup.py; ~30 s of CPU with g++; RECSYS_EMB_NO_EXT=1 skips it). No build isolation: an isolated build
@@ -127,4 +148,6 @@ printf 'torch==%s\nfbgemm-gpu==%s\n' "$TORCH_VERSION" "$FBGEMM_VERSION" >"$const
 "$py" -m pip check
 "$py" -c "import torch, fbgemm_gpu, torchrec, recsys_emb; print('[install] ok: torch', torch.__version__, '| torchrec', torchrec.__version__ if hasattr(torchrec, '__version__') else '$TORCHREC_VERSION')"
 "$py" -W ignore -c "import recsys_emb.ops as o; print('[install] kernels:', o.extension_status())"
+# what doctor (and tests/test_lock.py) compare against: the lock, or an explicit opt-out
+if [ "$lock" = none ]; then echo none >"$VENV/.recsys_emb_lock"; else echo "$lock" >"$VENV/.recsys_emb_lock"; fi
 echo "$want" >"$stamp"

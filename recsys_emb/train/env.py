@@ -6,9 +6,12 @@ TorchRec's DistributedModelParallel needs a process group even on one device, so
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -71,6 +74,8 @@ def _free_port() -> int:
 
 def init_distributed(device_name: str = "auto") -> DistEnv:
     """Join the torchrun process group, or create a single-process one; returns this rank's env."""
+    global _joined_a_group
+    _joined_a_group = True
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -91,6 +96,33 @@ def init_distributed(device_name: str = "auto") -> DistEnv:
                 if attempt == 4:
                     raise
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend, True)
+
+
+_joined_a_group = False  # set by init_distributed: this process has held a process group
+
+
+def used_process_group() -> bool:
+    """Whether :func:`init_distributed` ran in this process (then end it with :func:`exit_process`)."""
+    return _joined_a_group
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with ``code`` after flushing output, skipping interpreter finalization.
+
+    For processes that held a process group. ``destroy_process_group()`` does not stop gloo's native
+    threads (its TCP loop, the work run-loops, the TCPStore server) while anything still references the
+    ProcessGroup object, and TorchRec's sharded modules, ShardedTensors and optimizers do. A normal exit
+    then tears the interpreter and the C++ static objects down while those threads run, which
+    intermittently aborted a finished rank with "terminate called without an active exception"
+    (SIGABRT; issue 25). Everything a run writes is already closed and atomically in place by then.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing left to flush
+            pass
+    os._exit(code)
 
 
 def shutdown(env: DistEnv) -> None:
