@@ -362,9 +362,9 @@ class _ShardedTrainer:
         self.opt.step()
 
     def checkpoint_exists(self, run_dir: Path) -> bool:
-        from recsys_emb.train.checkpoint import STATE_FILE
+        from recsys_emb.train.checkpoint import resolve_checkpoint
 
-        return (run_dir / "checkpoint" / STATE_FILE).is_file()
+        return resolve_checkpoint(run_dir / "checkpoint") is not None
 
     def save(self, run_dir: Path, state: dict[str, Any]) -> None:
         from recsys_emb.train.checkpoint import save_checkpoint

@@ -33,7 +33,9 @@ from recsys_emb.data.dataset import BatchIterator, PreparedCTRData
 from recsys_emb.data.resolve import Split, resolve_data
 from recsys_emb.models import build_model
 from recsys_emb.models.train import CTRTrain
-from recsys_emb.train.checkpoint import export_model, load_checkpoint, load_model_shards, save_checkpoint, save_model_shards
+from recsys_emb.train.checkpoint import (
+    export_model, load_checkpoint, load_model_shards, resolve_checkpoint, save_checkpoint, save_model_shards,
+)
 from recsys_emb.train.env import DistEnv, init_distributed, shutdown
 from recsys_emb.train.metrics import CTRMetrics
 from recsys_emb.train.optim import build_optimizer, dense_parameters, materialize_state, shard_model
@@ -150,7 +152,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False, _
 def _train(cfg: ExperimentConfig, run_dir: Path, env: DistEnv, resume: bool, interrupt_at: int | None) -> dict[str, Any]:
     tc = cfg.train
     checkpoint_dir = run_dir / "checkpoint"
-    if resume and not (checkpoint_dir / "trainer_state.json").is_file():
+    if resume and resolve_checkpoint(checkpoint_dir) is None:
         raise FileNotFoundError(f"--resume: {checkpoint_dir} holds no checkpoint to resume from")
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run dir {run_dir} is not empty: pass --resume to continue it, or choose another --run-dir")

@@ -216,8 +216,8 @@ def _train_sequence(
     if run_path is None and resume:
         raise ValueError("resume needs the run dir holding the checkpoint")
     if run_path is not None:
-        if resume and not _checkpoint_path(cfg, run_path).exists():
-            raise FileNotFoundError(f"--resume: {run_path} holds no checkpoint to resume from ({_checkpoint_path(cfg, run_path).name})")
+        if resume and not _has_checkpoint(cfg, run_path):
+            raise FileNotFoundError(f"--resume: {run_path} holds no checkpoint to resume from")
         if not resume and run_path.exists() and any(run_path.iterdir()):
             raise FileExistsError(f"run dir {run_path} is not empty: pass --resume to continue it, or choose another --run-dir")
         run_path.mkdir(parents=True, exist_ok=True)
@@ -253,11 +253,11 @@ def _train_sequence(
             shutdown(env)
 
 
-def _checkpoint_path(cfg: SequenceExperimentConfig, run_path: Path) -> Path:
+def _has_checkpoint(cfg: SequenceExperimentConfig, run_path: Path) -> bool:
     """``checkpoint.pt`` (one torch.save file) for unsharded runs; ``checkpoint/`` (DCP folder) when sharded."""
-    from recsys_emb.train.checkpoint import STATE_FILE
+    from recsys_emb.train.checkpoint import resolve_checkpoint
 
-    return run_path / "checkpoint" / STATE_FILE if cfg.sharded else run_path / "checkpoint.pt"
+    return resolve_checkpoint(run_path / "checkpoint") is not None if cfg.sharded else (run_path / "checkpoint.pt").is_file()
 
 
 def _save_checkpoint(cfg, run_path, model, optimizer, state) -> None:  # noqa: ANN001
