@@ -105,6 +105,10 @@ class SemanticIdSequenceEmbedding(nn.Module):
         item_features: id | sid | id+sid.
         item_hash: optional id hashing applied before ``base``.
         attention_dim, representation_dim: table dims.
+        bags_per_example: when set (``max_history + 1``), the one-bag-per-item KJT of the SID lookup is
+            padded with empty bags to ``B * bags_per_example`` bags. Its batch size then depends on ``B``
+            alone, the same on every rank: TorchRec's sharded pooled tables need equal batch sizes across
+            ranks (different ones fail in the backward all-gather), while ``N`` differs per rank.
 
     Example::
 
@@ -121,6 +125,7 @@ class SemanticIdSequenceEmbedding(nn.Module):
         attention_dim: int,
         representation_dim: int,
         item_hash: ItemIdHash | None = None,
+        bags_per_example: int | None = None,
     ) -> None:
         super().__init__()
         if item_features not in ITEM_FEATURES:
@@ -132,6 +137,7 @@ class SemanticIdSequenceEmbedding(nn.Module):
         self.sid_representation = sid_representation
         self.item_features = item_features
         self.item_hash = item_hash
+        self.bags_per_example = bags_per_example
         self._attention_dim = attention_dim
         self._representation_dim = representation_dim
 
@@ -151,8 +157,15 @@ class SemanticIdSequenceEmbedding(nn.Module):
         keys = GROUP_FEATURES["item"]
         jts = [features[k] for k in keys]
         ids = torch.cat([jt.values() for jt in jts])  # (N + B,)
-        bags = KeyedJaggedTensor(keys=[SID_FEATURE], values=ids, lengths=torch.ones_like(ids, dtype=torch.int32))  # one bag per item
-        pooled = module(bags)[SID_FEATURE]  # (N + B, D)
+        lengths = torch.ones_like(ids, dtype=torch.int32)  # one bag per item
+        if self.bags_per_example is not None:
+            bags_total = features.stride() * self.bags_per_example
+            if ids.numel() > bags_total:
+                raise ValueError(f"{ids.numel()} items in a batch of {features.stride()} examples: more than "
+                                 f"bags_per_example={self.bags_per_example} (max_history + 1) per example")
+            lengths = torch.cat([lengths, lengths.new_zeros(bags_total - ids.numel())])  # empty bags pool to 0
+        bags = KeyedJaggedTensor(keys=[SID_FEATURE], values=ids, lengths=lengths)
+        pooled = module(bags)[SID_FEATURE]  # (N + B [+ empty bags], D)
         out, start = {}, 0
         for k, jt in zip(keys, jts):
             n = jt.values().numel()
@@ -268,4 +281,5 @@ def build_sequence_item_embedding(
         sid_att = sid_module(offsets, rows, num_rows, att_dim, name=name, init_std=cfg.init_std, codes=codes, device=device)
         if cfg.decoupled:
             sid_rep = sid_module(offsets, rows, num_rows, rep_dim, name="rep_sid_item", init_std=cfg.init_std, device=device)
-    return SemanticIdSequenceEmbedding(base, sid_att, sid_rep, cfg.item_features, att_dim, rep_dim, item_hash)
+    bags = None if sid_att is None else int(dataset.cfg.max_history) + 1  # hist_item + target_item per example
+    return SemanticIdSequenceEmbedding(base, sid_att, sid_rep, cfg.item_features, att_dim, rep_dim, item_hash, bags)

@@ -52,7 +52,7 @@ def native_threads():
     return sorted(n for n in names if "gloo" in n or "tcpstore" in n)
 
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-held = dist.group.WORLD  # as TorchRec's sharded modules, ShardedTensors and fused optimizers hold it
+held = dist.group.WORLD if sys.argv[1] == "held" else None  # as TorchRec's sharded modules, ShardedTensors, ... do
 dist.destroy_process_group()
 print("after destroy:", native_threads(), flush=True)
 exit_process(7)
@@ -61,13 +61,18 @@ exit_process(7)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads thread names from /proc")
 def test_gloo_threads_outlive_destroy_and_exit_process_ends_cleanly() -> None:
-    """Why ranks and the CLI end through exit_process: a referenced group keeps its native threads after
+    """Why ranks and the CLI end through exit_process: a referenced group keeps native threads alive after
     destroy_process_group (if this starts failing, torch changed and exit_process may be unnecessary)."""
     import subprocess
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", _HELD_GROUP], cwd=repo, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 7, proc.stderr  # the code given, and no abort
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("after destroy:"))
-    assert "gloo_tcp_loop" in line and "pt_gloo_runloop" in line, line
+
+    def threads_after_destroy(mode: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", _HELD_GROUP, mode], cwd=repo, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 7, proc.stderr  # the code given, and no abort
+        return next(line for line in proc.stdout.splitlines() if line.startswith("after destroy:"))
+
+    # the TCPStore server still runs (gloo's own threads are often still starting or stopping at that moment)
+    assert "pt_tcpstore_uv" in threads_after_destroy("held")
+    assert threads_after_destroy("released") == "after destroy: []"  # the control: the last reference joins them all

@@ -170,6 +170,7 @@ def test_sid_vocab_fitted_on_training_items_only(synth, tmp_path: Path) -> None:
     cfg.sid = type(cfg.sid)(codes=_codes_file(tmp_path, codes, [50]), tokenizer="unigram", mapping="vocab")
 
     class Fake:  # the first item has no training occurrences
+        cfg = ds.cfg
         item_raw_ids = ds.item_raw_ids
         popularity = np.r_[ds.popularity[:FIRST_ID], 0.0, ds.popularity[FIRST_ID + 1:]]
 
@@ -201,8 +202,6 @@ def test_config_errors() -> None:
         SequenceModelConfig(item_features="sid", din=type(cfg.din)(mba_lambda=0.1))
     with pytest.raises(ValueError, match="codes"):
         build_sequence_item_embedding(cfg, {"item": 10, "category": 3, "position": 5}, object())
-    with pytest.raises(ValueError, match="sharded"):
-        SequenceExperimentConfig(sharded=True, model=SequenceModelConfig(item_hash_buckets=10))
 
 
 def test_train_seq_sid_cold_start(synth, tmp_path: Path) -> None:  # noqa: ANN001
@@ -220,6 +219,29 @@ def test_train_seq_sid_cold_start(synth, tmp_path: Path) -> None:  # noqa: ANN00
         assert 0.0 <= res["test"][split]["auc"] <= 1.0
     assert res["data"]["holdout_items"] == round(0.2 * res["data"]["catalogue_items"]) > 0
     assert (tmp_path / "run" / "model.pt").exists()
+
+
+def test_train_seq_sharded_dare_with_sid_and_hashed_ids(synth, tmp_path: Path) -> None:  # noqa: ANN001
+    """``sharded: true`` with SID item features on DARE tables and hashed item ids: DMP, fused table optimizers,
+    a DCP checkpoint; resumed == uninterrupted (2-rank parity: tests/modules/test_sid_sequence_sharded.py)."""
+    folder, _ = synth
+    codes = np.random.default_rng(0).integers(0, 4, size=(41, 2))
+
+    def cfg() -> SequenceExperimentConfig:
+        c = SequenceExperimentConfig(progress=False, num_threads=1, sharded=True)
+        c.data = SequenceDataConfig(dataset="s3rec", stem="Synth", path=str(folder), max_history=8)
+        c.model = _model_cfg(item_features="id+sid", decoupled=True, attention_dim=4, item_hash_buckets=16)
+        c.model.sid = type(c.model.sid)(codes=_codes_file(tmp_path, codes, [4, 4]), tokenizer="prefix_ngram")
+        c.train.epochs, c.train.batch_size, c.train.checkpoint_every_steps = 2, 64, 3
+        return c
+
+    full = train_sequence(cfg(), tmp_path / "full")
+    assert 0.5 < full["test"]["auc"] <= 1.0 and (tmp_path / "full" / "model.pt").exists()
+    state = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    assert any("att_sid_item" in k for k in state) and any("rep_sid_item" in k for k in state)
+    assert train_sequence(cfg(), tmp_path / "cut", _interrupt_at_step=3) == {"interrupted_at_step": 3}
+    resumed = train_sequence(cfg(), tmp_path / "cut", resume=True)
+    assert resumed["test"] == full["test"] and resumed["history"] == full["history"]
 
 
 @pytest.mark.slow
