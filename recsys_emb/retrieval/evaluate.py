@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from recsys_emb.retrieval.index import Csr, SearchResult
+from recsys_emb.train.ranking_metrics import recall_ndcg
 
 
 def _hits(ids: Tensor, test: Csr) -> Tensor:
@@ -45,22 +46,15 @@ def _hits(ids: Tensor, test: Csr) -> Tensor:
 
 def ranking_metrics(ids: Tensor, test: Csr, ks: list[int]) -> dict[str, float]:
     """Mean recall@k and NDCG@k over rows with at least one test item (``ids`` (B, K) ranked, -1 pads)."""
-    n_test = (test.offsets[1:] - test.offsets[:-1]).float()  # (B,)
+    n_test = test.offsets[1:] - test.offsets[:-1]  # (B,)
     valid = n_test > 0
-    hits = _hits(ids, test).float()  # (B, K)
-    discount = 1.0 / torch.log2(torch.arange(ids.shape[1], dtype=torch.float32) + 2.0)  # (K,)
-    out: dict[str, float] = {}
     for k in ks:
         if k > ids.shape[1]:
             raise ValueError(f"metric cutoff {k} exceeds the {ids.shape[1]} retrieved items")
-        h = hits[:, :k]
-        recall = h.sum(1) / n_test.clamp_min(1.0)
-        dcg = (h * discount[:k]).sum(1)
-        ideal_n = n_test.clamp(max=k).long()
-        idcg = torch.cumsum(discount[:k], 0)[(ideal_n - 1).clamp_min(0)]
-        ndcg = dcg / idcg
-        out[f"recall@{k}"] = float(recall[valid].mean()) if bool(valid.any()) else float("nan")
-        out[f"ndcg@{k}"] = float(ndcg[valid].mean()) if bool(valid.any()) else float("nan")
+    per_row = recall_ndcg(_hits(ids, test).float(), n_test, ks)
+    out: dict[str, float] = {}
+    for key, values in per_row.items():
+        out[key] = float(values[valid].mean()) if bool(valid.any()) else float("nan")
     return out
 
 

@@ -47,6 +47,7 @@ from recsys_emb.config.io import ConfigError, load_config, run_config_and_dir, s
 from recsys_emb.data.graphs import GraphDataset, GraphSplit, load_graph_dataset, normalized_adjacency
 from recsys_emb.models.graph import GraphBPRTrain, GraphCF, GraphModelConfig
 from recsys_emb.train.checkpoint import export_model, load_file_checkpoint, save_file_checkpoint
+from recsys_emb.train.ranking_metrics import recall_ndcg
 from recsys_emb.utils import atomic_save_json, atomic_write_bytes
 
 
@@ -218,8 +219,6 @@ def full_ranking_metrics(
     if max_users is not None:
         eligible = eligible[:max_users]
     kmax = min(max(ks), num_items)
-    discounts = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64))  # (kmax,)
-    idcg = torch.cumsum(discounts, 0)  # idcg[n-1] = DCG of n hits
     sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
     dev = user_emb.device
     items_t = item_emb.t().contiguous()  # (D, I)
@@ -237,13 +236,8 @@ def full_ranking_metrics(
         query = torch.arange(len(users)).unsqueeze(1) * num_items + top  # (C, kmax)
         found = test_keys[torch.searchsorted(test_keys, query).clamp(max=len(test_keys) - 1)] == query
         hits = (found & (top_scores > -torch.inf)).double()  # (C, kmax); excluded items never hit
-        n_test = torch.from_numpy(test_len[users]).double()  # (C,)
-        for k in ks:
-            kk = min(k, kmax)
-            sums[f"recall@{k}"] += float((hits[:, :kk].sum(1) / n_test).sum())
-            dcg = (hits[:, :kk] * discounts[:kk]).sum(1)
-            ideal = idcg[(n_test.clamp(max=kk) - 1).long()]
-            sums[f"ndcg@{k}"] += float((dcg / ideal).sum())
+        for key, per_user in recall_ndcg(hits, torch.from_numpy(test_len[users]), list(ks)).items():
+            sums[key] += float(per_user.sum())
     n = max(len(eligible), 1)
     out: dict[str, float] = {key: value / n for key, value in sums.items()}
     out["users_evaluated"] = len(eligible)

@@ -1,5 +1,8 @@
-"""Ranking metrics for behaviour-sequence models: GAUC and RelaImpr (Zhou et al., KDD 2018, Sec. 5.3).
+"""Ranking metrics: GAUC and RelaImpr for behaviour-sequence models (Zhou et al., KDD 2018, Sec. 5.3), and
+top-K recall/NDCG for graph CF and retrieval (one implementation for both).
 
+* recall@K = hits in the top K / held-out items of the user; NDCG@K = DCG / IDCG with binary relevance,
+  ``DCG = sum_{r<K} hit_r / log2(r + 2)`` and IDCG the DCG of ``min(held-out, K)`` hits at the top.
 * GAUC = sum_u w_u AUC_u / sum_u w_u, where AUC_u is the AUC over user ``u``'s rows and the weight
   ``w_u`` is the user's number of impressions (rows). Users whose rows are all positive or all
   negative have no AUC and are skipped (in both sums).
@@ -61,6 +64,25 @@ def group_auc(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarr
     auc = (rank_sum[valid] - pos[valid] * (pos[valid] + 1) / 2) / (pos[valid] * neg[valid])
     weight = cnt[valid]
     return float((auc * weight).sum() / weight.sum()), int(valid.sum())
+
+
+def recall_ndcg(hits: torch.Tensor, n_test: torch.Tensor, ks: list[int]) -> dict[str, torch.Tensor]:
+    """Per-row ``recall@k`` and ``ndcg@k`` for every ``k`` in ``ks`` (cut at the ``K`` ranked columns).
+
+    Args:
+        hits: (R, K) 1.0 where the item ranked at column ``r`` is held out for that row (floating dtype).
+        n_test: (R,) held-out items per row; rows with none get 0 (callers skip them when averaging).
+    """
+    discounts = 1.0 / torch.log2(torch.arange(2, hits.shape[1] + 2, dtype=hits.dtype))  # (K,)
+    idcg = torch.cumsum(discounts, 0)  # idcg[n - 1] = DCG of n hits at the top
+    n_test = n_test.to(hits.dtype)
+    out = {}
+    for k in ks:
+        h = hits[:, :k]
+        kk = h.shape[1]
+        out[f"recall@{k}"] = h.sum(1) / n_test.clamp_min(1.0)
+        out[f"ndcg@{k}"] = (h * discounts[:kk]).sum(1) / idcg[(n_test.clamp(min=1, max=kk) - 1).long()]
+    return out
 
 
 def rela_impr(auc_model: float, auc_base: float) -> float:
