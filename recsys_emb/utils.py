@@ -1,12 +1,14 @@
-"""Small shared helpers: atomic file writes."""
+"""Small shared helpers: atomic file writes, opening (gzipped) text, status lines."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def _umask() -> int:
@@ -40,3 +42,17 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_save_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON with a trailing newline to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def open_text(path: str | os.PathLike[str], mode: str = "r", encoding: str = "utf-8", newline: str | None = None) -> IO[str]:
+    """Open a text file (``mode`` r / w / a), gzip-compressed when the name ends in ``.gz``."""
+    path = Path(path)
+    mode = mode.replace("t", "")
+    if path.suffix == ".gz":
+        return gzip.open(path, mode + "t", encoding=encoding, newline=newline)
+    return open(path, mode, encoding=encoding, newline=newline)  # noqa: SIM115 (the caller closes it)
+
+
+def log(msg: str) -> None:
+    """One status line on stderr (stdout is kept for results, e.g. the JSON line of ``train``)."""
+    print(msg, file=sys.stderr, flush=True)

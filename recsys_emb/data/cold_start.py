@@ -34,12 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_emb.data.sequences import FIRST_ID, Examples, RawSequences, SequenceDataConfig, SequenceDataError, SequenceDataset, _open_text
+from recsys_emb.data.sequences import FIRST_ID, Examples, RawSequences, SequenceDataConfig, SequenceDataError, SequenceDataset
+from recsys_emb.utils import open_text
 
 
 def _read_inter(path: Path) -> list[tuple[int, list[int], int]]:
     rows: list[tuple[int, list[int], int]] = []
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip() or (line_no == 1 and line.startswith("user_id:")):
                 continue

@@ -29,8 +29,6 @@ zero (plus their self-loop where the kind has one), never NaN.
 
 from __future__ import annotations
 
-import gzip
-import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from recsys_emb.utils import open_text
 
 AdjacencyKind = Literal["sym", "sym_self_loop", "row_self_loop", "row", "row_plus_identity", "plain"]
 ADJACENCY_KINDS: tuple[str, ...] = ("sym", "sym_self_loop", "row_self_loop", "row", "row_plus_identity", "plain")
@@ -111,11 +111,6 @@ class GraphDataset:
         return out
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115
-
 
 def _parse_lines(lines: list[str], where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (user of every line, user of every interaction, item of every interaction).
@@ -188,7 +183,7 @@ def read_interactions(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
         and item of every interaction, in file order. Raises :class:`GraphFormatError` on bad input.
     """
     path = Path(path)
-    with _open_text(path) as f:
+    with open_text(path) as f:
         return _parse_lines(f.read().splitlines(), str(path))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from recsys_emb.config.experiment import DataConfig
 from recsys_emb.data.dataset import PreparedCTRData
+from recsys_emb.utils import open_text
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,13 @@ def _file_id(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _open_text(path: Path, mode: str = "rt"):
-    return gzip.open(path, mode, encoding="utf-8", newline="") if path.suffix == ".gz" else open(path, mode, encoding="utf-8", newline="")
-
 
 def split_raw_file(path: Path, fraction: float, out_dir: Path) -> tuple[Path, Path]:
     """Write the first ``1 - fraction`` and the last ``fraction`` of ``path``'s non-empty lines to two files."""
     head, tail = out_dir / "head.txt.gz", out_dir / "tail.txt.gz"
     if head.is_file() and tail.is_file():
         return head, tail
-    with _open_text(path) as f:
+    with open_text(path, newline="") as f:
         total = sum(1 for line in f if line.strip())
     n_tail = int(round(total * fraction))
     if total - n_tail < 1 or n_tail < 1:
@@ -69,7 +67,7 @@ def split_raw_file(path: Path, fraction: float, out_dir: Path) -> tuple[Path, Pa
     # Per-process temporary names: several processes (e.g. benchmark seeds) may split the same file at once;
     # each writes whole files and the last os.replace wins (same content).
     tmp_head, tmp_tail = (p.with_name(f"{p.name}.{os.getpid()}.{threading.get_ident()}.tmp") for p in (head, tail))
-    with _open_text(path) as f, gzip.open(tmp_head, "wt", compresslevel=1, newline="") as h, gzip.open(
+    with open_text(path, newline="") as f, gzip.open(tmp_head, "wt", compresslevel=1, newline="") as h, gzip.open(
         tmp_tail, "wt", compresslevel=1, newline=""
     ) as t:
         seen = 0

@@ -31,8 +31,6 @@ target_pos`` (one id per example). Nothing is padded.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,6 +40,8 @@ import numpy as np
 import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys_emb.utils import open_text
 
 MISSING_ID = 0
 OOV_ID = 1
@@ -118,11 +118,6 @@ class RawSequences:
 # ------------------------------------------------------------------------------------------ readers
 
 
-def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding)
-    return open(path, encoding=encoding)  # noqa: SIM115
-
 
 def _find(folder: Path, name: str) -> Path:
     for candidate in (folder / name, folder / f"{name}.gz"):
@@ -142,7 +137,7 @@ def read_s3rec(sequences: str | Path, attributes: str | Path | None) -> RawSeque
     lengths: list[int] = []
     items: list[np.ndarray] = []
     seen: dict[int, int] = {}
-    with _open_text(sequences) as f:
+    with open_text(sequences) as f:
         for line_no, line in enumerate(f, 1):
             tokens = line.split()
             if not tokens:
@@ -164,7 +159,7 @@ def read_s3rec(sequences: str | Path, attributes: str | Path | None) -> RawSeque
     categories: dict[int, int] = {}
     if attributes is not None:
         attributes = Path(attributes)
-        with _open_text(attributes) as f:
+        with open_text(attributes) as f:
             try:
                 raw = json.load(f)
             except json.JSONDecodeError as e:
@@ -192,7 +187,7 @@ def read_movielens_100k(folder: str | Path) -> RawSequences:
     data_path = _find(folder, "u.data")
     names = ("user", "item", "rating", "timestamp")
     rows: list[tuple[int, int, int]] = []
-    with _open_text(data_path) as f:
+    with open_text(data_path) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -213,7 +208,7 @@ def read_movielens_100k(folder: str | Path) -> RawSequences:
     np.cumsum(counts, out=offsets[1:])
     categories: dict[int, int] = {}
     item_path = _find(folder, "u.item")
-    with _open_text(item_path, encoding="latin-1") as f:
+    with open_text(item_path, encoding="latin-1") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue

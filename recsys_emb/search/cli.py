@@ -23,8 +23,8 @@ import torch
 
 from recsys_emb.config.experiment import ExperimentConfig
 from recsys_emb.config.io import from_dict, load_config, run_config_and_dir, save_config
-from recsys_emb.search.common import load_state, log, save_state, setup
-from recsys_emb.utils import atomic_save_json, atomic_write_text
+from recsys_emb.search.common import load_state, save_state, setup
+from recsys_emb.utils import atomic_save_json, atomic_write_text, log
 
 TECHNIQUES = ("dnis", "optembed")
 

@@ -10,7 +10,6 @@ derived compact model is then retrained with the ordinary, shardable training lo
 from __future__ import annotations
 
 import io
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +26,10 @@ from recsys_emb.models import split_named_parameters
 from recsys_emb.train.env import DistEnv
 from recsys_emb.train.loop import build_ctr_model, evaluate
 from recsys_emb.train.optim import optimizer_class, optimizer_kwargs
-from recsys_emb.utils import atomic_write_bytes
+from recsys_emb.utils import atomic_write_bytes, log
 
 CPU_ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo", owns_group=False)
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def batches(data: PreparedCTRData, start: int, stop: int, batch_size: int, seed: int, first_step: int = 0) -> Iterator[Batch]:

@@ -22,7 +22,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from recsys_emb.modules.dnis import DNISEmbeddingBagCollection, DNISSearchConfig
-from recsys_emb.search.common import SearchSetup, log, make_optimizer, set_trainable
+from recsys_emb.search.common import SearchSetup, make_optimizer, set_trainable
+from recsys_emb.utils import log
 
 EPS = 1e-12
 

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from recsys_emb.modules.compact import FBGEMM_DIM_MULTIPLE, round_up
 from recsys_emb.modules.optembed import OptEmbedEmbeddingBagCollection, OptEmbedSearchConfig
-from recsys_emb.search.common import SearchSetup, log, make_optimizer, set_trainable
+from recsys_emb.search.common import SearchSetup, make_optimizer, set_trainable
+from recsys_emb.utils import log
 
 Candidate = tuple[int, ...]  # one dim per field, in module.features order
 

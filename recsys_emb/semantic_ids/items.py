@@ -20,11 +20,11 @@ Formats (where to get the public files: datasets/*/README.md):
 from __future__ import annotations
 
 import ast
-import gzip
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from recsys_emb.utils import open_text
 
 
 @dataclass
@@ -43,11 +43,6 @@ class MissingTextError(ValueError):
     """Some items have no text; the message lists them."""
 
 
-def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding)
-    return open(path, encoding=encoding)
-
 
 def _resolve(path: str | Path) -> Path:
     """``path``, or ``path + .gz`` when only the compressed copy exists."""
@@ -61,7 +56,7 @@ def _resolve(path: str | Path) -> Path:
 
 def _read_tsv(path: Path, *, header_prefix: str | None) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\n").rstrip("\r")
             if lineno == 1 and header_prefix and line.startswith(header_prefix):
@@ -123,7 +118,7 @@ def _field_text(value: object) -> str:
 def read_amazon_json(path: str | Path) -> ItemTexts:
     """MiniOneRec ``*.item.json``: title, brand, categories, description joined with '. '."""
     p = _resolve(path)
-    with _open_text(p) as f:
+    with open_text(p) as f:
         data = json.load(f)
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected a JSON object {{item_id: {{title, ...}}}}")
@@ -145,7 +140,7 @@ def read_movielens(path: str | Path) -> ItemTexts:
     """MovieLens ``movies.dat`` (``MovieID::Title::Genres``, Latin-1)."""
     p = _resolve(path)
     keys, texts = [], []
-    with _open_text(p, encoding="latin-1") as f:
+    with open_text(p, encoding="latin-1") as f:
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\n").rstrip("\r")
             if not line:

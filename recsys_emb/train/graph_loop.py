@@ -48,12 +48,9 @@ from recsys_emb.data.graphs import GraphDataset, GraphSplit, load_graph_dataset,
 from recsys_emb.models.graph import GraphBPRTrain, GraphCF, GraphModelConfig
 from recsys_emb.train.checkpoint import export_model, load_file_checkpoint, save_file_checkpoint
 from recsys_emb.train.ranking_metrics import recall_ndcg
-from recsys_emb.utils import atomic_save_json, atomic_write_bytes
+from recsys_emb.utils import atomic_save_json, atomic_write_bytes, log
 
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from recsys_emb.modules.sid_sequence import ITEM_FEATURES, SequenceSidConfig
 from recsys_emb.train.checkpoint import export_model
 from recsys_emb.train.optim import optimizer_class, optimizer_kwargs
 from recsys_emb.train.ranking_metrics import RankingMetrics
+from recsys_emb.utils import log
 
 MODELS = ("din", "two_stage")
 
@@ -99,9 +100,6 @@ class SequenceExperimentConfig:
     progress: bool = True  # tqdm progress bars
     num_threads: int | None = None  # torch intra-op threads while training (1 is much faster on an oversubscribed CPU); None = unchanged
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def build_sequence_model(
