@@ -36,8 +36,13 @@ def is_locked_name(name: str) -> bool:
 
 
 def repo_lock_path() -> Path | None:
-    """``requirements.lock`` of the checkout this package runs from, or None (e.g. a wheel install)."""
-    path = Path(__file__).resolve().parents[1] / LOCK_NAME
+    """The lock this environment was installed with: the one named in the venv's marker (a relative path
+    is taken from the checkout), else the checkout's ``requirements.lock``; None without either (e.g. a
+    wheel install)."""
+    repo = Path(__file__).resolve().parents[1]
+    marker = Path(sys.prefix) / MARKER
+    named = marker.read_text().strip() if marker.is_file() else ""
+    path = repo / named if named and named != "none" else repo / LOCK_NAME  # repo / an absolute path = that path
     return path if path.is_file() else None
 
 

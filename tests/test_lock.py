@@ -81,3 +81,13 @@ def test_install_uses_the_lock_by_default_and_refuses_another_python(tmp_path: P
     assert missing.returncode == 1 and "no such file" in missing.stderr
     opted = _install(PYTHON=python, VENV=str(tmp_path / "v"), RECSYS_EMB_LOCK="none")
     assert opted.returncode == 0 and "lock=none" in opted.stdout
+
+
+def test_doctor_compares_with_the_lock_the_venv_was_installed_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    other = tmp_path / "other.lock"
+    other.write_text("# python: 3.11\nnumpy==1.0\n")
+    (tmp_path / lockfile.MARKER).write_text(f"{other}\n")  # what scripts/install.sh writes for RECSYS_EMB_LOCK=<file>
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    assert lockfile.repo_lock_path() == other
+    (tmp_path / lockfile.MARKER).write_text("requirements.lock\n")  # relative: from the checkout
+    assert lockfile.repo_lock_path() == REPO / "requirements.lock"
