@@ -101,7 +101,7 @@ def _next_version(path: Path) -> Path:
     return Path(name[0])
 
 
-def _publish(version: Path, path: Path) -> None:
+def _publish(version: Path, path: Path, marker: str) -> None:
     """Rank 0: point ``path`` at the complete ``version`` in one atomic step, then drop stale versions."""
     if path.is_dir() and not path.is_symlink():  # an old-style plain folder: becomes the oldest version
         path.rename(path.parent / VERSIONS / f"{path.name}.old")
@@ -110,7 +110,6 @@ def _publish(version: Path, path: Path) -> None:
     link.symlink_to(os.path.relpath(version, path.parent))
     os.replace(link, path)  # atomic: path names the old or the new complete version, never neither
     _fsync_dir(path.parent)
-    marker = STATE_FILE if (version / STATE_FILE).is_file() else MODEL_MARKER
     complete = [folder for _, folder in _versions(path) if _is_complete(folder, marker)]
     keep = set(complete[-KEEP_VERSIONS:])  # incomplete leftovers of crashed saves go too
     for _, folder in _versions(path):
@@ -138,7 +137,7 @@ def _save_version(path: Path, state: dict[str, Any], marker: str, marker_text: s
     _barrier()  # every rank's shards are on disk before the version is marked complete
     if _is_main():
         atomic_write_text(version / marker, marker_text)
-        _publish(version, path)
+        _publish(version, path, marker)
     _barrier()
 
 

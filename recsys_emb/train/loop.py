@@ -40,13 +40,9 @@ from recsys_emb.train.env import DistEnv, init_distributed, shutdown
 from recsys_emb.train.metrics import CTRMetrics
 from recsys_emb.train.optim import build_optimizer, dense_parameters, materialize_state, shard_model
 from recsys_emb.distributed.planning import describe_plan, table_dims
-from recsys_emb.utils import atomic_save_json, atomic_write_text
+from recsys_emb.utils import atomic_save_json, atomic_write_text, log
 
 TRAIN_EVAL_ROWS = 100_000  # rows of the training split re-scored at the end for "train" metrics
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def table_configs(data: PreparedCTRData, embedding_dim: int, init_bound: float | None = None) -> list[EmbeddingBagConfig]:
