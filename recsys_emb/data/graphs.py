@@ -111,7 +111,6 @@ class GraphDataset:
         return out
 
 
-
 def _parse_lines(lines: list[str], where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (user of every line, user of every interaction, item of every interaction).
 

@@ -52,7 +52,6 @@ def _file_id(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-
 def split_raw_file(path: Path, fraction: float, out_dir: Path) -> tuple[Path, Path]:
     """Write the first ``1 - fraction`` and the last ``fraction`` of ``path``'s non-empty lines to two files."""
     head, tail = out_dir / "head.txt.gz", out_dir / "tail.txt.gz"

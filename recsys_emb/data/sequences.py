@@ -118,7 +118,6 @@ class RawSequences:
 # ------------------------------------------------------------------------------------------ readers
 
 
-
 def _find(folder: Path, name: str) -> Path:
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.is_file():

@@ -31,7 +31,6 @@ from recsys_emb.utils import atomic_write_bytes, log
 CPU_ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo", owns_group=False)
 
 
-
 def batches(data: PreparedCTRData, start: int, stop: int, batch_size: int, seed: int, first_step: int = 0) -> Iterator[Batch]:
     """Endless shuffled batches over rows [start, stop), epoch after epoch; starts at ``first_step``."""
     it = BatchIterator(data, batch_size, start=start, stop=stop, shuffle=True, seed=seed, drop_last=True)

@@ -43,7 +43,6 @@ class MissingTextError(ValueError):
     """Some items have no text; the message lists them."""
 
 
-
 def _resolve(path: str | Path) -> Path:
     """``path``, or ``path + .gz`` when only the compressed copy exists."""
     p = Path(path)

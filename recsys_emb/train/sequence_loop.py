@@ -101,7 +101,6 @@ class SequenceExperimentConfig:
     num_threads: int | None = None  # torch intra-op threads while training (1 is much faster on an oversubscribed CPU); None = unchanged
 
 
-
 def build_sequence_model(
     cfg: SequenceModelConfig,
     table_sizes: dict[str, int],
