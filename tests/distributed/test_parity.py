@@ -1,5 +1,6 @@
 """Sharded == unsharded on 2 gloo CPU processes, for EBC, EC, our pre-transform wrapper and Unified Embedding.
 
+All kinds run in one pair of ranks (a module fixture); each parametrized test reports its own kind.
 For each module kind and each of table_wise / column_wise / row_wise / table_row_wise: the same weights and the same
 global batch (each rank feeds its half) give the same forward as the unsharded module on that half;
 one fused SGD step leaves the same weights as an unsharded SGD step on the MEAN of the two ranks'
@@ -9,6 +10,7 @@ losses (TorchRec averages sharded gradients over ranks); state-dict keys equal t
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,6 +168,28 @@ def run_all(rank: int, world_size: int, kind: str) -> None:
         check_parity(rank, world_size, kind, sharding_type)
 
 
-@pytest.mark.parametrize("kind", ["ebc", "ec", "wrapper", "unified"])
-def test_sharded_equals_unsharded_two_ranks(kind: str) -> None:
-    run_ranks(run_all, 2, kind)
+KINDS = ["ebc", "ec", "wrapper", "unified"]
+
+
+def run_kinds(rank: int, world_size: int, kinds: list[str], done_dir: str) -> None:
+    for kind in kinds:  # the first failure ends both ranks (a rank may not skip a collective its peer enters)
+        run_all(rank, world_size, kind)
+        Path(done_dir, f"{kind}.rank{rank}").touch()
+
+
+@pytest.fixture(scope="module")
+def parity_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BaseException | None]:
+    """All kinds in ONE pair of spawned ranks (each spawn pays ~5 s of imports); each test reads its kind's result."""
+    done = tmp_path_factory.mktemp("parity_done")
+    try:
+        run_ranks(run_kinds, 2, KINDS, str(done))
+    except Exception as e:  # noqa: BLE001 (re-raised by every test whose kind did not finish)
+        return done, e
+    return done, None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sharded_equals_unsharded_two_ranks(kind: str, parity_run: tuple[Path, BaseException | None]) -> None:
+    done, error = parity_run
+    if not all((done / f"{kind}.rank{r}").exists() for r in range(2)):
+        raise AssertionError(f"sharded != unsharded (or the run ended earlier) for kind '{kind}'") from error
