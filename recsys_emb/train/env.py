@@ -112,7 +112,8 @@ def exit_process(code: int) -> NoReturn:
     For processes that held a process group. ``destroy_process_group()`` does not join c10d's native
     threads (the TCPStore server, gloo's transport loop and work run-loops, which may still be starting
     or stopping) while anything still references the ProcessGroup object, and TorchRec's sharded
-    modules, ShardedTensors and optimizers do (tests/distributed/test_multiprocess.py shows it). A
+    modules, ShardedTensors and optimizers do (measured for issue 25; tests/distributed/test_multiprocess.py
+    shows that a held reference keeps the threads and that releasing it joins them). A
     normal exit then tears the interpreter and the C++ static objects down while those threads run,
     which intermittently aborted a finished rank with "terminate called without an active exception"
     (SIGABRT; issue 25). Everything a run writes is already closed and atomically in place by then.

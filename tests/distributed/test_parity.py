@@ -117,6 +117,27 @@ def full_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items() if k.endswith("weight")}
 
 
+def _local_blocks(state: dict, full: dict[str, torch.Tensor]):  # noqa: ANN202
+    """(this rank's shard tensor, the matching block of the full tensor) for every key of ``full``."""
+    for key, tensor in full.items():
+        for shard in state[key].local_shards():
+            (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+            yield shard.tensor, tensor[r0:r0 + nr, c0:c0 + nc]
+
+
+@torch.no_grad()
+def copy_into_shards(state: dict, full: dict[str, torch.Tensor]) -> None:
+    """Copy full (unsharded) weights into this rank's shards of a sharded state dict."""
+    for shard, block in _local_blocks(state, full):
+        shard.copy_(block)
+
+
+def assert_shards_close(state: dict, full: dict[str, torch.Tensor]) -> None:
+    """Every local shard of ``state`` equals its block of the full tensors ``full``."""
+    for shard, block in _local_blocks(state, full):
+        torch.testing.assert_close(shard, block, rtol=1e-5, atol=1e-6)
+
+
 def check_parity(rank: int, world_size: int, kind: str, sharding_type: str) -> None:
     torch.manual_seed(0)
     reference = Holder(make_module(kind, "cpu"))
@@ -142,21 +163,13 @@ def check_parity(rank: int, world_size: int, kind: str, sharding_type: str) -> N
     dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=default_sharders())
     state = dmp.state_dict()
     assert sorted(k for k in state if k.endswith("weight")) == sorted(start), (sorted(state), sorted(start))
-    with torch.no_grad():  # copy the reference weights into this rank's shards
-        for key, full in start.items():
-            for shard in state[key].local_shards():
-                (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                shard.tensor.copy_(full[r0:r0 + nr, c0:c0 + nc])
+    copy_into_shards(state, start)
 
     out = flat_output(dmp(rank_slice(batch, rank)))
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     loss_of(out).backward()  # fused SGD runs inside backward
 
-    state = dmp.state_dict()
-    for key, full in expected.items():
-        for shard in state[key].local_shards():
-            (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-            torch.testing.assert_close(shard.tensor, full[r0:r0 + nr, c0:c0 + nc], rtol=1e-5, atol=1e-6)
+    assert_shards_close(dmp.state_dict(), expected)
     # the step changed something (so the comparison above is not vacuous)
     assert any(not torch.equal(expected[k], start[k]) for k in start)
 

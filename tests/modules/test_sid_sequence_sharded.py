@@ -28,6 +28,7 @@ from recsys_emb.modules.sid_sequence import build_sequence_item_embedding
 from recsys_emb.semantic_ids.codes import SemanticIds
 from recsys_emb.train.sequence_loop import SequenceModelConfig
 from tests.distributed.multiprocess import run_ranks
+from tests.distributed.test_parity import Holder, assert_shards_close, copy_into_shards
 
 LR = 0.5
 PER_RANK = 12
@@ -51,15 +52,6 @@ def _build(ds: SequenceDataset, codes: str, variant: str, device: str) -> nn.Mod
     if item_features != "id":
         cfg.sid = type(cfg.sid)(codes=codes, tokenizer="prefix_ngram")
     return Holder(build_sequence_item_embedding(cfg, ds.table_sizes(), ds, device=device))
-
-
-class Holder(nn.Module):
-    def __init__(self, emb: nn.Module) -> None:
-        super().__init__()
-        self.emb = emb
-
-    def forward(self, kjt):  # noqa: ANN001, ANN201
-        return self.emb(kjt)
 
 
 def _flat(out) -> torch.Tensor:  # noqa: ANN001
@@ -98,20 +90,12 @@ def _check(rank: int, world_size: int, folder: str, variant: str, sharding_type:
     dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=default_sharders())
     state = dmp.state_dict()
     assert sorted(k for k in state if k.endswith("weight")) == sorted(start)
-    with torch.no_grad():
-        for key, full in start.items():
-            for shard in state[key].local_shards():
-                (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                shard.tensor.copy_(full[r0:r0 + nr, c0:c0 + nc])
+    copy_into_shards(state, start)
 
     out = _flat(dmp(batch[rank]))
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     _loss(out).backward()  # the fused SGD step runs inside backward
-    state = dmp.state_dict()
-    for key, full in expected.items():
-        for shard in state[key].local_shards():
-            (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-            torch.testing.assert_close(shard.tensor, full[r0:r0 + nr, c0:c0 + nc], rtol=1e-5, atol=1e-6)
+    assert_shards_close(dmp.state_dict(), expected)
     assert any(not torch.equal(expected[k], start[k]) for k in start)  # the step moved something
 
 
