@@ -1,6 +1,6 @@
 """DIN, the coupled two-stage model and DARE on Amazon Beauty / Sports (leave-last-out, popularity negatives).
 
-Every (dataset, variant, seed) run trains with recsys_emb.train.sequence_loop and appends one JSON line
+Every (dataset, variant, seed) run trains with the one trainer (recsys_emb.train.trainer.fit, task: sequence) and appends one JSON line
 to ``OUT.jsonl``; runs already there are skipped, so the benchmark can be split over several
 invocations. Then ``OUT.json`` (all runs + aggregates) and ``OUT.md`` (mean +- std) are rewritten.
 
@@ -24,6 +24,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +33,9 @@ sys.path.insert(0, str(REPO))
 
 from recsys_emb.config.io import from_dict  # noqa: E402
 from recsys_emb.data.sequences import SequenceDataConfig, SequenceDataset, load_raw  # noqa: E402
-from recsys_emb.train.sequence_loop import SequenceExperimentConfig, train_sequence  # noqa: E402
+from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
+from recsys_emb.tasks.sequence import SequenceTask  # noqa: E402
+from recsys_emb.train.trainer import fit  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 
 VARIANTS = ("twin", "dare_1", "dare_1/2", "dare_1/4", "din", "din_plain")
@@ -106,14 +109,14 @@ def main(argv: list[str] | None = None) -> int:
                     dcfg = from_dict(SequenceDataConfig, data)
                     ds = SequenceDataset(load_raw(dcfg), dcfg)
                 cfg = from_dict(SequenceExperimentConfig, {
-                    "name": f"{dataset}_{variant}", "data": data,
+                    "task": "sequence", "name": f"{dataset}_{variant}", "data": data,
                     "model": model_section(variant, args.dim, args.din_dim, args.mba_lambda, args.top_k),
                     "train": {"epochs": args.epochs, "batch_size": args.batch_size, "eval_batch_size": 4096, "seed": seed,
-                              "early_stopping_patience": 1, "tensorboard": False},
-                    "progress": False, "num_threads": args.threads,
+                              "early_stopping_patience": 1, "tensorboard": False, "progress": False, "num_threads": args.threads},
                 })
                 tick = time.perf_counter()
-                res = train_sequence(cfg, dataset=ds)
+                with tempfile.TemporaryDirectory() as run_dir:
+                    res = fit(SequenceTask(cfg, dataset=ds), cfg, run_dir)
                 row = {"dataset": dataset, "variant": variant, "seed": seed, "seconds": time.perf_counter() - tick,
                        "test": res["test"], "valid": res["valid"], "best_epoch": res["best_epoch"],
                        "samples_per_second": res["samples_per_second"], "data": res["data"], "config": settings,

@@ -1,7 +1,8 @@
 """Graph CF benchmark: BPR-MF vs LightGCN vs NGCF (quality per epoch and time per epoch).
 
-Every (model, seed) is a real ``train_graph`` run (full-ranking test metrics after every epoch,
-training items and validation items excluded). Writes ``OUT.json``, ``OUT.md`` and, when matplotlib
+Every (model, seed) is a real ``recsys-emb train`` run of a ``task: graph`` experiment through the
+one trainer (:mod:`recsys_emb.tasks.graph`; full-ranking test metrics after every epoch, training
+items and validation items excluded: ``evaluation.track_test`` when the data has a validation split). Writes ``OUT.json``, ``OUT.md`` and, when matplotlib
 is installed, ``OUT.png`` (test recall@20 against epochs, mean ± std over seeds, published numbers
 as dashed lines for Gowalla). Per epoch, wall and CPU seconds (``time.process_time``) are recorded:
 on a shared machine CPU seconds are the process's own cost, wall seconds include waiting.
@@ -29,10 +30,15 @@ All models share the LightGCN settings (dim 64, 3 layers, Adam, batch 2048; lr `
 ``--model-lr MODEL=LR``); L2 1e-4 on the layer-0 batch embeddings for MF/LightGCN, 1e-5 on the
 final ones for NGCF (its reference code). ``--models`` with no names and ``--reuse`` only merges.
 
-Summarise finished ``recsys-emb train-graph`` run folders (e.g. the Gowalla runs, CPU or GPU):
+Summarise finished ``recsys-emb train`` run folders of graph configs (e.g. the Gowalla runs, CPU or GPU):
 
     python benchmarks/graph_cf.py --from-runs runs/gowalla_lgcn runs/gowalla_ngcf \\
-        --train-command "recsys-emb train-graph ..." --out benchmarks/results/graph_cf_gowalla_gpu
+        --train-command "recsys-emb train --config configs/gowalla_lightgcn.yaml ..." \\
+        --out benchmarks/results/graph_cf_gowalla_gpu
+
+Result files written before the port to the one trainer (``benchmarks/results/graph_cf_*``) came
+from the former ``recsys-emb train-graph`` loop (full propagation, the same BPR sampling, init and
+optimizer); ``--reuse`` still reads them.
 
 Timing only (CPU and wall seconds per BPR step; ``--timing-steps 0`` times a whole epoch):
 
@@ -59,8 +65,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from recsys_emb.config.experiment import OptimizerConfig, ShardingConfig  # noqa: E402
+from recsys_emb.config.graph import (  # noqa: E402
+    GraphDataConfig, GraphEvalConfig, GraphExperimentConfig, GraphTrainConfig,
+)
+from recsys_emb.config.io import to_dict  # noqa: E402
 from recsys_emb.models.graph import GraphModelConfig  # noqa: E402
-from recsys_emb.train.graph_loop import GraphDataConfig, GraphExperimentConfig, GraphTrainConfig, train_graph  # noqa: E402
+from recsys_emb.tasks import train as train_experiment  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 
 
@@ -76,22 +87,51 @@ def parse_model_value(text: str) -> tuple[str, float]:
     return name, float(value)
 
 
-def experiment(model: str, args: argparse.Namespace, seed: int) -> GraphExperimentConfig:
-    model_cfg = GraphModelConfig(name=model, embedding_dim=args.dim, num_layers=args.layers, propagation=args.propagation,
-                                 message_dropout=[0.1] if model == "ngcf" else [0.0])
-    train_cfg = GraphTrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=model_lr(model, args), seed=seed,
-        l2=1e-5 if model == "ngcf" else 1e-4, l2_on="final" if model == "ngcf" else "ego",
-        optimizer=args.optimizer, eval_every=1, num_threads=args.threads, progress=args.progress,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-    )
-    sharding = None
-    if args.sharding:
-        from recsys_emb.config.experiment import ShardingConfig
+def model_config(model: str, args: argparse.Namespace) -> GraphModelConfig:
+    """LightGCN settings for every model; L2 1e-4 on layer-0 rows (MF/LightGCN), 1e-5 on final ones (NGCF)."""
+    return GraphModelConfig(name=model, embedding_dim=args.dim, num_layers=args.layers, propagation=args.propagation,
+                            message_dropout=[0.1] if model == "ngcf" else [0.0],
+                            l2=1e-5 if model == "ngcf" else 1e-4, l2_on="final" if model == "ngcf" else "ego")
 
-        sharding = ShardingConfig(type=args.sharding)
-    return GraphExperimentConfig(data=GraphDataConfig(path=args.data, valid=True), model=model_cfg, train=train_cfg,
-                                 sharding=sharding)
+
+def experiment(model: str, args: argparse.Namespace, seed: int) -> GraphExperimentConfig:
+    """The ``task: graph`` experiment of one (model, seed): the tables and NGCF layers share the optimizer
+    (``--optimizer``; row-wise Adagrad has no dense form, the layers then use Adagrad)."""
+    model_cfg = model_config(model, args)
+    lr = model_lr(model, args)
+    dense = "adagrad" if args.optimizer == "rowwise_adagrad" else args.optimizer
+    train_cfg = GraphTrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, seed=seed, embedding_optimizer=OptimizerConfig(args.optimizer, lr),
+        dense_optimizer=OptimizerConfig(dense, lr), num_threads=args.threads, progress=args.progress,
+        max_steps_per_epoch=args.max_steps_per_epoch, tensorboard=False,
+    )
+    return GraphExperimentConfig(name=f"graph_cf_{model}", data=GraphDataConfig(path=args.data, valid=True), model=model_cfg,
+                                 train=train_cfg, sharding=ShardingConfig(type=args.sharding or "data_parallel"),
+                                 evaluation=GraphEvalConfig(track_test=True))
+
+
+def run_record(metrics: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """One benchmark run from a graph run's ``metrics.json`` (and its ``config.yaml`` as a dict): a record per
+    epoch (``epoch``, ``loss``, wall/CPU ``train_seconds``, and ``test`` metrics where that epoch was evaluated)."""
+    selected_on = metrics["selected_on"]
+    evaluated = {h["epoch"]: h for h in metrics["history"]}  # the epoch-end evaluation is each epoch's last
+    history = []
+    for e in metrics["epochs"]:
+        record: dict[str, Any] = {"epoch": e["epoch"], "loss": e["mean_loss"], "train_seconds": e["train_seconds"],
+                                  "train_cpu_seconds": e["train_cpu_seconds"]}
+        h = evaluated.get(e["epoch"])
+        test = (h if selected_on == "test" else h.get("test")) if h is not None else None
+        if test:
+            record["test"] = {k: v for k, v in test.items() if k not in ("epoch", "step", "test")}
+        history.append(record)
+    return {"model": metrics["model"], "history": history, "best_epoch": metrics["best_epoch"],
+            "epochs_run": metrics["epochs_completed"], "stopped": None if metrics["stop_reason"] == "epochs" else metrics["stop_reason"],
+            "selected_on": selected_on, "torch_threads": metrics["torch_threads"], "dataset": cfg["data"]["path"],
+            "propagation": cfg["model"]["propagation"]}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
 
 
 PUBLISHED = {  # test recall@20 / ndcg@20 reported by the papers (Gowalla, the split in datasets/gowalla)
@@ -346,27 +386,29 @@ def write_result(out: Path, result: dict[str, Any]) -> None:
 
 
 def from_run_dirs(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
-    """A result from finished ``recsys-emb train-graph`` run folders (config.yaml + metrics.json each)."""
+    """A result from finished ``recsys-emb train`` graph run folders (config.yaml + metrics.json each)."""
     import yaml
 
     runs: dict[str, list[dict[str, Any]]] = {}
     configs: dict[str, dict[str, Any]] = {}
     for run_dir in args.from_runs:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        metrics = run_record(json.loads((run_dir / "metrics.json").read_text()), cfg)
         metrics["run_dir"] = str(run_dir)
         runs.setdefault(metrics["model"], []).append(metrics)
         configs.setdefault(metrics["model"], cfg)
     summary = {}
     for model, ms in runs.items():
-        summary[model] = {**summarize_model(ms), "model": model, "lr": configs[model]["train"]["lr"], "run_dirs": [m["run_dir"] for m in ms],
+        summary[model] = {**summarize_model(ms), "model": model, "lr": configs[model]["train"]["embedding_optimizer"]["lr"],
+                          "run_dirs": [m["run_dir"] for m in ms],
                           "config": configs[model], "stopped": [m.get("stopped") for m in ms]}
     first = next(iter(runs.values()))[0]
     data = first["dataset"]
     return {
         "command": "python benchmarks/graph_cf.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "train_commands": args.train_command, "data": data, "has_valid": first["selected_on"] == "valid",
-        "propagation": first["propagation"], "optimizer": ", ".join(f"{m}: {c['train']['optimizer']}" for m, c in configs.items()),
+        "propagation": first["propagation"],
+        "optimizer": ", ".join(f"{m}: {c['train']['embedding_optimizer']['name']}" for m, c in configs.items()),
         "batch_size": per_model_value(configs, "batch_size"),
         "threads": per_model_value({m: {"train": {"threads": ms[0]["torch_threads"]}} for m, ms in runs.items()}, "threads"),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "machine_note": args.machine,
@@ -390,7 +432,8 @@ def step_timing(args: argparse.Namespace) -> dict[str, Any]:
 
     from recsys_emb.data.graphs import load_graph_dataset
     from recsys_emb.models.graph import GraphBPRTrain
-    from recsys_emb.train.graph_loop import BPRSampler, build_graph_model
+    from recsys_emb.data.graphs import BPRSampler
+    from recsys_emb.tasks.graph import build_graph_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -398,15 +441,15 @@ def step_timing(args: argparse.Namespace) -> dict[str, Any]:
     for data in args.timing_data:
         graph = load_graph_dataset(data, ("train", "test"))
         for model_name in args.models:
-            cfg = experiment(model_name, args, 0)
-            model = build_graph_model(cfg, graph)
-            loss_fn = GraphBPRTrain(model, cfg.train.l2, cfg.train.l2_on)
-            opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+            model_cfg = model_config(model_name, args)
+            model = build_graph_model(model_cfg, graph, seed=0)
+            loss_fn = GraphBPRTrain(model, model_cfg.l2, model_cfg.l2_on)
+            opt = torch.optim.Adam(model.parameters(), lr=model_lr(model_name, args))
             sampler = BPRSampler(graph.train, graph.num_items, args.batch_size, 0)
             batches = sampler.epoch(0)
 
             def step() -> None:
-                loss, _ = loss_fn(*next(batches))
+                loss, _ = loss_fn(next(batches))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -463,8 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", default="adam", choices=["adam", "adagrad", "rowwise_adagrad", "sgd"])
-    p.add_argument("--propagation", default="full", choices=["full", "neighbor"])
-    p.add_argument("--sharding", help="shard the tables with DMP (e.g. row_wise; implies --propagation neighbor; "
+    p.add_argument("--propagation", default="lookup", choices=["lookup", "neighbor", "full"],
+                   help="lookup / neighbor for training runs; full only with --timing-data (an unsharded GraphCF)")
+    p.add_argument("--sharding", help="shard the tables with DMP (e.g. row_wise; default data_parallel replicas; "
                                       "CPU fused optimizers: adagrad, rowwise_adagrad, sgd)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
@@ -477,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --reuse: pool entries of the same model/lr/epochs/command that differ only in --seeds "
                         "(one invocation per seed) into one entry")
     p.add_argument("--from-runs", type=Path, nargs="+", metavar="RUN_DIR",
-                   help="instead of training: summarise finished `recsys-emb train-graph` run folders")
+                   help="instead of training: summarise finished `recsys-emb train` graph run folders")
     p.add_argument("--train-command", action="append", default=[], help="with --from-runs: the command(s) that made the runs")
     p.add_argument("--load-start", help="with --from-runs: the load average when the runs started (for the record)")
     p.add_argument("--machine", help="with --from-runs: where the runs trained, when not this machine (e.g. a GPU)")
@@ -486,8 +530,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_runs:
         write_result(args.out, from_run_dirs(args, argv))
         return 0
-    if args.sharding:
-        args.propagation = "neighbor"
     if args.timing_data:
         write_timing(args, step_timing(args), argv)
         print(f"wrote {args.out}.json and {args.out}.md")
@@ -501,17 +543,19 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         for seed in args.seeds:
             run_dir = Path(tempfile.mkdtemp(prefix=f"graph_cf_{model}_{seed}_"))
+            cfg = experiment(model, args, seed)
             try:
                 t0 = time.perf_counter()
-                metrics = train_graph(experiment(model, args, seed), run_dir)
+                metrics = run_record(train_experiment(cfg, run_dir), to_dict(cfg))
                 metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
             finally:
                 shutil.rmtree(run_dir, ignore_errors=True)
             metrics["seed"] = seed
             runs.setdefault(model, []).append(metrics)
-            print(f"{model} seed {seed}: test recall@20 {metrics['history'][-1]['test']['recall@20']:.4f} "
-                  f"({metrics['mean_train_seconds_per_epoch']:.1f} s/epoch, "
-                  f"{metrics['mean_train_cpu_seconds_per_epoch']:.1f} CPU s/epoch)", flush=True)
+            hist = metrics["history"]
+            print(f"{model} seed {seed}: test recall@20 {hist[-1]['test']['recall@20']:.4f} "
+                  f"({_mean([r['train_seconds'] for r in hist]):.1f} s/epoch, "
+                  f"{_mean([r['train_cpu_seconds'] for r in hist]):.1f} CPU s/epoch)", flush=True)
     command = "python benchmarks/graph_cf.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     load_end = [round(x, 1) for x in os.getloadavg()]
     summary = {model: {**summarize_model(ms), "model": model, "lr": model_lr(model, args),

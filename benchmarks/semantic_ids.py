@@ -34,6 +34,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +43,9 @@ sys.path.insert(0, str(REPO))
 
 from recsys_emb.config.io import load_config  # noqa: E402
 from recsys_emb.data.cold_start import make_sequence_dataset  # noqa: E402
-from recsys_emb.train.sequence_loop import SequenceExperimentConfig, train_sequence  # noqa: E402
+from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
+from recsys_emb.tasks.sequence import SequenceTask  # noqa: E402
+from recsys_emb.train.trainer import fit  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 
 # variant -> (item_features, item_hash_buckets from the config?, tokenizer)
@@ -73,7 +76,7 @@ def variant_config(base: SequenceExperimentConfig, variant: str, seed: int, code
     cfg.data.seed = seed
     cfg.data.holdout_seed = seed
     cfg.model.sid.seed = seed
-    cfg.progress = False
+    cfg.train.progress = False
     return cfg
 
 
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not result["data"]:
                     result["data"] = ds.summary()
             t0 = time.time()
-            res = train_sequence(cfg, None, dataset=ds)
+            with tempfile.TemporaryDirectory() as run_dir:
+                res = fit(SequenceTask(cfg, dataset=ds), cfg, run_dir)
             test = res["test"]
             run = {"variant": variant, "seed": seed, "best_epoch": res["best_epoch"], "overall": test["auc"],
                    "warm": test["warm"]["auc"], "new_items": test["new_items"]["auc"], "valid": res["valid"]["auc"],

@@ -28,7 +28,9 @@ sys.path.insert(0, str(REPO))
 
 from recsys_emb.config.io import from_dict  # noqa: E402
 from recsys_emb.data.sequences import SequenceDataConfig, SequenceDataset, load_raw, write_synthetic_s3rec  # noqa: E402
-from recsys_emb.train.sequence_loop import SequenceExperimentConfig, train_sequence  # noqa: E402
+from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
+from recsys_emb.tasks.sequence import SequenceTask  # noqa: E402
+from recsys_emb.train.trainer import fit  # noqa: E402
 
 MODELS = {
     "DIN (Dice + MBA L2)": {"name": "din", "embedding_dim": 8, "din": {"attention_hidden": [32], "mlp": [64, 32], "mba_lambda": 0.01}},
@@ -65,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for label, model in MODELS.items():
             cfg = from_dict(SequenceExperimentConfig, {
-                "name": label, "data": data, "model": model, "num_threads": 1, "progress": not args.no_progress,
-                "train": {"epochs": args.epochs, "batch_size": 256, "eval_batch_size": 2048, "seed": args.seed, "tensorboard": False},
+                "task": "sequence", "name": label, "data": data, "model": model,
+                "train": {"epochs": args.epochs, "batch_size": 256, "eval_batch_size": 2048, "seed": args.seed, "tensorboard": False,
+                          "num_threads": 1, "progress": not args.no_progress},
             })
-            res = train_sequence(cfg, dataset=dataset)
+            res = fit(SequenceTask(cfg, dataset=dataset), cfg, Path(tmp) / label)
             rows.append((label, res["test"]))
     print(f"\n{'model':<26} {'test AUC':>9} {'test GAUC':>10} {'search ms/batch':>16}")
     for label, test in rows:

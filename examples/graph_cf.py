@@ -4,9 +4,13 @@ Trains on an NGCF/LightGCN-format folder (train.txt, test.txt, optional valid.tx
 recall@20 / ndcg@20 after every epoch, then shows how to get the trained user/item embedding
 matrices for retrieval. Without --data it builds a small random two-community graph.
 
+This file shows the pieces with a plain PyTorch loop on an unsharded model (any propagation mode,
+``full`` included). ``recsys-emb train --config configs/gowalla_lightgcn_tiny.yaml --data DIR`` trains
+the same model through the one trainer (DistributedModelParallel, checkpoints, resume, N ranks).
+
     python examples/graph_cf.py                                     # synthetic, seconds
     python examples/graph_cf.py --data ../shared/datasets/lightgcnpp_ml1m_lastfm/lastfm --epochs 3
-    python examples/graph_cf.py --model ngcf --propagation neighbor  # shardable EBC hop
+    python examples/graph_cf.py --model ngcf --propagation lookup    # E0 through the table EBC (DMP-ready)
 """
 
 from __future__ import annotations
@@ -19,23 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recsys_emb.data.graphs import load_graph_dataset
+from recsys_emb.config.graph import GraphEvalConfig
+from recsys_emb.data.graphs import BPRSampler, load_graph_dataset
 from recsys_emb.models.graph import GraphBPRTrain, GraphModelConfig
-from recsys_emb.train.graph_loop import (
-    BPRSampler,
-    GraphDataConfig,
-    GraphExperimentConfig,
-    GraphTrainConfig,
-    build_graph_model,
-    evaluate_model,
-)
+from recsys_emb.tasks.graph import build_graph_model, evaluate_embeddings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, help="graph folder (default: a generated two-community graph)")
     p.add_argument("--model", default="lightgcn", choices=["lightgcn", "ngcf", "mf"])
-    p.add_argument("--propagation", default="full", choices=["full", "neighbor"])
+    p.add_argument("--propagation", default="full", choices=["full", "lookup", "neighbor"])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--layers", type=int, default=2)
@@ -69,35 +67,32 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     data = args.data or synthetic_graph(Path(tempfile.mkdtemp()) / "graph")
-    cfg = GraphExperimentConfig(
-        data=GraphDataConfig(path=str(data)),
-        model=GraphModelConfig(name=args.model, embedding_dim=args.dim, num_layers=args.layers,
-                               propagation=args.propagation, message_dropout=[0.1]),
-        train=GraphTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                               l2=1e-4, progress=False),
-    )
+    model_cfg = GraphModelConfig(name=args.model, embedding_dim=args.dim, num_layers=args.layers,
+                                 propagation=args.propagation, message_dropout=[0.1],
+                                 l2=1e-4, l2_on="final" if args.model == "ngcf" else "ego")
     graph = load_graph_dataset(data)
     print(graph.summary())
 
     # 1. the model: two stock TorchRec tables (user, item) + propagation over the normalised graph
-    model = build_graph_model(cfg, graph)
-    train = GraphBPRTrain(model, cfg.train.l2, "final" if args.model == "ngcf" else "ego")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    model = build_graph_model(model_cfg, graph, seed=args.seed)  # the papers' init, seeded
+    train = GraphBPRTrain(model, model_cfg.l2, model_cfg.l2_on)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     # 2. BPR: each training interaction once per epoch with a uniform negative (fixed seed)
-    sampler = BPRSampler(graph.train, graph.num_items, cfg.train.batch_size, cfg.train.seed)
+    sampler = BPRSampler(graph.train, graph.num_items, args.batch_size, args.seed)
     split = "valid" if "valid" in graph.splits else "test"
-    for epoch in range(cfg.train.epochs):
+    for epoch in range(args.epochs):
         model.train()
         t0, losses = time.perf_counter(), []
-        for users, pos, neg in sampler.epoch(epoch):
-            loss, _ = train(users, pos, neg)
+        for batch in sampler.epoch(epoch):  # BPRBatch(users, pos, neg)
+            loss, _ = train(batch)
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
         # 3. full ranking over all items the user did not train on
-        m = evaluate_model(model, graph, split, cfg.train)
+        users, items = model.user_item_embeddings()
+        m = evaluate_embeddings(users, items, graph, split, GraphEvalConfig())
         print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f} ({time.perf_counter() - t0:.1f}s)  "
               f"{split} recall@20 {m['recall@20']:.4f} ndcg@20 {m['ndcg@20']:.4f}")
 

@@ -30,7 +30,9 @@ from recsys_emb.semantic_ids.config import EmbedConfig, RQVAEConfig, RQVAETrainC
 from recsys_emb.semantic_ids.embed import build_encoder, embed_texts  # noqa: E402
 from recsys_emb.semantic_ids.items import check_missing, read_items  # noqa: E402
 from recsys_emb.semantic_ids.train import assign_ids, train_rqvae  # noqa: E402
-from recsys_emb.train.sequence_loop import SequenceExperimentConfig, train_sequence  # noqa: E402
+from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
+from recsys_emb.tasks.sequence import SequenceTask  # noqa: E402
+from recsys_emb.train.trainer import fit  # noqa: E402
 
 DATA = REPO.parent / "shared" / "datasets" / "amazon_scientific_text"
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         codes = args.codes or make_codes(args, Path(tmp) / "sids.npz")
         base = load_config(SequenceExperimentConfig, REPO / "configs" / "amazon_scientific_coldstart.yaml", [
-            f"data.path={args.data}", f"train.epochs={args.epochs}", f"train.seed={args.seed}", "progress=false",
+            f"data.path={args.data}", f"train.epochs={args.epochs}", f"train.seed={args.seed}", "train.progress=false",
             f"model.sid.codes={codes}", f"model.sid.tokenizer={args.tokenizer}",
         ])
         if args.max_users:
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                                          (f"SID pieces ({args.tokenizer})", "sid", None)):
             cfg = copy.deepcopy(base)
             cfg.model.item_features, cfg.model.item_hash_buckets = features, buckets
-            test = train_sequence(cfg, None, dataset=ds)["test"]
+            test = fit(SequenceTask(cfg, dataset=ds), cfg, Path(tmp) / features)["test"]
             print(f"{label:28s} test AUC overall {test['auc']:.4f} | known items {test['warm']['auc']:.4f} "
                   f"| new items {test['new_items']['auc']:.4f}")
     return 0

@@ -4,13 +4,11 @@ Sub-commands::
 
     recsys-emb synth criteo --rows N --out DIR [--test-rows M] [--seed S]
     recsys-emb prepare criteo --input FILE... --out DIR [--vocab-from DIR] [--min-count N | --hash-buckets N] [--strict]
-    recsys-emb train --config CFG [--train PATH] [--valid PATH] [--test PATH] [--run-dir DIR] [--set k=v ...] [--resume]
+    recsys-emb train --config CFG [--train PATH] [--valid PATH] [--test PATH] [--data DIR] [--run-dir DIR] [--set k=v ...] [--resume]
     recsys-emb evaluate --run-dir DIR --data PATH [--checkpoint]
     recsys-emb plan --config CFG --world-size N [--device cpu|cuda] [--set k=v ...]
     recsys-emb prepare movielens --input DIR --out DIR          (MovieLens-100K CTR data)
     recsys-emb search dnis|optembed --config CFG ...           (learned embedding dimensions)
-    recsys-emb train-seq --config CFG --data-path DIR [--run-dir DIR] [--resume] ...  (DIN / two-stage / DARE)
-    recsys-emb train-graph --config CFG --data DIR ...         (NGCF / LightGCN)
     recsys-emb sid embed|train|assign ...                      (semantic IDs)
     recsys-emb retrieve --config CFG ...                       (exact/FAISS + kNN-Embed)
     recsys-emb doctor [--json]
@@ -28,11 +26,13 @@ from pathlib import Path
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a CTR model from a YAML config", description="Train, validate and test a CTR model.")
+    p = sub.add_parser("train", help="train any model family from a YAML experiment (task: ctr | sequence | graph)",
+                       description="Train, validate and test a model: CTR, sequence ranking or graph CF (the config's task:).")
     p.add_argument("--config", type=Path, help="experiment YAML (e.g. configs/criteo_dcnv2.yaml); required unless --resume")
-    p.add_argument("--train", help="training data: raw Criteo TSV(.gz) or a prepared folder (overrides data.train)")
-    p.add_argument("--valid", help="validation data (overrides data.valid; default: last data.valid_fraction of train)")
-    p.add_argument("--test", help="test data (overrides data.test)")
+    p.add_argument("--train", help="ctr: training data, raw Criteo TSV(.gz) or a prepared folder (overrides data.train)")
+    p.add_argument("--valid", help="ctr: validation data (overrides data.valid; default: last data.valid_fraction of train)")
+    p.add_argument("--test", help="ctr: test data (overrides data.test)")
+    p.add_argument("--data", help="sequence / graph: the data folder (overrides data.path)")
     p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>-<time>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value with a dotted key, e.g. --set train.epochs=2 (repeatable)")
@@ -66,10 +66,6 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 TECHNIQUE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "search": ("recsys_emb.search.cli", "add_search_arguments", "run_search",
                "learned embedding dimensions: DNIS / OptEmbed search -> real smaller tables -> retrain"),
-    "train-seq": ("recsys_emb.train.sequence_loop", "add_train_seq_arguments", "run_train_seq",
-                  "train DIN / two-stage long-sequence / DARE rankers on behaviour sequences"),
-    "train-graph": ("recsys_emb.train.graph_loop", "add_graph_arguments", "run_graph",
-                    "train + full-ranking evaluation of NGCF / LightGCN / MF (BPR)"),
     "sid": ("recsys_emb.semantic_ids.cli", "add_sid_arguments", "run_sid",
             "semantic IDs: embed item text, train the RQ-VAE, assign IDs"),
     "retrieve": ("recsys_emb.retrieval.driver", "add_retrieve_arguments", "run_retrieve",
@@ -110,20 +106,23 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from recsys_emb.config.experiment import ExperimentConfig
-    from recsys_emb.config.io import load_config, run_config_and_dir
-    from recsys_emb.train.loop import train
+    from recsys_emb.config.io import run_config_and_dir
+    from recsys_emb.tasks import load_experiment, train
 
     overrides = list(args.overrides)
     for key in ("train", "valid", "test"):
         if getattr(args, key) is not None:
             overrides.append(f"data.{key}={getattr(args, key)}")
+    if args.data is not None:
+        overrides.append(f"data.path={args.data}")
     config_path, run_dir = run_config_and_dir(
         args.config, args.run_dir, args.resume, example="configs/criteo_dcnv2_tiny.yaml", tag="train"
     )
-    cfg = load_config(ExperimentConfig, config_path, overrides)
-    print(f"[train] run dir: {run_dir}", file=sys.stderr)
-    train(cfg, run_dir, resume=args.resume)
+    cfg = load_experiment(config_path, overrides)
+    print(f"[train] {cfg.task} run dir: {run_dir}", file=sys.stderr)
+    results = train(cfg, run_dir, resume=args.resume)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps(results.get("test") or results[results["selected_on"]]), flush=True)  # the best model's test metrics
     return 0
 
 

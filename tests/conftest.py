@@ -15,6 +15,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Data caches (prepared Criteo, parsed sequences, graphs) go to a per-session temp folder, never ~/.cache."""
+    import os
+
+    if "RECSYS_EMB_CACHE" not in os.environ:
+        os.environ["RECSYS_EMB_CACHE"] = str(tmp_path_factory.mktemp("recsys_emb_cache"))
+
+
 def load_benchmark(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` (not a package) as module ``bench_<name>``, registered in sys.modules
     (dataclasses and pickling look their module up there)."""

@@ -83,15 +83,21 @@ class TrainConfig:
     eval_every_steps: int | None = None  # validate every N steps as well as at each epoch end
     max_steps: int | None = None  # stop after this many optimizer steps (None = all epochs)
     checkpoint_every_steps: int | None = None  # write RUN_DIR/checkpoint every N steps (and at each epoch end)
+    max_steps_per_epoch: int | None = None  # cut every epoch short after N steps (quick runs; None = full epochs)
+    max_minutes: float | None = None  # wall-time budget: no epoch is started that would end past it (None = none)
     log_every_steps: int = 50  # TensorBoard/progress-bar update period
     tensorboard: bool = True  # write TensorBoard scalars to RUN_DIR/tensorboard (rank 0)
+    progress: bool = True  # tqdm progress bars (rank 0, interactive terminals)
+    num_threads: int | None = None  # torch intra-op threads while training (None = torch's default)
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every_steps", "max_steps", "checkpoint_every_steps"):
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"train.max_minutes must be > 0 or null, got {self.max_minutes}")
+        for name in ("eval_every_steps", "max_steps", "checkpoint_every_steps", "max_steps_per_epoch", "num_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"train.{name} must be >= 1 or null, got {value}")
@@ -159,8 +165,9 @@ class EmbeddingConfig:
 
 @dataclass
 class ExperimentConfig:
-    """A whole experiment: data, model and training."""
+    """A CTR experiment (``task: ctr``): pooled sparse + dense features, BCE, AUC/logloss."""
 
+    task: str = "ctr"  # the model family (recsys_emb/tasks): ctr | sequence | graph
     name: str = "experiment"  # free-form label, written into metrics.json
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -25,11 +25,15 @@ neighbours, values = weights) plus a per-node self-loop weight ``diag``, so that
 
 Isolated nodes (degree 0) get ``D^-1/2 = D^-1 = 0`` instead of ``inf``: their rows and columns are
 zero (plus their self-loop where the kind has one), never NaN.
+
+BPR sampling (:class:`BPRSampler`, batches of :class:`BPRBatch`): every training interaction once per
+epoch in a seeded random order, each with one uniform negative the user never interacted with.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -204,15 +208,40 @@ def find_split_file(root: str | Path, split: str) -> Path | None:
     return None
 
 
-def load_graph_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> GraphDataset:
+GRAPH_CACHE_VERSION = 1  # bump when the reader's output changes: older cache entries are then ignored
+
+
+def load_graph_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS, cache: bool = False,
+                       cache_dir: str | Path | None = None) -> GraphDataset:
     """Read ``train`` (required) and whichever of the other ``splits`` exist in ``root``.
 
     Item ids must be < the common item count, which is the largest id seen in any split + 1.
+    With ``cache`` the files are parsed once into ``CACHE/graphs/`` and memory-mapped on later runs
+    (:func:`recsys_emb.data.cache.cached_arrays`; the key covers the split files' names, sizes and
+    modification times).
     """
     root = Path(root)
     if find_split_file(root, "train") is None:
         raise FileNotFoundError(f"{root}: no train.txt or train.txt.gz (NGCF/LightGCN format 'user item item ...')")
-    raw = {s: read_graph_file(p) for s in splits if (p := find_split_file(root, s)) is not None}
+    files = {s: p for s in splits if (p := find_split_file(root, s)) is not None}
+    if not cache:
+        return _graph_from_splits({s: read_graph_file(p) for s, p in files.items()}, root)
+    from recsys_emb.data.cache import cached_arrays, file_fingerprints
+
+    def parse() -> tuple[dict[str, np.ndarray], dict]:
+        graph = _graph_from_splits({s: read_graph_file(p) for s, p in files.items()}, root)
+        arrays = {f"{s}_{part}": getattr(sp, part) for s, sp in graph.splits.items() for part in ("indptr", "indices")}
+        meta = {"num_users": graph.num_users, "num_items": graph.num_items,
+                "splits": {s: [sp.path, sp.lines, sp.duplicates] for s, sp in graph.splits.items()}}
+        return arrays, meta
+
+    key = {"version": GRAPH_CACHE_VERSION, "splits": sorted(files), "files": file_fingerprints(files.values())}
+    arrays, meta = cached_arrays("graphs", root.resolve().name, key, parse, cache_dir)
+    parts = {s: GraphSplit(arrays[f"{s}_indptr"], arrays[f"{s}_indices"], *info) for s, info in meta["splits"].items()}
+    return GraphDataset(meta["num_users"], meta["num_items"], parts, str(root))
+
+
+def _graph_from_splits(raw: dict[str, GraphSplit], root: Path) -> GraphDataset:
     num_users = max(sp.num_users for sp in raw.values())
     num_items = max((int(sp.indices.max()) + 1 for sp in raw.values() if sp.nnz), default=0)
     return GraphDataset(num_users, num_items, {s: sp.resized(num_users) for s, sp in raw.items()}, str(root))
@@ -328,3 +357,86 @@ def normalized_adjacency(graph: GraphDataset, kind: str = "sym", split: str = "t
         num_items=graph.num_items,
         kind=kind,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# BPR sampling
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BPRBatch:
+    """BPR triples ``(user, positive item, negative item)``: three aligned (B,) int64 tensors."""
+
+    users: torch.Tensor
+    pos: torch.Tensor
+    neg: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.users.numel())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> BPRBatch:
+        return BPRBatch(*(x.to(device, non_blocking=non_blocking) for x in (self.users, self.pos, self.neg)))
+
+    def part(self, rows: slice) -> BPRBatch:
+        """The triples of ``rows`` (e.g. one rank's part of a global batch)."""
+        return BPRBatch(self.users[rows], self.pos[rows], self.neg[rows])
+
+
+class BPRSampler:
+    """Every training interaction once per epoch, each with one uniform negative; batches of :class:`BPRBatch`.
+
+    Epoch ``e`` shuffles the interactions with ``np.random.default_rng([seed, e])`` and pairs each
+    ``(u, i)`` with an item drawn uniformly from the items ``u`` never interacted with in training
+    (vectorised rejection sampling: only collisions are redrawn), so order and negatives depend on
+    ``(seed, epoch)`` only. LightGCN's PyTorch code samples users uniformly instead; the number of
+    BPR triples per epoch is the same.
+
+    Args:
+        train: the training split (CSR over users).
+        num_items: the item count of the id space (negatives are drawn from ``[0, num_items)``).
+        batch_size: triples per (global) batch.
+        seed: with the epoch number, fixes order and negatives exactly.
+
+    Raises:
+        ValueError: a user interacted with every item (no negative exists).
+    """
+
+    def __init__(self, train: GraphSplit, num_items: int, batch_size: int, seed: int) -> None:
+        self.users = train.users()  # (nnz,)
+        self.items = train.indices  # (nnz,)
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.keys = np.sort(self.users * num_items + self.items)  # (nnz,) sorted (user, item) keys
+        full = np.diff(train.indptr) >= num_items
+        if full.any():
+            raise ValueError(f"user {int(np.argmax(full))} interacted with every item: no negative exists")
+
+    @property
+    def num_triples(self) -> int:
+        return len(self.users)
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.batch_size)
+
+    def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users * self.num_items + items
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[pos] == keys if len(self.keys) else np.zeros(len(keys), dtype=bool)
+
+    def sample_negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        neg = rng.integers(0, self.num_items, size=len(users))
+        bad = np.flatnonzero(self.is_positive(users, neg))
+        while len(bad):  # redraw only the collisions
+            neg[bad] = rng.integers(0, self.num_items, size=len(bad))
+            bad = bad[self.is_positive(users[bad], neg[bad])]
+        return neg
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[BPRBatch]:
+        """The batches of ``epoch`` in order, after the first ``skip`` (the same ones either way)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.users))
+        users, pos = self.users[order], self.items[order]
+        neg = self.sample_negatives(users, rng)
+        for start in range(skip * self.batch_size, len(order), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            yield BPRBatch(torch.from_numpy(users[sl]), torch.from_numpy(pos[sl]), torch.from_numpy(neg[sl]))

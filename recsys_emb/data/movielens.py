@@ -31,7 +31,6 @@ Input files: the original GroupLens ``ml-100k`` folder (``u.data`` or ``u.data.g
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys_emb.data.dataset import FORMAT_VERSION, JAGGED_FORMAT_VERSION, write_jagged
-from recsys_emb.utils import atomic_save_json
+from recsys_emb.utils import atomic_save_json, open_text
 
 SPARSE_FEATURES = ["user", "item", "gender", "age", "occupation", "zip", "genres"]
 JAGGED_FEATURES = ["genres"]  # multi-valued; last in SPARSE_FEATURES (the prepared format's rule)
@@ -74,8 +73,7 @@ class MovieLensRatings:
 
 
 def _lines(path: Path, encoding: str) -> list[tuple[int, str]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding=encoding, newline="") as f:  # type: ignore[operator]
+    with open_text(path, encoding=encoding, newline="") as f:
         return [(i, line.rstrip("\r\n")) for i, line in enumerate(f, 1) if line.strip()]
 
 
@@ -86,63 +84,95 @@ def _find(root: Path, name: str) -> Path:
     raise FileNotFoundError(f"{root}: neither {name} nor {name}.gz found (expected the GroupLens ml-100k folder)")
 
 
+class MovieLensDataError(ValueError):
+    """A malformed MovieLens-100K file; the message names file, line and field."""
+
+
+RATING_FIELDS = ("user", "item", "rating", "timestamp")
+
+
+def read_ratings(root: str | Path) -> np.ndarray:
+    """``u.data[.gz]`` of an ml-100k folder as an (N, 4) int64 array ``user, item, rating, timestamp`` in file order.
+
+    The one parser of MovieLens-100K ratings: the CTR data (:func:`read_movielens_100k`) and the
+    behaviour sequences (:func:`recsys_emb.data.sequences.read_movielens_100k`) both build on it.
+
+    Raises:
+        MovieLensDataError: a line without 4 integer fields or a rating outside 1-5 (file:line:field).
+    """
+    path = _find(Path(root), "u.data")
+    rows: list[list[int]] = []
+    for n, line in _lines(path, "utf-8"):
+        parts = line.split("\t")
+        if len(parts) != 4:
+            raise MovieLensDataError(f"{path}:{n}: expected 4 tab-separated fields {RATING_FIELDS}, got {len(parts)}: {line[:80]!r}")
+        for name, part in zip(RATING_FIELDS, parts):
+            if not part.strip().isdigit():
+                raise MovieLensDataError(f"{path}:{n}: field '{name}' = {part!r} is not a non-negative integer")
+        values = [int(p) for p in parts]
+        if not 1 <= values[2] <= 5:
+            raise MovieLensDataError(f"{path}:{n}: field 'rating' = {parts[2]!r} is not in 1-5")
+        rows.append(values)
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
+
+
+def read_items(root: str | Path) -> dict[int, tuple[float, tuple[int, ...]]]:
+    """``u.item[.gz]``: movie id -> (release year feature ``(year - 1900) / 100``, 0 when unknown; genre indices into :data:`GENRES`)."""
+    path = _find(Path(root), "u.item")
+    items: dict[int, tuple[float, tuple[int, ...]]] = {}
+    for n, line in _lines(path, "latin-1"):
+        parts = line.split("|")
+        if len(parts) != 5 + len(GENRES):
+            raise MovieLensDataError(f"{path}:{n}: expected 5 fields and {len(GENRES)} 0/1 genre flags ({5 + len(GENRES)} fields), "
+                                     f"got {len(parts)} fields: {line[:80]!r}")
+        if not parts[0].isdigit():
+            raise MovieLensDataError(f"{path}:{n}: field 1 (movie id) = {parts[0]!r} is not an integer")
+        flags = parts[-len(GENRES) :]
+        for g, f in enumerate(flags):
+            if f not in ("0", "1"):
+                raise MovieLensDataError(f"{path}:{n}: field {6 + g} (genre flag {GENRES[g]!r}) must be 0 or 1, got {f!r}")
+        date = parts[2]
+        year = float(date[-4:]) if len(date) >= 4 and date[-4:].isdigit() else None
+        items[int(parts[0])] = ((year - 1900.0) / 100.0 if year is not None else 0.0, tuple(i for i, f in enumerate(flags) if f == "1"))
+    return items
+
+
 def read_movielens_100k(root: str | Path) -> MovieLensRatings:
     """Read ``u.data``, ``u.user`` and ``u.item`` from an ml-100k folder; malformed lines are fatal (file:line)."""
     root = Path(root)
-    users: dict[str, tuple[str, str, str, str]] = {}
+    users: dict[int, tuple[str, str, str, str]] = {}
     path = _find(root, "u.user")
     for n, line in _lines(path, "latin-1"):
         parts = line.split("|")
-        if len(parts) != 5 or not parts[1].isdigit():
-            raise ValueError(f"{path}:{n}: expected 'id|age|gender|occupation|zip', got {line[:80]!r}")
-        users[parts[0]] = (parts[1], parts[2], parts[3], parts[4])
-    items: dict[str, tuple[float, tuple[int, ...]]] = {}
-    path = _find(root, "u.item")
-    for n, line in _lines(path, "latin-1"):
-        parts = line.split("|")
-        flags = parts[-len(GENRES) :]
-        if len(parts) != 5 + len(GENRES):
-            raise ValueError(f"{path}:{n}: expected 5 fields and {len(GENRES)} 0/1 genre flags ({5 + len(GENRES)} fields), "
-                             f"got {len(parts)} fields: {line[:80]!r}")
-        for g, f in enumerate(flags):
-            if f not in ("0", "1"):
-                raise ValueError(f"{path}:{n}: field {6 + g} (genre flag {GENRES[g]!r}) must be 0 or 1, got {f!r}")
-        date = parts[2]
-        year = float(date[-4:]) if len(date) >= 4 and date[-4:].isdigit() else None
-        items[parts[0]] = ((year - 1900.0) / 100.0 if year is not None else 0.0, tuple(i for i, f in enumerate(flags) if f == "1"))
+        if len(parts) != 5 or not parts[0].isdigit() or not parts[1].isdigit():
+            raise MovieLensDataError(f"{path}:{n}: expected 'id|age|gender|occupation|zip', got {line[:80]!r}")
+        users[int(parts[0])] = (parts[1], parts[2], parts[3], parts[4])
+    items = read_items(root)
+    ratings = read_ratings(root)
     path = _find(root, "u.data")
-    rows: list[tuple[str, str, float]] = []
-    dropped = 0
-    for n, line in _lines(path, "utf-8"):
-        parts = line.split("\t")
-        if len(parts) != 4 or parts[2] not in ("1", "2", "3", "4", "5"):
-            raise ValueError(f"{path}:{n}: expected 'user<TAB>item<TAB>rating(1-5)<TAB>timestamp', got {line[:80]!r}")
-        if parts[0] not in users or parts[1] not in items:
-            raise ValueError(f"{path}:{n}: user {parts[0]} or item {parts[1]} is not in u.user / u.item")
-        rating = int(parts[2])
-        if rating == 3:
-            dropped += 1
-            continue
-        rows.append((parts[0], parts[1], 1.0 if rating >= 4 else 0.0))
+    unknown = np.flatnonzero([u not in users or i not in items for u, i in ratings[:, :2].tolist()])
+    if len(unknown):
+        u, i = ratings[unknown[0], :2].tolist()
+        raise MovieLensDataError(f"{path}: rating {unknown[0] + 1} (non-empty line): user {u} or item {i} is not in u.user / u.item")
+    neutral = ratings[:, 2] == 3
+    rows = ratings[~neutral]
     raw: dict[str, list[str]] = {name: [] for name in SPARSE_FEATURES if name not in JAGGED_FEATURES}
-    dense, labels, genres = [], [], []
-    for user, item, label in rows:
+    dense, genres = [], []
+    for user, item in rows[:, :2].tolist():
         age, gender, occupation, zip_code = users[user]
         year, item_genres = items[item]
-        values = [user, item, gender, age, occupation, zip_code]
-        for name, value in zip(raw, values):
+        for name, value in zip(raw, (str(user), str(item), gender, age, occupation, zip_code)):
             raw[name].append(value)
         dense.append((int(age) / 100.0, year))
-        labels.append(label)
         genres.append(item_genres)
     genre_array = np.empty(len(genres), dtype=object)
     genre_array[:] = genres
     return MovieLensRatings(
         raw={k: np.array(v, dtype=object) for k, v in raw.items()},
         dense=np.asarray(dense, dtype=np.float32).reshape(-1, len(DENSE_FEATURES)),
-        labels=np.asarray(labels, dtype=np.float32),
+        labels=(rows[:, 2] >= 4).astype(np.float32),
         genres=genre_array,
-        dropped_neutral=dropped,
+        dropped_neutral=int(neutral.sum()),
     )
 
 

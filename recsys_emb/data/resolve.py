@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recsys_emb.config.experiment import DataConfig
+from recsys_emb.data.cache import default_cache_dir
 from recsys_emb.data.dataset import PreparedCTRData
 from recsys_emb.utils import open_text
 
@@ -33,10 +34,6 @@ class Split:
     def open(self) -> tuple[PreparedCTRData, int, int]:
         data = PreparedCTRData.open(self.root)
         return data, self.start, len(data) if self.stop is None else self.stop
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RECSYS_EMB_CACHE", Path.home() / ".cache" / "recsys_emb"))
 
 
 def is_prepared(path: Path) -> bool:

@@ -76,6 +76,8 @@ class SequenceDataConfig:
     seed: int = 0  # seeds negative sampling
     holdout_items: float = 0.0  # cold start: fraction of items held out of training (recsys_emb/data/cold_start.py)
     holdout_seed: int = 0  # which items are held out
+    cache: bool = True  # parse the raw files once into cache_dir, memory-map them on later runs
+    cache_dir: str | None = None  # None = $RECSYS_EMB_CACHE or ~/.cache/recsys_emb
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -177,70 +179,73 @@ def read_s3rec(sequences: str | Path, attributes: str | Path | None) -> RawSeque
 
 
 def read_movielens_100k(folder: str | Path) -> RawSequences:
-    """Read ``u.data`` (ratings, any value counts as an interaction) and ``u.item`` (first genre flag).
+    """MovieLens-100K as sequences: every rating of ``u.data`` is an interaction (any value), ordered per
+    user by (timestamp, line); an item's category is its first genre flag in ``u.item``.
 
-    Raises:
-        SequenceDataError: a line without 4 integer fields (file:line:field).
+    Parsing is :func:`recsys_emb.data.movielens.read_ratings` / ``read_items`` (the one ml-100k parser).
     """
-    folder = Path(folder)
-    data_path = _find(folder, "u.data")
-    names = ("user", "item", "rating", "timestamp")
-    rows: list[tuple[int, int, int]] = []
-    with open_text(data_path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 4:
-                raise SequenceDataError(f"{data_path}:{line_no}: expected 4 tab-separated fields {names}, got {len(parts)}")
-            try:
-                values = [int(p) for p in parts]
-            except ValueError:
-                bad = next(i for i, p in enumerate(parts) if not p.strip().lstrip("-").isdigit())
-                raise SequenceDataError(f"{data_path}:{line_no}: field '{names[bad]}' = {parts[bad]!r} is not an integer") from None
-            rows.append((values[0], values[3], values[1]))
-    arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
-    order = np.lexsort((np.arange(len(arr)), arr[:, 1], arr[:, 0]))  # user, then timestamp, then line
-    arr = arr[order]
-    users, counts = np.unique(arr[:, 0], return_counts=True)
+    from recsys_emb.data.movielens import _find as find_ml, read_items, read_ratings
+
+    ratings = read_ratings(folder)  # (N, 4): user, item, rating, timestamp
+    order = np.lexsort((np.arange(len(ratings)), ratings[:, 3], ratings[:, 0]))  # user, then timestamp, then line
+    ratings = ratings[order]
+    users, counts = np.unique(ratings[:, 0], return_counts=True)
     offsets = np.zeros(len(users) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    categories: dict[int, int] = {}
-    item_path = _find(folder, "u.item")
-    with open_text(item_path, encoding="latin-1") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("|")
-            if len(parts) < 6 or not parts[0].isdigit():
-                raise SequenceDataError(f"{item_path}:{line_no}: expected 'id|title|...|genre flags', got {len(parts)} fields")
-            flags = parts[5:]
-            first = next((g for g, v in enumerate(flags) if v.strip() == "1"), None)
-            if first is not None:
-                categories[int(parts[0])] = first
-    return RawSequences(users, offsets, arr[:, 2].copy(), categories, str(data_path))
+    categories = {item: genres[0] for item, (_, genres) in read_items(folder).items() if genres}
+    return RawSequences(users, offsets, ratings[:, 1].copy(), categories, str(find_ml(Path(folder), "u.data")))
+
+
+RAW_CACHE_VERSION = 1  # bump when a reader's output changes: older cache entries are then ignored
+_RAW_ARRAYS = ("users", "offsets", "items", "category_items", "category_values")
 
 
 def load_raw(cfg: SequenceDataConfig) -> RawSequences:
-    """Read the raw files ``cfg`` names (``cfg.path`` must be set)."""
+    """The raw sequences of the files ``cfg`` names (``cfg.path`` must be set).
+
+    With ``cfg.cache`` (default) the files are parsed once into ``CACHE/sequences/`` and
+    memory-mapped on later runs (:func:`recsys_emb.data.cache.cached_arrays`: the key covers the
+    dataset, the stem, the reader version and every file in ``cfg.path``).
+    """
     if cfg.path is None:
         raise ValueError(f"data.path is not set: point it at the folder with the {cfg.dataset} files (see datasets/amazon_seq/README.md)")
     folder = Path(cfg.path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data.path: {folder} is not a folder")
+    if cfg.cache:
+        from recsys_emb.data.cache import cached_arrays, file_fingerprints
+
+        key = {"version": RAW_CACHE_VERSION, "dataset": cfg.dataset, "stem": cfg.stem,
+               "files": file_fingerprints(p for p in folder.iterdir() if p.is_file())}
+        arrays, meta = cached_arrays("sequences", cfg.dataset, key, lambda: _raw_arrays(_read_raw(cfg, folder)), cfg.cache_dir)
+        users, offsets, items, keys, values = (arrays[name] for name in _RAW_ARRAYS)
+        raw = RawSequences(users, np.asarray(offsets), items, dict(zip(keys.tolist(), values.tolist())), meta["source"])
+    else:
+        raw = _read_raw(cfg, folder)
+    return raw.head(cfg.max_users) if cfg.max_users is not None else raw
+
+
+def _raw_arrays(raw: RawSequences) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    keys = np.fromiter(raw.item_category.keys(), dtype=np.int64, count=len(raw.item_category))
+    values = np.fromiter(raw.item_category.values(), dtype=np.int64, count=len(raw.item_category))
+    arrays = dict(zip(_RAW_ARRAYS, (np.asarray(raw.users), raw.offsets, raw.items, keys, values)))
+    return arrays, {"source": raw.source}
+
+
+def _read_raw(cfg: SequenceDataConfig, folder: Path) -> RawSequences:
     if cfg.dataset == "movielens_100k":
-        raw = read_movielens_100k(folder)
-    elif cfg.dataset == "unisrec":
+        return read_movielens_100k(folder)
+    if cfg.dataset == "unisrec":
         from recsys_emb.data.cold_start import read_unisrec_sequences
 
-        raw = read_unisrec_sequences(folder, cfg.stem)
-    else:
-        stem = cfg.stem if cfg.dataset == "s3rec" else AMAZON_STEMS[cfg.dataset]
-        seq = _find(folder, f"{stem}.txt")
-        try:
-            attrs: Path | None = _find(folder, f"{stem}_item2attributes.json")
-        except FileNotFoundError:
-            attrs = None
-        raw = read_s3rec(seq, attrs)
-    return raw.head(cfg.max_users) if cfg.max_users is not None else raw
+        return read_unisrec_sequences(folder, cfg.stem)
+    stem = cfg.stem if cfg.dataset == "s3rec" else AMAZON_STEMS[cfg.dataset]
+    seq = _find(folder, f"{stem}.txt")
+    try:
+        attrs: Path | None = _find(folder, f"{stem}_item2attributes.json")
+    except FileNotFoundError:
+        attrs = None
+    return read_s3rec(seq, attrs)
 
 
 def write_synthetic_s3rec(folder: str | Path, *, users: int = 300, items: int = 120, categories: int = 8, seed: int = 0) -> Path:

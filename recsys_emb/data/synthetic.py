@@ -46,7 +46,7 @@ from recsys_emb.data.synthetic_model import (
     SynthCriteoModel,
     block_rng,
 )
-from recsys_emb.utils import atomic_save_json
+from recsys_emb.utils import atomic_save_json, open_text
 
 __all__ = [
     "BLOCK_ROWS",
@@ -380,11 +380,10 @@ def read_criteo_rows(path: str | os.PathLike[str]) -> tuple[np.ndarray, ...]:
         ValueError: naming the file, line and field of the first malformed row.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     labels: list[int] = []
     dense: list[list[int]] = []
     codes: list[list[int]] = []
-    with opener(path, "rt", encoding="ascii", newline="\n") as f:
+    with open_text(path, encoding="ascii", newline="\n") as f:
         for line_no, line in enumerate(f, 1):
             fields = line.rstrip("\n").split("\t")
             if len(fields) != _NUM_FIELDS:

@@ -15,10 +15,16 @@ Papers:
 
 Tables. Layer-0 user and item embeddings live in ONE stock weighted ``EmbeddingBagCollection`` with
 two tables, ``user`` (features ``user_id``, ``item_nbrs``) and ``item`` (features ``item_id``,
-``user_nbrs``). Two propagation modes compute ``P E``:
+``user_nbrs``). Three propagation modes compute ``P E``:
 
-- ``full``: paper-faithful and fastest on one device: the table weights are read directly and
-  ``P E`` is a sparse (CSR) matmul over the whole graph (the table must be unsharded).
+- ``full``: the table weights are read directly and ``P E`` is a sparse (CSR) matmul over the whole
+  graph; only for an unsharded ``GraphCF`` used directly (examples, step timing): the trainer
+  (``recsys-emb train``) always wraps the model in ``DistributedModelParallel``, whose tables are
+  not plain weights.
+- ``lookup`` (the default): ``E0`` comes from ONE call of the EBC on a KeyedJaggedTensor whose
+  ``user_id``/``item_id`` bags hold each node itself (so the tables may be sharded or replicated by
+  DMP), and every hop, the first included, is the CSR matmul of ``full`` on that ``(N, D)``
+  activation. Its backward is the fast transposed pooling, and the table lookup only sends ``N`` ids.
 - ``neighbor``: the first hop is ONE call of the EBC on a KeyedJaggedTensor whose bags are the
   neighbour lists (bag of user ``u`` in feature ``user_nbrs`` = its items, weights = ``P``'s
   entries; ``user_id``/``item_id`` bags hold each node itself, giving ``E0``), so stock TorchRec
@@ -26,7 +32,9 @@ two tables, ``user`` (features ``user_id``, ``item_nbrs``) and ``item`` (feature
   Later hops operate on the (dense, activation-sized) output of the previous layer with the same
   weighted sum pooling (``F.embedding_bag``). Every rank pools ALL nodes (the graph's full batch):
   table memory is sharded, compute of hop 1 is not; see docs/techniques/graph_cf.md.
-  Both modes give the same numbers for the same weights (tested).
+  On CPU the weighted-bag backward over all ``2|E|`` neighbour entries makes this ~3x slower per
+  step than ``lookup`` (ML-1M LightGCN); what it buys is hop-1 pooling done by the table owners.
+  All modes give the same numbers for the same weights (tested).
 
 Deviations: dropout of the adjacency ("node dropout") is available in two variants: ``edge``
 (the reference code: every non-zero of ``P``, self-loops included, kept with prob ``1-p`` and
@@ -47,9 +55,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 
-from recsys_emb.data.graphs import ADJACENCY_KINDS, SYMMETRIC_KINDS, NormalizedAdjacency
+from recsys_emb.data.graphs import ADJACENCY_KINDS, SYMMETRIC_KINDS, BPRBatch, NormalizedAdjacency
 
 USER_TABLE, ITEM_TABLE = "user", "item"
+PROPAGATION_MODES = ("lookup", "neighbor", "full")
 FEATURES = ("user_id", "item_nbrs", "item_id", "user_nbrs")  # KJT key order = table order
 
 
@@ -61,7 +70,10 @@ class GraphModelConfig:
     embedding_dim: int = 64  # layer-0 table dim (a multiple of 4 for sharded FBGEMM tables)
     num_layers: int = 3  # propagation layers (ignored by mf)
     layer_dims: list[int] | None = None  # NGCF output dim per layer (default: embedding_dim each)
-    propagation: Literal["full", "neighbor"] = "full"  # sparse matmul | EBC pooling over neighbour lists
+    # lookup: E0 through the table EBC, hops as sparse matmuls (DMP-ready, the fast default); neighbor: hop 1
+    # pooled over neighbour lists by the EBC (DMP-ready); full: sparse matmul on the raw table weights
+    # (an unsharded GraphCF only, e.g. examples/graph_cf.py; `recsys-emb train` refuses it)
+    propagation: Literal["lookup", "neighbor", "full"] = "lookup"
     adjacency: str | None = None  # None: sym (lightgcn/mf, NGCF paper form), row_self_loop (NGCF reference)
     ngcf_layer_form: Literal["reference", "paper"] = "reference"  # see module docstring
     message_dropout: list[float] = field(default_factory=lambda: [0.1])  # NGCF, per layer (last repeats)
@@ -70,6 +82,8 @@ class GraphModelConfig:
     init: Literal["normal", "xavier"] | None = None  # None: normal(0.1) for lightgcn/mf, xavier for ngcf
     init_std: float = 0.1  # std of the normal init
     leaky_relu_slope: float = 0.2  # NGCF LeakyReLU slope (TensorFlow's default, used by the reference)
+    l2: float = 1e-4  # BPR loss: weight of the L2 penalty on the batch embeddings (LightGCN 1e-4, NGCF 1e-5)
+    l2_on: Literal["ego", "final"] = "ego"  # penalise layer-0 embeddings (LightGCN) or the final ones (NGCF reference)
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 1 or self.num_layers < 0:
@@ -78,6 +92,10 @@ class GraphModelConfig:
             raise ValueError(f"model.adjacency '{self.adjacency}' is not one of {list(ADJACENCY_KINDS)}")
         if not 0.0 <= self.node_dropout < 1.0 or any(not 0.0 <= p < 1.0 for p in self.message_dropout):
             raise ValueError("model.node_dropout and model.message_dropout must be in [0, 1)")
+        if self.l2 < 0:
+            raise ValueError(f"model.l2 must be >= 0, got {self.l2}")
+        if self.l2_on not in ("ego", "final"):
+            raise ValueError(f"model.l2_on must be 'ego' or 'final', got '{self.l2_on}'")
         if self.name == "mf":
             self.num_layers = 0
 
@@ -114,17 +132,18 @@ def graph_tables(num_users: int, num_items: int, cfg: GraphModelConfig) -> list[
 
 
 class GraphPropagation(nn.Module):
-    """``P @ E`` for the normalised adjacency ``P`` (buffers), in ``full`` or ``neighbor`` mode.
+    """``P @ E`` for the normalised adjacency ``P`` (buffers), in ``full``, ``lookup`` or ``neighbor`` mode.
 
     Args:
         adj: the normalised adjacency (off-diagonal CSR + self-loop weights).
-        mode: ``full`` (sparse matmul) or ``neighbor`` (weighted sum pooling over neighbour lists).
+        mode: ``full`` (sparse matmul on the raw weights), ``lookup`` (E0 through the EBC, then sparse
+            matmul) or ``neighbor`` (EBC weighted sum pooling over neighbour lists for hop 1).
     """
 
     def __init__(self, adj: NormalizedAdjacency, mode: str = "full") -> None:
         super().__init__()
-        if mode not in ("full", "neighbor"):
-            raise ValueError(f"propagation mode must be 'full' or 'neighbor', got '{mode}'")
+        if mode not in PROPAGATION_MODES:
+            raise ValueError(f"propagation mode must be one of {list(PROPAGATION_MODES)}, got '{mode}'")
         self.mode = mode
         self.num_users, self.num_items = adj.num_users, adj.num_items
         self.register_buffer("indptr", adj.indptr.clone(), persistent=False)
@@ -207,13 +226,35 @@ class GraphPropagation(nn.Module):
         ])
         return KeyedJaggedTensor(keys=list(FEATURES), values=ids, lengths=lengths, weights=weights, stride=B)
 
+    def identity_kjt(self) -> KeyedJaggedTensor:
+        """The ``lookup`` input: ``user_id`` bag ``u`` = [u], ``item_id`` bag ``i`` = [i] (weight 1), the
+        neighbour features empty; stride max(U, I) (bags past U or I are empty)."""
+        U, I = self.num_users, self.num_items
+        B = max(U, I)
+        dev = self.indptr.device
+        one, zero = torch.ones(1, dtype=torch.int64, device=dev), torch.zeros(1, dtype=torch.int64, device=dev)
+        lengths = torch.cat([  # feature order: user_id, item_nbrs, item_id, user_nbrs
+            one.expand(U), zero.expand(B - U), zero.expand(B), one.expand(I), zero.expand(B - I), zero.expand(B),
+        ])
+        ids = torch.cat([torch.arange(U, device=dev), torch.arange(I, device=dev)])
+        return KeyedJaggedTensor(keys=list(FEATURES), values=ids, lengths=lengths,
+                                 weights=torch.ones(U + I, device=dev), stride=B)
+
+    def ego(self, tables: nn.Module) -> torch.Tensor:
+        """E0 (N, D): the layer-0 rows of all nodes, users first (raw weights in ``full`` mode, else a lookup)."""
+        U, I = self.num_users, self.num_items
+        if self.mode == "full":
+            weights = tables.embedding_bags
+            return torch.cat([weights[USER_TABLE].weight, weights[ITEM_TABLE].weight])
+        pooled = tables(self.identity_kjt()).to_dict()
+        return torch.cat([pooled["user_id"][:U], pooled["item_id"][:I]])
+
     def first_hop(self, tables: nn.Module, values: torch.Tensor | None = None,
                   diag: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(E0, P E0), each (N, D), from the tables (an unsharded or sharded weighted EBC)."""
         U, I = self.num_users, self.num_items
-        if self.mode == "full":
-            weights = tables.embedding_bags
-            e0 = torch.cat([weights[USER_TABLE].weight, weights[ITEM_TABLE].weight])  # (N, D)
+        if self.mode in ("full", "lookup"):
+            e0 = self.ego(tables)  # (N, D)
             return e0, self.hop(e0, values, diag)
         pooled = tables(self.neighbor_kjt(values)).to_dict()
         e0 = torch.cat([pooled["user_id"][:U], pooled["item_id"][:I]])  # (N, D)
@@ -296,11 +337,7 @@ class GraphCF(nn.Module):
         else:
             values, diag = prop.values, prop.diag
         if self.cfg.num_layers == 0:  # MF: no propagation at all
-            if prop.mode == "full":
-                w = self.tables.embedding_bags
-                e0 = torch.cat([w[USER_TABLE].weight, w[ITEM_TABLE].weight])
-            else:
-                e0, _ = prop.first_hop(self.tables, values, diag)
+            e0 = prop.first_hop(self.tables, values, diag)[0] if prop.mode == "neighbor" else prop.ego(self.tables)
             return GraphEmbeddings(e0, e0)
         e0, side = prop.first_hop(self.tables, values, diag)  # (N, D) each
         if self.cfg.name == "ngcf":
@@ -365,13 +402,20 @@ class NGCFLayer(nn.Module):
 
 
 class GraphBPRTrain(nn.Module):
-    """BPR loss with L2 on the batch embeddings; ``forward(users, pos, neg) -> (loss, (bpr, reg))``.
+    """BPR loss with L2 on the batch embeddings; ``forward(batch: BPRBatch) -> (loss, (bpr, reg))``.
 
-    ``model`` is a :class:`GraphCF` or anything whose ``forward()`` returns :class:`GraphEmbeddings`
-    (e.g. ``DistributedModelParallel(GraphCF(...))``, then give ``num_users``).
+    ``model`` is a :class:`GraphCF` (its ``forward()`` embeds every node: the whole graph is propagated
+    at every step, as both papers do); the batch only picks the rows the loss reads. Wrap THIS module in
+    ``DistributedModelParallel`` (``recsys-emb train`` does); the graph model is at ``self.model``.
 
-    ``bpr = mean(softplus(s_neg - s_pos))``; ``reg = l2 * 0.5 * (|u|^2 + |p|^2 + |n|^2) / B`` over the
-    layer-0 (``l2_on="ego"``, LightGCN) or final (``"final"``, NGCF reference) embeddings of the batch.
+    ``bpr = mean(softplus(s_neg - s_pos))`` with ``s = <final user, final item>``;
+    ``reg = l2 * 0.5 * (|u|^2 + |p|^2 + |n|^2) / B`` summed over the batch rows of the layer-0
+    (``l2_on="ego"``, LightGCN's code) or final (``"final"``, NGCF's reference code) embeddings.
+
+    Example::
+
+        train = GraphBPRTrain(model, l2=1e-4, l2_on="ego")
+        loss, (bpr, reg) = train(BPRBatch(users, pos, neg))
     """
 
     def __init__(self, model: nn.Module, l2: float, l2_on: str = "ego", num_users: int | None = None) -> None:
@@ -379,14 +423,23 @@ class GraphBPRTrain(nn.Module):
         if l2_on not in ("ego", "final"):
             raise ValueError(f"l2_on must be 'ego' or 'final', got '{l2_on}'")
         self.model, self.l2, self.l2_on = model, l2, l2_on
-        self.num_users = model.num_users if num_users is None else num_users  # pass it for a DMP-wrapped model
+        self.num_users = model.num_users if num_users is None else num_users
 
-    def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, batch: BPRBatch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Args:
+        batch: (B,) user ids, positive and negative item ids (item-table ids, not node ids).
+
+        Returns:
+            ``(loss, (bpr.detach(), reg.detach()))``, scalars; ``loss = bpr + reg``.
+        """
+        users, pos, neg = batch.users, batch.pos, batch.neg
         out = self.model()
         U = self.num_users
         final_u, final_p, final_n = out.final[users], out.final[U + pos], out.final[U + neg]  # (B, D') each
         bpr = F.softplus((final_u * final_n).sum(1) - (final_u * final_p).sum(1)).mean()
-        src = out.ego if self.l2_on == "ego" else out.final
-        ru, rp, rn = (final_u, final_p, final_n) if self.l2_on == "final" else (src[users], src[U + pos], src[U + neg])
+        if self.l2_on == "final":
+            ru, rp, rn = final_u, final_p, final_n
+        else:
+            ru, rp, rn = out.ego[users], out.ego[U + pos], out.ego[U + neg]  # (B, D) each
         reg = self.l2 * 0.5 * (ru.pow(2).sum() + rp.pow(2).sum() + rn.pow(2).sum()) / users.numel()
         return bpr + reg, (bpr.detach(), reg.detach())

@@ -2,7 +2,7 @@
 
 Steps: read a LightGCN-format folder (``train.txt``/``test.txt``, optional ``valid.txt``, plain or
 ``.gz``); train the base model (``base.type``: ``two_tower`` in-batch softmax, or the graph-CF
-``lightgcn`` / ``mf`` with BPR from :mod:`recsys_emb.train.graph_loop`), or load user/item
+``lightgcn`` / ``mf`` with BPR through the graph task, :mod:`recsys_emb.tasks.graph`), or load user/item
 embeddings produced by any model; build the exact index, the configured FAISS index and the
 kNN-Embed retriever; retrieve K = max(eval.ks) candidates for every evaluated user (training items,
 and validation items when evaluating test, excluded) and report recall/NDCG/diversity/speed per method.
@@ -32,13 +32,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recsys_emb.config.experiment import ShardingConfig
+from recsys_emb.config.graph import GraphEvalConfig, GraphTrainConfig
 from recsys_emb.models.graph import GraphModelConfig
 from recsys_emb.models.two_tower import TwoTowerConfig, train_two_tower
 from recsys_emb.retrieval.data import InteractionData, Interactions, load_split_data
 from recsys_emb.retrieval.evaluate import MethodResult, nan_to_none, summarize, timed
 from recsys_emb.retrieval.index import IndexConfig, build_index
 from recsys_emb.retrieval.knn_embed import KnnEmbed, KnnEmbedConfig
-from recsys_emb.train.graph_loop import GraphTrainConfig
 from recsys_emb.utils import atomic_save_json, atomic_write_bytes
 
 
@@ -59,12 +60,15 @@ BASE_TYPES = ("two_tower", "lightgcn", "mf")
 
 @dataclass
 class GraphBaseConfig:
-    """A graph-CF base model (``base.type: lightgcn | mf``): the ``model:`` and ``train:`` sections of
-    ``recsys-emb train-graph`` (``model.name`` is set from ``base.type``). Evaluation inside training
-    happens once, after the last epoch (no epoch selection)."""
+    """A graph-CF base model (``base.type: lightgcn | mf``): the ``model:``, ``train:``, ``sharding:`` and
+    ``evaluation:`` sections of a ``task: graph`` experiment (configs/gowalla_lightgcn.yaml;
+    ``model.name`` is set from ``base.type``). No epoch selection: the weights after the last epoch
+    are used (``evaluation.select_metric`` is ignored; the trainer still scores every epoch)."""
 
     model: GraphModelConfig = field(default_factory=GraphModelConfig)
     train: GraphTrainConfig = field(default_factory=GraphTrainConfig)
+    sharding: ShardingConfig = field(default_factory=lambda: ShardingConfig(type="data_parallel"))
+    evaluation: GraphEvalConfig = field(default_factory=lambda: GraphEvalConfig(select_metric=None))
 
 
 @dataclass
@@ -171,43 +175,46 @@ def _graph_split(x: Interactions, num_users: int):  # noqa: ANN202
 
 
 def train_graph_base(cfg: RetrieveConfig, data: InteractionData, run_dir: Path) -> tuple[Tensor, Tensor, dict]:
-    """Train LightGCN / BPR-MF (``cfg.base.type``) on ``data.train`` with the graph-CF trainer.
+    """Train LightGCN / BPR-MF (``cfg.base.type``) on ``data.train`` with the one trainer (``task: graph``).
 
     The graph is built in memory from ``data`` (same id space; items seen only in test/valid are
-    isolated nodes), so a validation holdout trains without its items. Splits given to the trainer:
+    isolated nodes), so a validation holdout trains without its items. Splits given to the task:
     ``train``, ``test`` = the evaluated split and, when ``data.extra_exclude`` is set, ``valid`` (so
-    its items are excluded when the trainer scores test). The trainer evaluates once, after the last
-    epoch, and the embeddings are those of the last epoch. Its files go to ``run_dir``.
+    its items are excluded when the trainer scores test). No model selection: the embeddings are
+    those after the last epoch (selecting an epoch on the evaluated split would leak it into the base
+    model). The trainer's files (``config.yaml``, ``model.pt``, ``embeddings.pt``, ``metrics.json``,
+    ...) go to ``run_dir``; an earlier base run there is replaced.
     """
+    import shutil  # noqa: PLC0415
+
+    from recsys_emb.config.graph import GraphDataConfig, GraphExperimentConfig  # noqa: PLC0415
     from recsys_emb.data.graphs import GraphDataset  # noqa: PLC0415
-    from recsys_emb.train.graph_loop import (  # noqa: PLC0415
-        GraphDataConfig, GraphExperimentConfig, _fit, _LocalTrainer, load_graph_embeddings)
+    from recsys_emb.tasks.graph import GraphTask, load_graph_embeddings  # noqa: PLC0415
+    from recsys_emb.train.trainer import fit  # noqa: PLC0415
 
     splits = {"train": _graph_split(data.train, data.num_users), "test": _graph_split(data.test, data.num_users)}
     if data.extra_exclude is not None:
         splits["valid"] = _graph_split(data.extra_exclude, data.num_users)
     graph = GraphDataset(data.num_users, data.num_items, splits, data.source)
-    tc = dataclasses.replace(cfg.base.graph.train, eval_every=cfg.base.graph.train.epochs,
-                             early_stopping_patience=0, progress=cfg.base.graph.train.progress and cfg.show_progress)
-    gcfg = GraphExperimentConfig(data=GraphDataConfig(path=data.source, valid="valid" in splits),
-                                 model=dataclasses.replace(cfg.base.graph.model, name=cfg.base.type), train=tc)
-    threads = torch.get_num_threads()
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        metrics = _fit(gcfg, graph, _LocalTrainer(gcfg, graph), run_dir, False)
-        seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
+    base = cfg.base.graph
+    tc = dataclasses.replace(base.train, early_stopping_patience=0, progress=base.train.progress and cfg.show_progress)
+    gcfg = GraphExperimentConfig(
+        name=f"{cfg.name}_base", data=GraphDataConfig(path=data.source, valid="valid" in splits),
+        model=dataclasses.replace(base.model, name=cfg.base.type), train=tc, sharding=base.sharding,
+        evaluation=dataclasses.replace(base.evaluation, select_metric=None))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        print(f"[retrieve] replacing the earlier base-model run in {run_dir}", file=sys.stderr)
+        shutil.rmtree(run_dir)
+    t0 = time.perf_counter()
+    metrics = fit(GraphTask(gcfg, graph), gcfg, run_dir)
+    seconds = time.perf_counter() - t0
     user, item = load_graph_embeddings(run_dir)
-    last = metrics["history"][-1]
+    epochs = metrics["epochs"]
     return user.float(), item.float(), {
-        "source": cfg.base.type, "epochs": metrics["epochs_run"], "seed": tc.seed, "batch_size": tc.batch_size,
-        "lr": tc.lr, "num_layers": gcfg.model.num_layers, "embedding_dim": gcfg.model.embedding_dim,
-        "train_seconds": seconds, "mean_epoch_seconds": metrics["mean_train_seconds_per_epoch"],
-        "final_loss": last["loss"], "eval_split_metrics": last.get("test")}
+        "source": cfg.base.type, "epochs": metrics["epochs_completed"], "seed": tc.seed, "batch_size": tc.batch_size,
+        "lr": tc.embedding_optimizer.lr, "num_layers": gcfg.model.num_layers, "embedding_dim": gcfg.model.embedding_dim,
+        "train_seconds": seconds, "mean_epoch_seconds": sum(e["train_seconds"] for e in epochs) / max(len(epochs), 1),
+        "final_loss": epochs[-1]["mean_loss"] if epochs else None, "eval_split_metrics": metrics.get("test")}
 
 
 def base_embeddings(cfg: RetrieveConfig, data: InteractionData, work_dir: Path | None = None) -> tuple[Tensor, Tensor, dict]:

@@ -102,9 +102,14 @@ def broadcast_plan(make_plan: Callable[[], ShardingPlan], env: DistEnv) -> Shard
 
 
 def shard_model(
-    model: nn.Module, env: DistEnv, train: TrainConfig, sharding: ShardingConfig | None = None
+    model: nn.Module, env: DistEnv, train: TrainConfig, sharding: ShardingConfig | None = None,
+    initial: dict[str, torch.Tensor] | None = None,
 ) -> tuple[DistributedModelParallel, list[str]]:
     """Attach fused table optimizers, plan the sharding and wrap ``model`` (ideally built on ``meta``) in DMP.
+
+    Tables start from the seeded, world-size-independent uniform init of
+    :func:`recsys_emb.distributed.init.init_deterministically`, or from ``initial`` (full tensors by
+    state-dict key, the same on every rank) where a family's paper prescribes another init.
 
     Returns:
         The DMP model and the parameter names of tables trained by a regular (non-fused) optimizer.
@@ -117,8 +122,10 @@ def shard_model(
     fused, unfused = table_weights(model, {t.name for t in infos if t.fused})
     if fused and env.device.type == "cpu" and train.embedding_optimizer.name not in CPU_FUSED_OPTIMIZERS:
         raise ValueError(
-            f"train.embedding_optimizer.name={train.embedding_optimizer.name} has no FBGEMM CPU kernel "
-            f"(CPU supports {', '.join(CPU_FUSED_OPTIMIZERS)}); choose one of those or train on CUDA"
+            f"train.embedding_optimizer.name={train.embedding_optimizer.name} has no FBGEMM CPU kernel for the sharded "
+            f"(fused) tables {', '.join(t.name for t in infos if t.fused)} (CPU supports "
+            f"{', '.join(CPU_FUSED_OPTIMIZERS)}); choose one of those, set sharding.type: data_parallel (full table "
+            f"replicas trained by the regular torch {train.embedding_optimizer.name}), or train on CUDA"
         )
     if fused:
         apply_optimizer_in_backward(
@@ -138,7 +145,27 @@ def shard_model(
     dmp = DistributedModelParallel(model, device=env.device, plan=plan, sharders=sharders)
     # TorchRec initialises shards with each rank's own RNG: redo it so the start depends only on the seed
     init_deterministically(dmp, inits, train.seed)
+    if initial:
+        copy_into_shards(dmp, initial)
     return dmp, unfused
+
+
+@torch.no_grad()
+def copy_into_shards(model: nn.Module, full: dict[str, torch.Tensor]) -> None:
+    """Copy full tensors (by state-dict key) into this rank's shards of ``model`` (or into plain tensors)."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    state = model.state_dict()
+    for key, value in full.items():
+        if key not in state:
+            raise KeyError(f"initial weights: the sharded model has no state-dict entry '{key}'")
+        target = state[key]
+        if isinstance(target, ShardedTensor):
+            for shard in target.local_shards():
+                (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                shard.tensor.copy_(value[r0 : r0 + nr, c0 : c0 + nc])
+        else:
+            target.copy_(value)
 
 
 def _check_meta_initialisable(model: nn.Module) -> None:

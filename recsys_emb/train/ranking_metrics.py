@@ -3,6 +3,8 @@ top-K recall/NDCG for graph CF and retrieval (one implementation for both).
 
 * recall@K = hits in the top K / held-out items of the user; NDCG@K = DCG / IDCG with binary relevance,
   ``DCG = sum_{r<K} hit_r / log2(r + 2)`` and IDCG the DCG of ``min(held-out, K)`` hits at the top.
+  :func:`full_ranking_metrics` averages them over users after ranking ALL items (the protocol of
+  NGCF / LightGCN: a user's training items, and validation items when scoring test, are excluded).
 * GAUC = sum_u w_u AUC_u / sum_u w_u, where AUC_u is the AUC over user ``u``'s rows and the weight
   ``w_u`` is the user's number of impressions (rows). Users whose rows are all positive or all
   negative have no AUC and are skipped (in both sums).
@@ -14,12 +16,16 @@ The global AUC/logloss come from :mod:`recsys_emb.train.metrics` (exact, ties av
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from recsys_emb.train.metrics import log_loss, roc_auc
+
+if TYPE_CHECKING:
+    from recsys_emb.data.graphs import GraphSplit
 
 
 def group_auc(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, groups: torch.Tensor | np.ndarray) -> tuple[float, int]:
@@ -82,6 +88,81 @@ def recall_ndcg(hits: torch.Tensor, n_test: torch.Tensor, ks: list[int]) -> dict
         kk = h.shape[1]
         out[f"recall@{k}"] = h.sum(1) / n_test.clamp_min(1.0)
         out[f"ndcg@{k}"] = (h * discounts[:kk]).sum(1) / idcg[(n_test.clamp(min=1, max=kk) - 1).long()]
+    return out
+
+
+def _rows(split: GraphSplit, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row in ``users``, item) of every interaction of ``users`` in ``split`` (items sorted per row)."""
+    starts, lens = split.indptr[users], np.diff(split.indptr)[users]
+    total = int(lens.sum())
+    row = np.repeat(np.arange(len(users)), lens)
+    pos = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
+    return row, split.indices[pos]
+
+
+@torch.no_grad()
+def full_ranking_metrics(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    test: GraphSplit,
+    exclude: list[GraphSplit],
+    ks: list[int] | tuple[int, ...] = (10, 20, 50),
+    chunk: int = 1024,
+    max_users: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Recall@K / NDCG@K over all items not excluded, averaged over the users with held-out items.
+
+    For every user with at least one item in ``test``: score all items (``user_emb @ item_emb.T``),
+    remove the user's items of every ``exclude`` split (they can never be hits, even when also held
+    out), take the top ``max(ks)`` and score them with :func:`recall_ndcg`. Users without held-out
+    items are skipped and counted.
+
+    Args:
+        user_emb: (U, D) user embeddings.
+        item_emb: (I, D) item embeddings.
+        test: the held-out interactions (CSR over the same U users).
+        exclude: splits whose items are removed from each user's ranking (training items, ...).
+        ks: cut-offs (a K above I ranks all items).
+        chunk: users scored at once (memory ~ chunk x I floats).
+        max_users: only the first N users with held-out items (quick runs).
+        progress: a tqdm bar over the chunks.
+
+    Returns:
+        ``recall@K``, ``ndcg@K`` for every K, ``users_evaluated``, ``users_skipped_no_test``.
+    """
+    from tqdm import tqdm
+
+    num_items = item_emb.shape[0]
+    test_len = np.diff(test.indptr)
+    eligible = np.flatnonzero(test_len > 0)
+    skipped = test.num_users - len(eligible)
+    if max_users is not None:
+        eligible = eligible[:max_users]
+    kmax = min(max(ks), num_items)
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    dev = user_emb.device
+    items_t = item_emb.t().contiguous()  # (D, I)
+    starts = range(0, len(eligible), chunk)
+    for start in tqdm(starts, desc="eval", unit="chunk", disable=not progress, leave=False):
+        users = eligible[start : start + chunk]
+        scores = user_emb[torch.from_numpy(users).to(dev)] @ items_t  # (C, I)
+        for split in exclude:
+            r, c = _rows(split, users)
+            scores[torch.from_numpy(r).to(dev), torch.from_numpy(c).to(dev)] = -torch.inf
+        top_scores, top = torch.topk(scores, kmax, dim=1)  # (C, kmax)
+        top_scores, top = top_scores.cpu(), top.cpu()
+        r, c = _rows(test, users)
+        test_keys = torch.from_numpy(r * num_items + c)  # sorted: rows ascending, items sorted per row
+        query = torch.arange(len(users)).unsqueeze(1) * num_items + top  # (C, kmax)
+        found = test_keys[torch.searchsorted(test_keys, query).clamp(max=len(test_keys) - 1)] == query
+        hits = (found & (top_scores > -torch.inf)).double()  # (C, kmax); excluded items never hit
+        for key, per_user in recall_ndcg(hits, torch.from_numpy(test_len[users]), list(ks)).items():
+            sums[key] += float(per_user.sum())
+    n = max(len(eligible), 1)
+    out: dict[str, float] = {key: value / n for key, value in sums.items()}
+    out["users_evaluated"] = len(eligible)
+    out["users_skipped_no_test"] = int(skipped)
     return out
 
 

@@ -86,11 +86,11 @@ def _schema(path: Path) -> type:
     import importlib
 
     schemas = {
-        "gowalla_": ("recsys_emb.train.graph_loop", "GraphExperimentConfig"),
+        "gowalla_": ("recsys_emb.config.graph", "GraphExperimentConfig"),
         "retrieval_": ("recsys_emb.retrieval.driver", "RetrieveConfig"),
         "sid_": ("recsys_emb.semantic_ids.config", "SIDConfig"),
-        "amazon_": ("recsys_emb.train.sequence_loop", "SequenceExperimentConfig"),
-        "movielens_100k_dare": ("recsys_emb.train.sequence_loop", "SequenceExperimentConfig"),
+        "amazon_": ("recsys_emb.config.sequence", "SequenceExperimentConfig"),
+        "movielens_100k_dare": ("recsys_emb.config.sequence", "SequenceExperimentConfig"),
     }
     for prefix, (module, name) in schemas.items():
         if path.name.startswith(prefix):

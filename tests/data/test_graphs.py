@@ -132,3 +132,32 @@ def test_gowalla_counts_match_provenance() -> None:
     assert graph.train.duplicates == 0
     adj = normalized_adjacency(graph, "sym")
     assert adj.values.shape == (2 * 810128,) and torch.isfinite(adj.values).all()
+
+
+def test_graph_files_are_parsed_once_then_memory_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a cache the first load parses, later loads memory-map the same CSR; an edited file is parsed again."""
+    from recsys_emb.data import graphs
+
+    (tmp_path / "train.txt").write_text("0 0 1 1\n1 1 2\n3 2\n")
+    (tmp_path / "test.txt").write_text("0 4\n2 3\n")
+    reads: list[Path] = []
+    real = graphs.read_graph_file
+    monkeypatch.setattr(graphs, "read_graph_file", lambda p: reads.append(p) or real(p))
+    cache = tmp_path / "cache"
+    uncached = load_graph_dataset(tmp_path)
+    assert len(reads) == 2
+    first = load_graph_dataset(tmp_path, cache=True, cache_dir=cache)
+    again = load_graph_dataset(tmp_path, cache=True, cache_dir=cache)
+    assert len(reads) == 4 and isinstance(again.train.indices, np.memmap)
+    for graph in (first, again):
+        assert (graph.num_users, graph.num_items) == (uncached.num_users, uncached.num_items) == (4, 5)
+        assert graph.summary() == uncached.summary()  # counts, duplicates, lines, path
+        for name, split in uncached.splits.items():
+            assert np.array_equal(graph.splits[name].indptr, split.indptr)
+            assert np.array_equal(graph.splits[name].indices, split.indices)
+    assert len(list((cache / "graphs").iterdir())) == 1  # one published entry, no temporary folder left
+    # a graph split's users/ids from the memory map work in the adjacency
+    assert torch.equal(normalized_adjacency(again).values, normalized_adjacency(uncached).values)
+    (tmp_path / "test.txt").write_text("0 4\n2 3 0\n")  # edited: a new key, parsed again
+    assert load_graph_dataset(tmp_path, cache=True, cache_dir=cache).splits["test"].nnz == 3
+    assert len(reads) == 6

@@ -93,7 +93,7 @@ def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
     root = write_tiny_ml(tmp_path / "ml", [(1, 1, 5), (2, 2, 1)])
     with gzip.open(root / "u.data.gz", "at") as f:
         f.write("3\t1\tseven\t880000000\n")
-    with pytest.raises(ValueError, match=r"u\.data\.gz:3: expected"):
+    with pytest.raises(ValueError, match=r"u\.data\.gz:3: field 'rating' = 'seven'"):
         read_movielens_100k(root)
     (root / "u.data.gz").unlink()
     with pytest.raises(FileNotFoundError, match="u.data"):
@@ -120,7 +120,7 @@ def test_real_files_counts_and_jagged_genres() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["ml100k_unified_tiny", "ml100k_dcnv2_tiny"])
 def test_tiny_configs_train_on_movielens(config: str, tmp_path: Path) -> None:
-    from recsys_emb.train.loop import train
+    from recsys_emb.tasks import train
 
     paths = prepare_movielens_100k(shared_dataset("movielens_100k"), tmp_path / "ml")
     overrides = [f"data.{role}={p}" for role, p in paths.items()]

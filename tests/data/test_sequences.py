@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from recsys_emb.data.movielens import MovieLensDataError
 
 from recsys_emb.data.sequences import (
     FEATURE_KEYS,
@@ -188,7 +191,7 @@ def test_movielens_order_by_timestamp_then_line_and_first_genre(tmp_path: Path) 
     assert raw.items.tolist() == [6, 7, 5, 5]  # ties (timestamp 100) keep file order
     assert raw.item_category == {5: 3, 7: 0}
     (folder / "u.data").write_text("1\t5\t3\t300\n1\tx\t4\t100\n")
-    with pytest.raises(SequenceDataError, match=r"u.data:2: field 'item' = 'x'"):
+    with pytest.raises(MovieLensDataError, match=r"u.data:2: field 'item' = 'x'"):
         read_movielens_100k(folder)
 
 
@@ -206,3 +209,32 @@ def test_real_amazon_beauty_and_movielens() -> None:
     assert mds.num_users == 943 and int(mds.offsets[-1]) == 100000
     batch = mds.make_batch(mds.positives("test"))
     assert int(batch.sparse_features["hist_item"].lengths().max()) == 200
+
+
+def test_raw_sequences_are_parsed_once_then_memory_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first load parses and caches; later loads read the cache (same arrays); a changed file is parsed again."""
+    from recsys_emb.data import sequences
+
+    folder = sequences.write_synthetic_s3rec(tmp_path / "raw", users=40, items=30, seed=0)
+    cfg = SequenceDataConfig(dataset="s3rec", stem="Synth", path=str(folder), cache_dir=str(tmp_path / "cache"))
+    reads = []
+    real = sequences._read_raw
+    monkeypatch.setattr(sequences, "_read_raw", lambda c, f: reads.append(f) or real(c, f))
+    first = sequences.load_raw(cfg)
+    again = sequences.load_raw(cfg)
+    assert len(reads) == 1 and isinstance(again.items, np.memmap)
+    uncached = real(cfg, folder)
+    for name in ("users", "offsets", "items"):
+        assert np.array_equal(getattr(first, name), getattr(uncached, name))
+        assert np.array_equal(getattr(again, name), getattr(uncached, name))
+    assert again.item_category == uncached.item_category and again.source == uncached.source
+    assert len(list((tmp_path / "cache" / "sequences").iterdir())) == 1  # one published entry, no temp folder left
+    # the same max_users cut of the cached arrays
+    assert np.array_equal(sequences.load_raw(dataclasses.replace(cfg, max_users=7)).items, uncached.head(7).items)
+    # an edited file is a new key: parsed again
+    seq = folder / "Synth.txt"
+    seq.write_text(seq.read_text() + "\n")
+    sequences.load_raw(cfg)
+    assert len(reads) == 2
+    sequences.load_raw(dataclasses.replace(cfg, cache=False))
+    assert len(reads) == 3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -18,7 +17,8 @@ from recsys_emb.data.sequences import FEATURE_KEYS, GROUP_FEATURES, write_synthe
 from recsys_emb.models.din import DIN, Dice, DINConfig, MiniBatchAwareL2, jagged_softmax
 from recsys_emb.modules.dare import DecoupledEmbeddingCollection, coupled_table_configs
 from recsys_emb.train.ranking_metrics import group_auc, rela_impr
-from recsys_emb.train.sequence_loop import SequenceExperimentConfig, add_train_seq_arguments, run_train_seq
+from recsys_emb.cli import main
+from recsys_emb.config.sequence import SequenceExperimentConfig
 
 SIZES = {"item": 30, "category": 6, "position": 12}
 GROUPS = ("item", "category", "position")
@@ -228,13 +228,10 @@ def test_every_sequence_config_loads() -> None:
 @pytest.mark.parametrize("config", ["amazon_beauty_din_tiny.yaml", "amazon_beauty_dare_tiny.yaml"])
 def test_tiny_end_to_end_training(tmp_path: Path, config: str, capsys: pytest.CaptureFixture[str]) -> None:
     folder = write_synthetic_s3rec(tmp_path / "data", users=250, items=80, seed=0)
-    parser = argparse.ArgumentParser()
-    add_train_seq_arguments(parser)  # the `recsys-emb train-seq` arguments
-    args = parser.parse_args([
-        "--config", str(REPO / "configs" / config), "--run-dir", str(tmp_path / "run"), "--data-path", str(folder),
-        "--no-progress", "--set", "data.dataset=s3rec", "--set", "data.stem=Synth",
-    ])
-    assert run_train_seq(args) == 0
+    assert main([  # `recsys-emb train` on a task: sequence config
+        "train", "--config", str(REPO / "configs" / config), "--run-dir", str(tmp_path / "run"), "--data", str(folder),
+        "--set", "train.progress=false", "--set", "data.dataset=s3rec", "--set", "data.stem=Synth",
+    ]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert printed == metrics["test"]

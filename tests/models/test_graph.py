@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys_emb.data.graphs import graph_from_interactions, normalized_adjacency
+from recsys_emb.data.graphs import BPRBatch, graph_from_interactions, normalized_adjacency
 from recsys_emb.models.graph import GraphBPRTrain, GraphCF, GraphModelConfig, csr_matmul
 
 
@@ -57,30 +57,32 @@ def test_hop_matches_dense_matmul_forward_and_backward(kind: str) -> None:
     ],
     ids=["lightgcn", "ngcf_reference", "ngcf_paper", "mf"],
 )
-def test_neighbor_mode_equals_full_graph_mode(cfg: GraphModelConfig) -> None:
+def test_lookup_and_neighbor_modes_equal_full_graph_mode(cfg: GraphModelConfig) -> None:
     graph = _graph(1)
     outs, grads = [], []
-    for mode in ("full", "neighbor"):
+    for mode in ("full", "neighbor", "lookup"):
         cfg.propagation = mode
         model = _model(cfg, graph)  # same seed: same tables and layer weights
         out = model()
         (out.final * torch.linspace(-1, 1, out.final.numel()).view_as(out.final)).sum().backward()
         outs.append(out.final.detach())
         grads.append(_table_grads(model))
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
-    for g_full, g_nbr in zip(*grads):
-        torch.testing.assert_close(g_full, g_nbr, rtol=1e-5, atol=1e-6)
+    for other in (1, 2):
+        torch.testing.assert_close(outs[other], outs[0], rtol=1e-5, atol=1e-6)
+        for g_other, g_full in zip(grads[other], grads[0]):
+            torch.testing.assert_close(g_other, g_full, rtol=1e-5, atol=1e-6)
 
 
-def test_neighbor_mode_equals_full_mode_with_node_dropout() -> None:
+def test_lookup_and_neighbor_modes_equal_full_mode_with_node_dropout() -> None:
     graph = _graph(2)
     finals = []
-    for mode in ("full", "neighbor"):
+    for mode in ("full", "neighbor", "lookup"):
         cfg = GraphModelConfig(name="lightgcn", embedding_dim=8, num_layers=2, propagation=mode, node_dropout=0.3)
         model = _model(cfg, graph)
         torch.manual_seed(5)
         finals.append(model().final.detach())
-    torch.testing.assert_close(finals[0], finals[1])
+    torch.testing.assert_close(finals[1], finals[0])
+    torch.testing.assert_close(finals[2], finals[0])
 
 
 def _weights(model: GraphCF) -> torch.Tensor:
@@ -109,7 +111,7 @@ def test_lightgcn_zero_layers_is_matrix_factorisation() -> None:
     torch.testing.assert_close(mf.user_item_embeddings()[0], users)  # same seed, same tables
     # BPR with L2 on the batch == the textbook BPR-MF loss on the raw table rows
     u, pos, neg = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 3]), torch.tensor([5, 4, 0])
-    loss, _ = GraphBPRTrain(model, l2=0.1)(u, pos, neg)
+    loss, _ = GraphBPRTrain(model, l2=0.1)(BPRBatch(u, pos, neg))
     x = (u_w[u] * i_w[pos]).sum(1) - (u_w[u] * i_w[neg]).sum(1)
     ref = -F.logsigmoid(x).mean() + 0.1 * 0.5 * (u_w[u].pow(2).sum() + i_w[pos].pow(2).sum() + i_w[neg].pow(2).sum()) / 3
     torch.testing.assert_close(loss, ref)
@@ -172,7 +174,7 @@ def _sharded_parity(rank: int, world_size: int, sharding_type: str) -> None:
 
     lr = 0.5
     graph = _graph(7, num_users=11, num_items=13)
-    cfg = GraphModelConfig(name="lightgcn", embedding_dim=8, num_layers=2)
+    cfg = GraphModelConfig(name="lightgcn", embedding_dim=8, num_layers=2, propagation="full")
     reference = _model(cfg, graph)  # full-graph mode, unsharded
     start = {k: v.detach().clone() for k, v in reference.state_dict().items()}
     expected_out = reference().final.detach()

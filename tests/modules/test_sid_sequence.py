@@ -13,7 +13,9 @@ from recsys_emb.data.sequences import FEATURE_KEYS, FIRST_ID, SequenceDataConfig
 from recsys_emb.models.din import DIN
 from recsys_emb.modules.sid_sequence import ItemIdHash, SemanticIdSequenceEmbedding, build_sequence_item_embedding, sid_module
 from recsys_emb.semantic_ids.codes import SemanticIds
-from recsys_emb.train.sequence_loop import SequenceExperimentConfig, SequenceModelConfig, build_sequence_model, train_sequence
+from recsys_emb.config.sequence import SequenceExperimentConfig, SequenceModelConfig
+from recsys_emb.models.sequence import build_sequence_model
+from recsys_emb.tasks import train
 
 
 @pytest.fixture(scope="module")
@@ -204,17 +206,23 @@ def test_config_errors() -> None:
         build_sequence_item_embedding(cfg, {"item": 10, "category": 3, "position": 5}, object())
 
 
+def _experiment() -> SequenceExperimentConfig:
+    cfg = SequenceExperimentConfig()
+    cfg.train.progress, cfg.train.num_threads = False, 1
+    return cfg
+
+
 def test_train_seq_sid_cold_start(synth, tmp_path: Path) -> None:  # noqa: ANN001
-    """train_sequence end to end with SID features on a cold-start split: warm / new-item metrics reported."""
+    """The trainer end to end with SID features on a cold-start split: warm / new-item metrics reported."""
     folder, _ = synth
     codes = np.random.default_rng(0).integers(0, 4, size=(41, 2))
-    cfg = SequenceExperimentConfig(progress=False, num_threads=1)
+    cfg = _experiment()
     cfg.data = SequenceDataConfig(dataset="s3rec", stem="Synth", path=str(folder), max_history=8, holdout_items=0.2)
     cfg.model = _model_cfg(item_features="sid")
     cfg.model.sid = type(cfg.model.sid)(codes=_codes_file(tmp_path, codes, [4, 4]), tokenizer="sentencepiece", sentencepiece_vocab_size=24)
     cfg.train.epochs = 1
     cfg.train.batch_size = 128
-    res = train_sequence(cfg, tmp_path / "run")
+    res = train(cfg, tmp_path / "run")
     for split in ("warm", "new_items"):
         assert 0.0 <= res["test"][split]["auc"] <= 1.0
     assert res["data"]["holdout_items"] == round(0.2 * res["data"]["catalogue_items"]) > 0
@@ -222,31 +230,31 @@ def test_train_seq_sid_cold_start(synth, tmp_path: Path) -> None:  # noqa: ANN00
 
 
 def test_train_seq_sharded_dare_with_sid_and_hashed_ids(synth, tmp_path: Path) -> None:  # noqa: ANN001
-    """``sharded: true`` with SID item features on DARE tables and hashed item ids: DMP, fused table optimizers,
-    a DCP checkpoint; resumed == uninterrupted (2-rank parity: tests/modules/test_sid_sequence_sharded.py)."""
+    """SID item features on DARE tables and hashed item ids under DMP (every family's path): fused table
+    optimizers, a DCP checkpoint; resumed == uninterrupted (2-rank parity: tests/modules/test_sid_sequence_sharded.py)."""
     folder, _ = synth
     codes = np.random.default_rng(0).integers(0, 4, size=(41, 2))
 
     def cfg() -> SequenceExperimentConfig:
-        c = SequenceExperimentConfig(progress=False, num_threads=1, sharded=True)
+        c = _experiment()
         c.data = SequenceDataConfig(dataset="s3rec", stem="Synth", path=str(folder), max_history=8)
         c.model = _model_cfg(item_features="id+sid", decoupled=True, attention_dim=4, item_hash_buckets=16)
         c.model.sid = type(c.model.sid)(codes=_codes_file(tmp_path, codes, [4, 4]), tokenizer="prefix_ngram")
         c.train.epochs, c.train.batch_size, c.train.checkpoint_every_steps = 2, 64, 3
         return c
 
-    full = train_sequence(cfg(), tmp_path / "full")
+    full = train(cfg(), tmp_path / "full")
     assert 0.5 < full["test"]["auc"] <= 1.0 and (tmp_path / "full" / "model.pt").exists()
     state = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
     assert any("att_sid_item" in k for k in state) and any("rep_sid_item" in k for k in state)
-    assert train_sequence(cfg(), tmp_path / "cut", _interrupt_at_step=3) == {"interrupted_at_step": 3}
-    resumed = train_sequence(cfg(), tmp_path / "cut", resume=True)
+    assert train(cfg(), tmp_path / "cut", _interrupt_at_step=3) == {"interrupted_at_step": 3}
+    resumed = train(cfg(), tmp_path / "cut", resume=True)
     assert resumed["test"] == full["test"] and resumed["history"] == full["history"]
 
 
 @pytest.mark.slow
 def test_benchmark_and_train_seq_tiny_end_to_end(tmp_path: Path) -> None:
-    """benchmarks/semantic_ids.py and `train-seq` on the tiny Scientific cold-start config (random SIDs)."""
+    """benchmarks/semantic_ids.py and `recsys-emb train` on the tiny Scientific cold-start config (random SIDs)."""
     import json
 
     from tests.conftest import load_benchmark, shared_dataset
@@ -273,15 +281,10 @@ def test_benchmark_and_train_seq_tiny_end_to_end(tmp_path: Path) -> None:
     assert again["runs"][:4] == result["runs"] and [(r["variant"], r["seed"]) for r in again["runs"][4:]] == [("id", 0)]
     assert again["variants"] == ["hash", "prefix_ngram", "id"]
 
-    import argparse
+    from recsys_emb.cli import main
 
-    from recsys_emb.train.sequence_loop import add_train_seq_arguments, run_train_seq
-
-    parser = argparse.ArgumentParser()
-    add_train_seq_arguments(parser)
-    args = parser.parse_args(["--config", str(repo / "configs" / "amazon_scientific_coldstart_tiny.yaml"), "--data-path", str(folder),
-                              "--set", "model.item_features=id+sid", "--set", f"model.sid.codes={codes_path}",
-                              "--set", "model.sid.tokenizer=unigram", "--run-dir", str(tmp_path / "run"), "--no-progress"])
-    assert run_train_seq(args) == 0
+    assert main(["train", "--config", str(repo / "configs" / "amazon_scientific_coldstart_tiny.yaml"), "--data", str(folder),
+                 "--set", "model.item_features=id+sid", "--set", f"model.sid.codes={codes_path}",
+                 "--set", "model.sid.tokenizer=unigram", "--run-dir", str(tmp_path / "run"), "--set", "train.progress=false"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {"warm", "new_items"} <= set(metrics["test"])

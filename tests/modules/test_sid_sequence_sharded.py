@@ -4,7 +4,7 @@ On 2 gloo CPU processes, for each item-feature variant and each of table_wise / 
 the same weights and the same global batch (each rank feeds its own examples) give the same attention
 and representation embeddings as the unsharded module on that rank's examples, and one fused SGD step
 leaves the same weights as an unsharded SGD step on the MEAN of the ranks' losses (TorchRec averages
-sharded gradients). This is what lets ``train-seq`` run DIN / DARE with SID features under
+sharded gradients). This is what lets ``recsys-emb train`` run DIN / DARE with SID features under
 DistributedModelParallel.
 """
 
@@ -26,7 +26,7 @@ from recsys_emb.distributed.planning import plan_sharding
 from recsys_emb.distributed.sharders import default_sharders
 from recsys_emb.modules.sid_sequence import build_sequence_item_embedding
 from recsys_emb.semantic_ids.codes import SemanticIds
-from recsys_emb.train.sequence_loop import SequenceModelConfig
+from recsys_emb.config.sequence import SequenceModelConfig
 from tests.distributed.multiprocess import run_ranks
 from tests.distributed.test_parity import Holder, assert_shards_close, copy_into_shards
 

@@ -215,7 +215,7 @@ def test_cached_base_is_reused_only_for_the_same_settings(tmp_path: Path, monkey
     u0, _, info = bench.cached_base(cfg(), data, "ml1m", 0, args)
     assert trained == [10] and "cached" not in info
     # run-time-only settings (progress bars, threads, evaluation cut-offs) do not matter
-    u1, _, info = bench.cached_base(cfg("base.graph.train.progress=false", "base.graph.train.ks=[20]"), data, "ml1m", 0, args)
+    u1, _, info = bench.cached_base(cfg("base.graph.train.progress=false", "base.graph.evaluation.ks=[20]"), data, "ml1m", 0, args)
     assert trained == [10] and info["cached"] and torch.equal(u0, u1)
     # a different training schedule is refused, naming the field, rather than evaluated as if it matched
     with pytest.raises(ValueError, match=r"cached base model was made with other base-model settings \(train\.epochs: cached 10, asked 40\).*--no-reuse"):

@@ -1,0 +1,154 @@
+"""CTR task (``task: ctr``): pooled sparse + dense features, BCE, AUC/logloss (DLRM, DCN-v2, DeepFM, LR).
+
+Data: Criteo-format TSV (raw, prepared into the cache once, memory-mapped after) or a prepared
+folder (recsys_emb/data/resolve.py). Every global batch is split into equal contiguous parts, one
+per rank (:class:`recsys_emb.data.dataset.BatchIterator`), so step ``s`` of an N-rank run sees the
+rows of step ``s`` of a one-process run. Selection: validation AUC. Final splits: test (when it has
+labels) and the first :data:`TRAIN_EVAL_ROWS` training rows (``train`` metrics).
+
+Besides ``config.yaml`` the run folder gets ``data/`` (``meta.json`` + ``vocab/``): the training
+vocabulary, so ``recsys-emb evaluate`` encodes raw files exactly like the training data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchrec import EmbeddingBagConfig
+
+from recsys_emb.config.experiment import ExperimentConfig
+from recsys_emb.config.io import save_config
+from recsys_emb.data.dataset import Batch, BatchIterator, PreparedCTRData
+from recsys_emb.data.resolve import Split, resolve_data
+from recsys_emb.models import build_model
+from recsys_emb.models.train import CTRTrain
+from recsys_emb.train.env import DistEnv
+from recsys_emb.train.metrics import CTRMetrics
+from recsys_emb.train.trainer import Task, main_first
+from recsys_emb.utils import log
+
+TRAIN_EVAL_ROWS = 100_000  # rows of the training split re-scored at the end for "train" metrics
+
+
+def table_configs(data: PreparedCTRData, embedding_dim: int, init_bound: float | None = None) -> list[EmbeddingBagConfig]:
+    """One table per sparse feature, sized by the training vocabulary (init uniform(+-init_bound) if given)."""
+    init = {} if init_bound is None else {"weight_init_min": -init_bound, "weight_init_max": init_bound}
+    return [
+        EmbeddingBagConfig(name=f"t_{name}", embedding_dim=embedding_dim, num_embeddings=size, feature_names=[name], **init)
+        for name, size in zip(data.sparse_features, data.vocab_sizes)
+    ]
+
+
+def build_ctr_model(cfg: ExperimentConfig, data: PreparedCTRData, device: str | torch.device = "cpu") -> nn.Module:
+    """The unsharded ``CTRTrain(model)`` for a config and its training data (``device='meta'`` for DMP)."""
+    from recsys_emb.modules.registry import build_embedding
+
+    tables = table_configs(data, cfg.model.embedding_dim, cfg.model.embedding_init_bound)
+    embedding = build_embedding(cfg.embedding, tables, torch.device(device), data=data)
+    model = build_model(cfg.model, embedding, tables, len(data.dense_features), device=torch.device(device))
+    return CTRTrain(model)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int, env: DistEnv, max_rows: int | None = None) -> dict[str, float]:
+    """AUC/logloss of ``model`` (a ``CTRTrain``, sharded or not) over a split, reduced across ranks."""
+    data, start, stop = split.open()
+    if data.labels is None:
+        raise ValueError(f"{split.root} has no labels: cannot compute metrics")
+    if max_rows is not None:
+        stop = min(stop, start + max_rows)
+    batches = BatchIterator(data, batch_size, start=start, stop=stop, rank=env.rank, world_size=env.world_size)
+    was_training = model.training
+    model.eval()
+    metrics = CTRMetrics()
+    for batch in batches.epoch():
+        _, (_, logits, labels) = model(batch.to(env.device))
+        metrics.update(logits, labels)
+    model.train(was_training)
+    return metrics.compute()
+
+
+def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with its data paths made absolute (what ``config.yaml`` of a run records)."""
+    data = dataclasses.replace(
+        cfg.data,
+        **{k: str(Path(v).resolve()) for k in ("train", "valid", "test") if (v := getattr(cfg.data, k)) is not None},
+    )
+    return dataclasses.replace(cfg, data=data)
+
+
+class CTRTask(Task):
+    """The CTR family on :class:`ExperimentConfig`."""
+
+    name = "ctr"
+    select_metric = "auc"
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = absolute_paths(cfg)
+
+    def prepare(self, env: DistEnv) -> None:
+        self.splits = main_first(env, lambda: resolve_data(self.cfg.data))
+        self.train_data, self.train_start, self.train_stop = self.splits["train"].open()
+        self.final_splits = ("test", "train") if self._test_has_labels() else ("train",)
+        self._loader: BatchIterator | None = None
+        self._env = env
+
+    def _test_has_labels(self) -> bool:
+        return "test" in self.splits and PreparedCTRData.open(self.splits["test"].root).labels is not None
+
+    def write_run_files(self, run_dir: Path) -> None:
+        save_config(self.cfg, run_dir / "config.yaml")
+        _copy_vocab(self.train_data.root, run_dir)
+
+    def build_model(self) -> nn.Module:
+        return build_ctr_model(self.cfg, self.train_data, device="meta")
+
+    def loader(self, env: DistEnv) -> BatchIterator:
+        if self._loader is None:
+            tc = self.cfg.train
+            # Global batches split over ranks: every rank runs the same number of steps (no hang at epoch end).
+            self._loader = BatchIterator(
+                self.train_data, tc.batch_size, start=self.train_start, stop=self.train_stop, shuffle=tc.shuffle,
+                seed=tc.seed, rank=env.rank, world_size=env.world_size, equal_parts=True,
+            )
+            if env.is_main and self._loader.rows_left_out:
+                log(
+                    f"[ctr] {self._loader.rows_left_out} row(s) per epoch are left out: the last global batch is split "
+                    f"into {env.world_size} equal parts (shuffling makes them different rows each epoch)"
+                )
+        return self._loader
+
+    def num_batches(self, epoch: int, env: DistEnv) -> int:
+        return self.loader(env).num_batches()
+
+    def batches(self, epoch: int, env: DistEnv, skip: int) -> Iterator[Batch]:
+        return self.loader(env).epoch(epoch, skip=skip)
+
+    def evaluate(self, model: nn.Module, split: str, env: DistEnv) -> dict[str, Any]:
+        max_rows = TRAIN_EVAL_ROWS if split == "train" else None
+        return evaluate(model, self.splits[split], self.cfg.train.eval_batch_size, env, max_rows=max_rows)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "train_rows": self.train_stop - self.train_start, "sparse_features": len(self.train_data.sparse_features),
+            "dense_features": len(self.train_data.dense_features), "splits": sorted(self.splits),
+        }
+
+
+def _copy_vocab(train_root: Path, run_dir: Path) -> None:
+    out = run_dir / "data"
+    if out.exists():
+        return
+    tmp = run_dir / ".data.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(train_root / "meta.json", tmp / "meta.json")
+    if (train_root / "vocab").is_dir():
+        shutil.copytree(train_root / "vocab", tmp / "vocab")
+    tmp.rename(out)
