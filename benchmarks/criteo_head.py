@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from recsys_emb.config.experiment import ExperimentConfig  # noqa: E402
 from recsys_emb.config.io import load_config  # noqa: E402
-from recsys_emb.tasks import train  # noqa: E402
+from recsys_emb.train.tasks import train  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "criteo_dac_kaggle_head" / "train_rows_00001-07500.txt.gz"

@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace, on_seed: Callable[[dict], None] | None = None) -> dict:
     from recsys_emb.data.synthetic import synth_criteo
     from recsys_emb.search.cli import run_search_experiment
-    from recsys_emb.tasks import train
+    from recsys_emb.train.tasks import train
 
     from recsys_emb.data.dataset import PreparedCTRData
 

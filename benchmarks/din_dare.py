@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from recsys_emb.config.io import from_dict  # noqa: E402
 from recsys_emb.data.sequences import SequenceDataConfig, SequenceDataset, load_raw  # noqa: E402
 from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
-from recsys_emb.tasks.sequence import SequenceTask  # noqa: E402
+from recsys_emb.train.tasks.sequence import SequenceTask  # noqa: E402
 from recsys_emb.train.trainer import fit  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 

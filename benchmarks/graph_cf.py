@@ -1,7 +1,7 @@
 """Graph CF benchmark: BPR-MF vs LightGCN vs NGCF (quality per epoch and time per epoch).
 
 Every (model, seed) is a real ``recsys-emb train`` run of a ``task: graph`` experiment through the
-one trainer (:mod:`recsys_emb.tasks.graph`; full-ranking test metrics after every epoch, training
+one trainer (:mod:`recsys_emb.train.tasks.graph`; full-ranking test metrics after every epoch, training
 items and validation items excluded: ``evaluation.track_test`` when the data has a validation split). Writes ``OUT.json``, ``OUT.md`` and, when matplotlib
 is installed, ``OUT.png`` (test recall@20 against epochs, mean ± std over seeds, published numbers
 as dashed lines for Gowalla). Per epoch, wall and CPU seconds (``time.process_time``) are recorded:
@@ -71,7 +71,7 @@ from recsys_emb.config.graph import (  # noqa: E402
 )
 from recsys_emb.config.io import to_dict  # noqa: E402
 from recsys_emb.models.graph import GraphModelConfig  # noqa: E402
-from recsys_emb.tasks import train as train_experiment  # noqa: E402
+from recsys_emb.train.tasks import train as train_experiment  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 
 
@@ -433,7 +433,7 @@ def step_timing(args: argparse.Namespace) -> dict[str, Any]:
     from recsys_emb.data.graphs import load_graph_dataset
     from recsys_emb.models.graph import GraphBPRTrain
     from recsys_emb.data.graphs import BPRSampler
-    from recsys_emb.tasks.graph import build_graph_model
+    from recsys_emb.train.tasks.graph import build_graph_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

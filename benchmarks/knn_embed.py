@@ -76,7 +76,7 @@ sys.path.insert(0, str(REPO))
 from recsys_emb.config.io import load_config  # noqa: E402
 from recsys_emb.retrieval.data import InteractionData  # noqa: E402
 from recsys_emb.retrieval.driver import (  # noqa: E402
-    RetrieveConfig, base_embeddings, evaluate_methods, evaluation_users, load_data, load_embeddings, set_base_seed)
+    RetrieveConfig, base_embeddings, base_section, evaluate_methods, evaluation_users, load_data, load_embeddings, set_base_seed)
 from recsys_emb.retrieval.evaluate import _hits, diversity_metrics, ranking_metrics  # noqa: E402
 from recsys_emb.retrieval.index import IndexConfig, build_index  # noqa: E402
 from recsys_emb.retrieval.knn_embed import KnnEmbed, _select_csr, cluster_counts  # noqa: E402
@@ -147,7 +147,7 @@ RUNTIME_ONLY = {"progress", "show_progress", "num_threads", "threads", "device",
 
 def base_signature(cfg: RetrieveConfig) -> dict:
     """The base-model settings a cached model must have been trained with: ``base.type`` and its
-    ``model`` (two-tower) or ``graph`` section, without run-time-only fields (progress bars, threads,
+    ``two_tower`` or ``graph`` section, without run-time-only fields (progress bars, threads,
     evaluation cut-offs)."""
     def clean(x):  # noqa: ANN001, ANN202
         if isinstance(x, dict):
@@ -155,7 +155,7 @@ def base_signature(cfg: RetrieveConfig) -> dict:
         if isinstance(x, (list, tuple)):
             return [clean(v) for v in x]
         return x if x is None or isinstance(x, (bool, int, float, str)) else str(x)
-    section = cfg.base.model if cfg.base.type == "two_tower" else cfg.base.graph
+    section = base_section(cfg)
     return {"type": cfg.base.type, **clean(dataclasses.asdict(section))}
 
 

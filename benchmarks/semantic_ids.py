@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from recsys_emb.config.io import load_config  # noqa: E402
 from recsys_emb.data.cold_start import make_sequence_dataset  # noqa: E402
 from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
-from recsys_emb.tasks.sequence import SequenceTask  # noqa: E402
+from recsys_emb.train.tasks.sequence import SequenceTask  # noqa: E402
 from recsys_emb.train.trainer import fit  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 

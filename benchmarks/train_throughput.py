@@ -36,7 +36,8 @@ from recsys_emb.config.model import DLRMConfig  # noqa: E402
 from recsys_emb.models.dlrm import DLRM  # noqa: E402
 from recsys_emb.models.train import CTRTrain  # noqa: E402
 from recsys_emb.train.env import init_distributed, shutdown  # noqa: E402
-from recsys_emb.train.optim import build_optimizer, shard_model  # noqa: E402
+from recsys_emb.train.optim import build_optimizer  # noqa: E402
+from recsys_emb.train.parallel import shard_model  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 
 

@@ -9,7 +9,7 @@ budgets given as fractions of the collisionless tables' bytes, on
   ``train.txt.gz`` / ``test.txt.gz``, the last 10% of the training rows validate), with
   configs/criteo_unified.yaml.
 
-Every run is ``recsys_emb.tasks.train`` -- the function ``recsys-emb train`` calls (DMP,
+Every run is ``recsys_emb.train.tasks.train`` -- the function ``recsys-emb train`` calls (DMP,
 FBGEMM fused row-wise Adagrad on the tables, Adam on the dense part, validation + early stopping,
 best-validation weights restored for the test) -- on the config plus ``--set``-style overrides; the
 three layouts differ only in ``embedding.options``. Run folders are temporary (deleted after each
@@ -53,8 +53,8 @@ from recsys_emb.config.io import load_config  # noqa: E402
 from recsys_emb.data.dataset import PreparedCTRData  # noqa: E402
 from recsys_emb.data.movielens import prepare_movielens_100k  # noqa: E402
 from recsys_emb.data.resolve import resolve_data  # noqa: E402
-from recsys_emb.tasks import train  # noqa: E402
-from recsys_emb.tasks.ctr import build_ctr_model  # noqa: E402
+from recsys_emb.train.tasks import train  # noqa: E402
+from recsys_emb.train.tasks.ctr import build_ctr_model  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 
 # The hash of recsys_emb.modules.unified the entries are produced with (recorded in the JSON).
@@ -123,7 +123,7 @@ def sweep(name: str, config: Path, overrides: list[str], seeds: list[int], budge
         "model": base.model.name, "embedding_dim": base.model.embedding_dim, "epochs": base.train.epochs,
         "early_stopping_patience": base.train.early_stopping_patience, "batch_size": base.train.batch_size,
         "budgets": budgets, "seeds": seeds, "train_rows": _rows(resolve_data(base.data)["train"]),
-        "trainer": "recsys_emb.tasks.train (the `recsys-emb train` code path)", "hash": HASH,
+        "trainer": "recsys_emb.train.tasks.train (the `recsys-emb train` code path)", "hash": HASH,
     }
     jobs = [(("collisionless", None), seed) for seed in seeds]
     jobs += [((layout, b), seed) for b in budgets for seed in seeds for layout in ("multiplexed", "per_feature_hashing")]
@@ -175,7 +175,7 @@ def collision_analysis(data: PreparedCTRData, dim: int, budgets: list[float], ha
     from torchrec import KeyedJaggedTensor
 
     from recsys_emb.modules.unified import UnifiedOptions, unified_from_tables
-    from recsys_emb.tasks.ctr import table_configs
+    from recsys_emb.train.tasks.ctr import table_configs
 
     tables = table_configs(data, dim)
     features, vocab = data.sparse_features, data.vocab_sizes

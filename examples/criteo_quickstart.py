@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> dict:
     from recsys_emb.config.experiment import ExperimentConfig
     from recsys_emb.config.io import load_config
     from recsys_emb.data.synthetic import synth_criteo
-    from recsys_emb.tasks import train
+    from recsys_emb.train.tasks import train
 
     shutil.rmtree(args.out, ignore_errors=True)
     data_dir = args.out / "data"

@@ -39,7 +39,7 @@ def reload_and_compare(run_dir: Path, searched_auc: float) -> float:
     from recsys_emb.config.io import load_config
     from recsys_emb.data.resolve import resolve_data
     from recsys_emb.search.common import CPU_ENV
-    from recsys_emb.tasks.ctr import build_ctr_model, evaluate
+    from recsys_emb.train.tasks.ctr import build_ctr_model, evaluate
 
     cfg = load_config(ExperimentConfig, run_dir / "derived_config.yaml")
     splits = resolve_data(cfg.data)

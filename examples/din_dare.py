@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from recsys_emb.config.io import from_dict  # noqa: E402
 from recsys_emb.data.sequences import SequenceDataConfig, SequenceDataset, load_raw, write_synthetic_s3rec  # noqa: E402
 from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
-from recsys_emb.tasks.sequence import SequenceTask  # noqa: E402
+from recsys_emb.train.tasks.sequence import SequenceTask  # noqa: E402
 from recsys_emb.train.trainer import fit  # noqa: E402
 
 MODELS = {

@@ -26,7 +26,7 @@ import torch
 from recsys_emb.config.graph import GraphEvalConfig
 from recsys_emb.data.graphs import BPRSampler, load_graph_dataset
 from recsys_emb.models.graph import GraphBPRTrain, GraphModelConfig
-from recsys_emb.tasks.graph import build_graph_model, evaluate_embeddings
+from recsys_emb.train.tasks.graph import build_graph_model, evaluate_embeddings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,8 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recsys_emb.models.two_tower import TwoTowerConfig, train_two_tower  # noqa: E402
+from recsys_emb.config.two_tower import TwoTowerTrainConfig  # noqa: E402
+from recsys_emb.models.two_tower import TwoTowerConfig  # noqa: E402
 from recsys_emb.retrieval.data import InteractionData, Interactions, load_interaction_data  # noqa: E402
+from recsys_emb.retrieval.driver import BaseConfig, RetrieveConfig, TwoTowerBaseConfig, base_embeddings  # noqa: E402
 from recsys_emb.retrieval.evaluate import diversity_metrics, ranking_metrics  # noqa: E402
 from recsys_emb.retrieval.index import IndexConfig, build_index  # noqa: E402
 from recsys_emb.retrieval.knn_embed import KnnEmbed, KnnEmbedConfig  # noqa: E402
@@ -64,13 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     data = load_interaction_data(args.data) if args.data else synthetic(seed=args.seed)
     print(f"data: {data.source}, {data.num_users} users, {data.num_items} items, {data.train.items.numel()} train interactions")
 
-    # 1. base embeddings: matrix factorisation on torchrec tables, in-batch softmax
-    users, items = data.train.pairs()
-    model, losses = train_two_tower(users, items, data.num_users, data.num_items,
-                                    TwoTowerConfig(embedding_dim=32, epochs=args.epochs, batch_size=512, seed=args.seed),
-                                    show_progress=False)
-    print("epoch losses:", " ".join(f"{x:.3f}" for x in losses))
-    user_emb, item_emb = model.user_embeddings(), model.item_embeddings()
+    # 1. base embeddings: matrix factorisation on torchrec tables, in-batch softmax (task: two_tower, one trainer)
+    train = TwoTowerTrainConfig(epochs=args.epochs, batch_size=512, seed=args.seed, num_threads=args.threads,
+                                progress=False, tensorboard=False)
+    cfg = RetrieveConfig(name="knn_example", show_progress=False, base=BaseConfig(
+        type="two_tower", two_tower=TwoTowerBaseConfig(model=TwoTowerConfig(embedding_dim=32), train=train)))
+    user_emb, item_emb, info = base_embeddings(cfg, data)
+    print(f"two-tower: {info['epochs']} epochs, final loss {info['final_loss']:.3f}, {info['train_seconds']:.1f} s")
 
     # 2. evaluation users, their seen items (excluded) and held-out items
     eval_users = torch.nonzero(data.test.counts() > 0).squeeze(1)

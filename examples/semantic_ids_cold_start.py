@@ -31,7 +31,7 @@ from recsys_emb.semantic_ids.embed import build_encoder, embed_texts  # noqa: E4
 from recsys_emb.semantic_ids.items import check_missing, read_items  # noqa: E402
 from recsys_emb.semantic_ids.train import assign_ids, train_rqvae  # noqa: E402
 from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
-from recsys_emb.tasks.sequence import SequenceTask  # noqa: E402
+from recsys_emb.train.tasks.sequence import SequenceTask  # noqa: E402
 from recsys_emb.train.trainer import fit  # noqa: E402
 
 DATA = REPO.parent / "shared" / "datasets" / "amazon_scientific_text"

@@ -3,7 +3,7 @@
 1. Prepares MovieLens-100K as CTR data (rating >= 4 -> 1, <= 2 -> 0, 3 dropped; 80/10/10 split).
 2. Shows what the module does on one batch: raw ids -> salted rows of the shared table -> one
    pooled vector per feature, and the exact table bytes.
-3. Trains DCN-v2 with ``recsys_emb.tasks.train`` (the pipeline of ``recsys-emb train``) three
+3. Trains DCN-v2 with ``recsys_emb.train.tasks.train`` (the pipeline of ``recsys-emb train``) three
    times at the same byte budget: multiplexed (one shared table), per-feature hashing (budget split by
    vocabulary size), and the collisionless full tables for reference; prints test AUC and bytes.
 
@@ -41,7 +41,7 @@ def show_one_batch(train_dir: Path, budget: float, probes: int) -> None:
     from recsys_emb.config.experiment import EmbeddingConfig
     from recsys_emb.data.dataset import PreparedCTRData
     from recsys_emb.modules.registry import build_embedding
-    from recsys_emb.tasks.ctr import table_configs
+    from recsys_emb.train.tasks.ctr import table_configs
 
     data = PreparedCTRData.open(train_dir)
     tables = table_configs(data, embedding_dim=16)  # the plain per-feature tables the model would use
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys_emb.config.experiment import ExperimentConfig
     from recsys_emb.config.io import load_config
     from recsys_emb.data.movielens import prepare_movielens_100k
-    from recsys_emb.tasks import train
+    from recsys_emb.train.tasks import train
 
     shutil.rmtree(args.out, ignore_errors=True)
     paths = prepare_movielens_100k(args.data, args.out / "data", seed=args.seed)

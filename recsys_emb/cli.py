@@ -26,13 +26,13 @@ from pathlib import Path
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train any model family from a YAML experiment (task: ctr | sequence | graph)",
-                       description="Train, validate and test a model: CTR, sequence ranking or graph CF (the config's task:).")
+    p = sub.add_parser("train", help="train any model family from a YAML experiment (task: ctr | sequence | graph | two_tower)",
+                       description="Train, validate and test a model: CTR, sequence ranking, graph CF or two-tower (the config's task:).")
     p.add_argument("--config", type=Path, help="experiment YAML (e.g. configs/criteo_dcnv2.yaml); required unless --resume")
     p.add_argument("--train", help="ctr: training data, raw Criteo TSV(.gz) or a prepared folder (overrides data.train)")
     p.add_argument("--valid", help="ctr: validation data (overrides data.valid; default: last data.valid_fraction of train)")
     p.add_argument("--test", help="ctr: test data (overrides data.test)")
-    p.add_argument("--data", help="sequence / graph: the data folder (overrides data.path)")
+    p.add_argument("--data", help="sequence / graph / two_tower: the data folder (overrides data.path)")
     p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>-<time>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value with a dotted key, e.g. --set train.epochs=2 (repeatable)")
@@ -107,7 +107,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from recsys_emb.config.io import run_config_and_dir
-    from recsys_emb.tasks import load_experiment, train
+    from recsys_emb.train.tasks import load_experiment, train
 
     overrides = list(args.overrides)
     for key in ("train", "valid", "test"):

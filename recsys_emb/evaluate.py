@@ -21,7 +21,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, batch_size: int = 16384)
         data: raw Criteo TSV(.gz), encoded with the run's training vocabulary, or a prepared folder.
         batch_size: evaluation batch size.
     """
-    from recsys_emb.tasks.ctr import build_ctr_model, evaluate
+    from recsys_emb.train.tasks.ctr import build_ctr_model, evaluate
 
     run_dir, data = Path(run_dir), Path(data)
     for needed in ("config.yaml", "model.pt", "data/meta.json"):
@@ -58,8 +58,9 @@ def evaluate_checkpoint(run_dir: str | Path, data: str | Path | None = None, spl
     from recsys_emb.data.resolve import resolve_data
     from recsys_emb.train.checkpoint import load_checkpoint
     from recsys_emb.train.env import init_distributed, shutdown
-    from recsys_emb.tasks.ctr import build_ctr_model, evaluate
-    from recsys_emb.train.optim import build_optimizer, materialize_state, shard_model
+    from recsys_emb.train.tasks.ctr import build_ctr_model, evaluate
+    from recsys_emb.train.optim import build_optimizer, materialize_state
+    from recsys_emb.train.parallel import shard_model
 
     run_dir = Path(run_dir)
     for needed in ("config.yaml", "checkpoint/trainer_state.json", "data/meta.json"):

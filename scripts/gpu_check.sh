@@ -11,7 +11,7 @@
 #   doctor    recsys-emb doctor                                             -> $OUT/logs/doctor.log
 #   tests     the CUDA test subset (pytest -k cuda over tests/ops; the kernels vs their CPU references)
 #   kernels   benchmarks/kernels.py --device cuda --quick                  -> $OUT/results/kernels_cuda.{json,md}
-#   train-*   each model family (ctr, sequence, graph) on its tiny config through torchrun + NCCL: train
+#   train-*   each model family (ctr, sequence, graph, two_tower) on its tiny config through torchrun + NCCL: train
 #             to a step checkpoint, then --resume to the end              -> $OUT/runs/<family>/metrics.json
 #   sharding  benchmarks/sharding_scaling.py --device cuda (needs 2 GPUs; recorded as skipped on 1)
 # $OUT/summary.tsv lists step, status, seconds; the exit status is non-zero when any step failed.
@@ -118,6 +118,7 @@ families=(
   "ctr configs/criteo_dcnv2_tiny.yaml --train $OUT/data/criteo/train.txt.gz --test $OUT/data/criteo/test.txt.gz --set data.cache_dir=$OUT/data/cache"
   "sequence configs/amazon_beauty_dare_tiny.yaml --data $OUT/data/seq --set data.dataset=s3rec --set data.stem=Synth"
   "graph configs/gowalla_lightgcn_tiny.yaml --data $OUT/data/graph"
+  "two_tower configs/ml1m_two_tower_tiny.yaml --data $OUT/data/graph --set data.valid=false"
 )
 for entry in "${families[@]}"; do
   read -r family config rest <<< "$entry"

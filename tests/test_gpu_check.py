@@ -23,7 +23,7 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
         steps = {row["step"]: row["status"] for row in csv.DictReader(f, delimiter="\t")}
     gpu_only = {"build-kernels", "tests", "kernels", "sharding"}
     assert gpu_only <= set(steps) and all(steps[s] == "dry-run" for s in gpu_only), steps
-    for family in ("ctr", "sequence", "graph"):
+    for family in ("ctr", "sequence", "graph", "two_tower"):
         assert steps[f"train-{family}"] == steps[f"resume-{family}"] == "ok", steps
         metrics = json.loads((out / "runs" / family / "metrics.json").read_text())
         # 2 steps to the checkpoint, 2 more after --resume; the printed command names the GPU run's settings

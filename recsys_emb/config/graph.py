@@ -82,7 +82,7 @@ class GraphTrainConfig(TrainConfig):
 class GraphExperimentConfig:
     """A graph CF experiment (``task: graph``; configs/gowalla_lightgcn.yaml)."""
 
-    task: str = "graph"  # the model family (recsys_emb/tasks)
+    task: str = "graph"  # the model family (recsys_emb/train/tasks)
     name: str = "graph"  # free-form label, written into metrics.json
     data: GraphDataConfig = field(default_factory=GraphDataConfig)
     model: GraphModelConfig = field(default_factory=GraphModelConfig)

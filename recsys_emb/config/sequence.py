@@ -55,7 +55,7 @@ class SequenceModelConfig:
 class SequenceExperimentConfig:
     """A sequence-ranking experiment (``task: sequence``): data, model, training, sharding."""
 
-    task: str = "sequence"  # the model family (recsys_emb/tasks)
+    task: str = "sequence"  # the model family (recsys_emb/train/tasks)
     name: str = "sequence"  # free-form label, written into metrics.json
     data: SequenceDataConfig = field(default_factory=SequenceDataConfig)
     model: SequenceModelConfig = field(default_factory=SequenceModelConfig)

@@ -366,21 +366,22 @@ def normalized_adjacency(graph: GraphDataset, kind: str = "sym", split: str = "t
 
 @dataclass
 class BPRBatch:
-    """BPR triples ``(user, positive item, negative item)``: three aligned (B,) int64 tensors."""
+    """BPR triples ``(user, positive item, negative item)``: aligned (B,) int64 tensors (``neg`` is None for
+    positive pairs only, :class:`BPRSampler` with ``negatives=False``)."""
 
     users: torch.Tensor
     pos: torch.Tensor
-    neg: torch.Tensor
+    neg: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.users.numel())
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> BPRBatch:
-        return BPRBatch(*(x.to(device, non_blocking=non_blocking) for x in (self.users, self.pos, self.neg)))
+        return BPRBatch(*(x if x is None else x.to(device, non_blocking=non_blocking) for x in (self.users, self.pos, self.neg)))
 
     def part(self, rows: slice) -> BPRBatch:
         """The triples of ``rows`` (e.g. one rank's part of a global batch)."""
-        return BPRBatch(self.users[rows], self.pos[rows], self.neg[rows])
+        return BPRBatch(self.users[rows], self.pos[rows], None if self.neg is None else self.neg[rows])
 
 
 class BPRSampler:
@@ -397,18 +398,19 @@ class BPRSampler:
         num_items: the item count of the id space (negatives are drawn from ``[0, num_items)``).
         batch_size: triples per (global) batch.
         seed: with the epoch number, fixes order and negatives exactly.
+        negatives: False = positive pairs only (``neg`` None; the two-tower's in-batch softmax).
 
     Raises:
         ValueError: a user interacted with every item (no negative exists).
     """
 
-    def __init__(self, train: GraphSplit, num_items: int, batch_size: int, seed: int) -> None:
+    def __init__(self, train: GraphSplit, num_items: int, batch_size: int, seed: int, negatives: bool = True) -> None:
         self.users = train.users()  # (nnz,)
         self.items = train.indices  # (nnz,)
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.num_items, self.batch_size, self.seed, self.negatives = num_items, batch_size, seed, negatives
         self.keys = np.sort(self.users * num_items + self.items)  # (nnz,) sorted (user, item) keys
         full = np.diff(train.indptr) >= num_items
-        if full.any():
+        if negatives and full.any():
             raise ValueError(f"user {int(np.argmax(full))} interacted with every item: no negative exists")
 
     @property
@@ -436,7 +438,7 @@ class BPRSampler:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.users))
         users, pos = self.users[order], self.items[order]
-        neg = self.sample_negatives(users, rng)
+        neg = self.sample_negatives(users, rng) if self.negatives else None
         for start in range(skip * self.batch_size, len(order), self.batch_size):
             sl = slice(start, start + self.batch_size)
-            yield BPRBatch(torch.from_numpy(users[sl]), torch.from_numpy(pos[sl]), torch.from_numpy(neg[sl]))
+            yield BPRBatch(torch.from_numpy(users[sl]), torch.from_numpy(pos[sl]), None if neg is None else torch.from_numpy(neg[sl]))

@@ -16,7 +16,7 @@ def plan_experiment(cfg: ExperimentConfig, world_size: int, device: str | None =
     The model is built on the ``meta`` device: planning never allocates a table.
     """
     from recsys_emb.data.resolve import resolve_data
-    from recsys_emb.tasks.ctr import build_ctr_model
+    from recsys_emb.train.tasks.ctr import build_ctr_model
 
     if world_size < 1:
         raise ValueError(f"--world-size must be >= 1, got {world_size}")

@@ -18,11 +18,8 @@ negatives, ``logits = u @ i.T / temperature`` (B, B), cross entropy with the dia
 * ``normalize``: L2-normalise both towers (cosine similarity); the exported embeddings are the
   normalised ones, so inner-product retrieval over them is exact cosine retrieval.
 
-Deviation from DESIGN.md: :func:`train_two_tower` trains unsharded (sparse row gradients for the EBC
-tables with ``torch.optim.SparseAdam``, Adam for the towers) rather than through
-``DistributedModelParallel``; it is a base model for retrieval experiments on catalogues of up to
-~10^5 rows, where that is simple and fast. The module itself is a plain ``nn.Module`` over a stock
-EBC, so it can be wrapped in DMP like the CTR models.
+Training: ``task: two_tower`` (:mod:`recsys_emb.train.tasks.two_tower`) trains :class:`TwoTowerTrain`
+through the one trainer, under ``DistributedModelParallel`` like every family.
 
 Reduction: with ``tower_layers: []``, ``normalize: false`` the model is exactly MF, ``score(u, i) =
 <E_user[u], E_item[i]>`` (tested).
@@ -30,7 +27,6 @@ Reduction: with ``tower_layers: []``, ``normalize: false`` the model is exactly 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -40,28 +36,26 @@ from torch import Tensor, nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-from tqdm import tqdm
 
 
 @dataclass
 class TwoTowerConfig:
-    """Options of the two-tower base model (the YAML ``model:`` section of a retrieval config)."""
+    """Options of the two-tower model (the ``model:`` section of a ``task: two_tower`` experiment)."""
 
+    name: str = "two_tower"  # a label (metrics.json); with tower_layers: [] and normalize: false this is MF
     embedding_dim: int = 64  # table width D (a multiple of 4 for FBGEMM)
     tower_layers: list[int] = field(default_factory=list)  # MLP widths per tower; [] = matrix factorisation
     normalize: bool = True  # L2-normalise both towers (cosine scores)
     temperature: float = 0.1  # softmax temperature
     logq_correction: bool = True  # subtract log item frequency from in-batch logits
     init_std: float = 0.1  # N(0, init_std) table init
-    epochs: int = 10
-    batch_size: int = 2048
-    lr: float = 0.005  # Adam learning rate
     weight_decay: float = 0.0  # L2 on the rows looked up in a batch (added to the loss)
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.embedding_dim < 1 or self.temperature <= 0 or self.epochs < 0 or self.batch_size < 2 or self.lr <= 0:
-            raise ValueError("model: embedding_dim >= 1, temperature > 0, epochs >= 0, batch_size >= 2, lr > 0 required")
+        if self.embedding_dim < 1 or self.temperature <= 0 or self.init_std <= 0 or self.weight_decay < 0:
+            raise ValueError("model: embedding_dim >= 1, temperature > 0, init_std > 0, weight_decay >= 0 required")
+        if any(w < 1 for w in self.tower_layers):
+            raise ValueError(f"model.tower_layers must be positive widths, got {self.tower_layers}")
 
 
 def _tower(dim: int, layers: list[int]) -> nn.Module:
@@ -73,6 +67,12 @@ def _tower(dim: int, layers: list[int]) -> nn.Module:
             mods.append(nn.ReLU())
         width = out
     return nn.Sequential(*mods)
+
+
+def _one_hot_lengths(ids: Tensor, first: bool) -> Tensor:
+    """KJT lengths for keys ``[user, item]`` with one id per bag under one key and empty bags under the other."""
+    ones, zeros = (torch.full((ids.numel(),), v, dtype=torch.int32, device=ids.device) for v in (1, 0))
+    return torch.cat([ones, zeros] if first else [zeros, ones])
 
 
 class TwoTower(nn.Module):
@@ -104,7 +104,9 @@ class TwoTower(nn.Module):
         self.embedding = EmbeddingBagCollection(tables, device=device)
         self.user_tower = _tower(config.embedding_dim, list(config.tower_layers))
         self.item_tower = _tower(config.embedding_dim, list(config.tower_layers))
-        self.register_buffer("log_q", torch.zeros(num_items), persistent=True)  # log item frequency
+        # log item frequency; a buffer is never built on meta (DMP would zero it), so it starts on the CPU there
+        buffer_device = None if device is None or torch.device(device).type == "meta" else device
+        self.register_buffer("log_q", torch.zeros(num_items, device=buffer_device), persistent=True)
 
     @property
     def output_dim(self) -> int:
@@ -123,7 +125,7 @@ class TwoTower(nn.Module):
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=["user", "item"],
             values=torch.cat([users.reshape(-1), items.reshape(-1)]).long(),
-            lengths=torch.ones(2 * b, dtype=torch.int32),
+            lengths=torch.ones(2 * b, dtype=torch.int32, device=users.device),
         )
         kt = self.embedding(kjt).to_dict()
         return kt["user"], kt["item"]
@@ -135,16 +137,14 @@ class TwoTower(nn.Module):
     def encode_users(self, users: Tensor, raw: bool = False) -> Tensor:
         """(B,) user ids -> (B, D_out) user embeddings (``raw``: table rows before the tower)."""
         kjt = KeyedJaggedTensor.from_lengths_sync(keys=["user", "item"], values=users.reshape(-1).long(),
-                                                  lengths=torch.cat([torch.ones(users.numel(), dtype=torch.int32),
-                                                                     torch.zeros(users.numel(), dtype=torch.int32)]))
+                                                  lengths=_one_hot_lengths(users, first=True))
         rows = self.embedding(kjt)["user"]
         return rows if raw else self._finish(rows, self.user_tower)
 
     def encode_items(self, items: Tensor, raw: bool = False) -> Tensor:
         """(B,) item ids -> (B, D_out) item embeddings (``raw``: table rows before the tower)."""
         kjt = KeyedJaggedTensor.from_lengths_sync(keys=["user", "item"], values=items.reshape(-1).long(),
-                                                  lengths=torch.cat([torch.zeros(items.numel(), dtype=torch.int32),
-                                                                     torch.ones(items.numel(), dtype=torch.int32)]))
+                                                  lengths=_one_hot_lengths(items, first=False))
         rows = self.embedding(kjt)["item"]
         return rows if raw else self._finish(rows, self.item_tower)
 
@@ -163,7 +163,7 @@ class TwoTower(nn.Module):
         same = items.unsqueeze(0) == items.unsqueeze(1)
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))  # accidental hits are not negatives
-        target = torch.arange(users.numel())
+        target = torch.arange(users.numel(), device=users.device)
         loss = F.cross_entropy(logits, target)
         if self.config.weight_decay:
             loss = loss + self.config.weight_decay * (u_raw.pow(2).sum(-1) + i_raw.pow(2).sum(-1)).mean()
@@ -172,52 +172,23 @@ class TwoTower(nn.Module):
     @torch.no_grad()
     def user_embeddings(self, batch_size: int = 65536) -> Tensor:
         """(U, D_out) embeddings of every user."""
-        ids = torch.arange(self.num_users)
+        ids = torch.arange(self.num_users, device=self.log_q.device)
         return torch.cat([self.encode_users(ids[s : s + batch_size]) for s in range(0, self.num_users, batch_size)])
 
     @torch.no_grad()
     def item_embeddings(self, batch_size: int = 65536) -> Tensor:
         """(N, D_out) embeddings of every item."""
-        ids = torch.arange(self.num_items)
+        ids = torch.arange(self.num_items, device=self.log_q.device)
         return torch.cat([self.encode_items(ids[s : s + batch_size]) for s in range(0, self.num_items, batch_size)])
 
 
-def train_two_tower(users: Tensor, items: Tensor, num_users: int, num_items: int, config: TwoTowerConfig,
-                    show_progress: bool = True) -> tuple[TwoTower, list[float]]:
-    """Train a :class:`TwoTower` on positive pairs ``(users[j], items[j])``; returns the model and per-epoch mean loss."""
-    gen = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    model = TwoTower(num_users, num_items, config)
-    model.set_item_frequency(torch.bincount(items, minlength=num_items))
-    # sparse row gradients for the tables (only the rows of a batch are touched) + dense Adam for the towers
-    for bag in model.embedding.embedding_bags.values():
-        bag.sparse = True
-    table_params = list(model.embedding.parameters())
-    tower_params = [p for p in model.parameters() if all(p is not t for t in table_params)]
-    opts: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(table_params, lr=config.lr)]
-    if tower_params:
-        opts.append(torch.optim.Adam(tower_params, lr=config.lr))
-    n = users.numel()
-    steps = math.ceil(n / config.batch_size)
-    history: list[float] = []
-    model.train()
-    for epoch in range(config.epochs):
-        perm = torch.randperm(n, generator=gen)
-        total = 0.0
-        bar = tqdm(range(steps), desc=f"two-tower epoch {epoch + 1}/{config.epochs}", disable=not show_progress, leave=False)
-        for s in bar:
-            idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
-            if idx.numel() < 2:
-                continue
-            loss = model.loss(users[idx], items[idx])
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in opts:
-                opt.step()
-            total += float(loss.detach()) * idx.numel()
-            if s % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        history.append(total / max(n, 1))
-    model.eval()
-    return model, history
+class TwoTowerTrain(nn.Module):
+    """The training module of ``task: two_tower``: ``forward(batch) -> (loss, ())``, the in-batch softmax
+    loss of the batch's ``(users, pos)`` pairs (:meth:`TwoTower.loss`); the model is at ``self.model``."""
+
+    def __init__(self, model: TwoTower) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch) -> tuple[Tensor, tuple[()]]:  # noqa: ANN001 - a BPRBatch (negatives unused)
+        return self.model.loss(batch.users, batch.pos), ()

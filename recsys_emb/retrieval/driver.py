@@ -1,8 +1,9 @@
 """``recsys-emb retrieve --config CFG``: base embeddings -> indexes -> single-vector vs kNN-Embed.
 
 Steps: read a LightGCN-format folder (``train.txt``/``test.txt``, optional ``valid.txt``, plain or
-``.gz``); train the base model (``base.type``: ``two_tower`` in-batch softmax, or the graph-CF
-``lightgcn`` / ``mf`` with BPR through the graph task, :mod:`recsys_emb.tasks.graph`), or load user/item
+``.gz``); train the base model through the one trainer (``base.type``: ``two_tower`` in-batch
+softmax, :mod:`recsys_emb.train.tasks.two_tower`, or the graph-CF ``lightgcn`` / ``mf`` with BPR,
+:mod:`recsys_emb.train.tasks.graph`), or load user/item
 embeddings produced by any model; build the exact index, the configured FAISS index and the
 kNN-Embed retriever; retrieve K = max(eval.ks) candidates for every evaluated user (training items,
 and validation items when evaluating test, excluded) and report recall/NDCG/diversity/speed per method.
@@ -27,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +36,9 @@ from torch import Tensor
 
 from recsys_emb.config.experiment import ShardingConfig
 from recsys_emb.config.graph import GraphEvalConfig, GraphTrainConfig
+from recsys_emb.config.two_tower import TwoTowerTrainConfig
 from recsys_emb.models.graph import GraphModelConfig
-from recsys_emb.models.two_tower import TwoTowerConfig, train_two_tower
+from recsys_emb.models.two_tower import TwoTowerConfig
 from recsys_emb.retrieval.data import InteractionData, Interactions, load_split_data
 from recsys_emb.retrieval.evaluate import MethodResult, nan_to_none, summarize, timed
 from recsys_emb.retrieval.index import IndexConfig, build_index
@@ -72,13 +75,25 @@ class GraphBaseConfig:
 
 
 @dataclass
+class TwoTowerBaseConfig:
+    """A two-tower base model (``base.type: two_tower``): the ``model:``, ``train:``, ``sharding:`` and
+    ``evaluation:`` sections of a ``task: two_tower`` experiment (configs/ml1m_two_tower.yaml). No epoch
+    selection, as for :class:`GraphBaseConfig`."""
+
+    model: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    train: TwoTowerTrainConfig = field(default_factory=TwoTowerTrainConfig)
+    sharding: ShardingConfig = field(default_factory=lambda: ShardingConfig(type="data_parallel"))
+    evaluation: GraphEvalConfig = field(default_factory=lambda: GraphEvalConfig(select_metric=None))
+
+
+@dataclass
 class BaseConfig:
     """Where the user/item embeddings come from."""
 
     source: str = "train"  # train (the base.type model) | load (embeddings file)
-    type: str = "two_tower"  # two_tower (base.model) | lightgcn | mf (BPR graph CF, base.graph)
+    type: str = "two_tower"  # two_tower (base.two_tower) | lightgcn | mf (BPR graph CF, base.graph)
     embeddings: str | None = None  # source=load: .pt dict or .npz with `user` (U, D) and `item` (N, D)
-    model: TwoTowerConfig = field(default_factory=TwoTowerConfig)  # type=two_tower
+    two_tower: TwoTowerBaseConfig = field(default_factory=TwoTowerBaseConfig)  # type=two_tower
     graph: GraphBaseConfig = field(default_factory=GraphBaseConfig)  # type=lightgcn | mf
 
     def __post_init__(self) -> None:
@@ -151,10 +166,12 @@ def save_embeddings(path: str | Path, user: Tensor, item: Tensor) -> None:
 
 def set_base_seed(cfg: RetrieveConfig, seed: int) -> None:
     """Seed the base model's training (parameters, sampling) for ``cfg.base.type``."""
-    if cfg.base.type == "two_tower":
-        cfg.base.model.seed = seed
-    else:
-        cfg.base.graph.train.seed = seed
+    base_section(cfg).train.seed = seed
+
+
+def base_section(cfg: RetrieveConfig) -> TwoTowerBaseConfig | GraphBaseConfig:
+    """The ``base.two_tower`` or ``base.graph`` section ``base.type`` trains."""
+    return cfg.base.two_tower if cfg.base.type == "two_tower" else cfg.base.graph
 
 
 def load_data(cfg: RetrieveConfig) -> InteractionData:
@@ -174,8 +191,8 @@ def _graph_split(x: Interactions, num_users: int):  # noqa: ANN202
     return GraphSplit(indptr, (keys % x.num_items).astype(np.int64), "<retrieval data>", int((x.counts() > 0).sum()))
 
 
-def train_graph_base(cfg: RetrieveConfig, data: InteractionData, run_dir: Path) -> tuple[Tensor, Tensor, dict]:
-    """Train LightGCN / BPR-MF (``cfg.base.type``) on ``data.train`` with the one trainer (``task: graph``).
+def train_base(cfg: RetrieveConfig, data: InteractionData, run_dir: Path) -> tuple[Tensor, Tensor, dict]:
+    """Train the ``base.type`` model on ``data.train`` with the one trainer (``task: two_tower`` or ``graph``).
 
     The graph is built in memory from ``data`` (same id space; items seen only in test/valid are
     isolated nodes), so a validation holdout trains without its items. Splits given to the task:
@@ -188,31 +205,39 @@ def train_graph_base(cfg: RetrieveConfig, data: InteractionData, run_dir: Path) 
     import shutil  # noqa: PLC0415
 
     from recsys_emb.config.graph import GraphDataConfig, GraphExperimentConfig  # noqa: PLC0415
+    from recsys_emb.config.two_tower import TwoTowerExperimentConfig  # noqa: PLC0415
     from recsys_emb.data.graphs import GraphDataset  # noqa: PLC0415
-    from recsys_emb.tasks.graph import GraphTask, load_graph_embeddings  # noqa: PLC0415
+    from recsys_emb.train.tasks.graph import GraphTask, load_graph_embeddings  # noqa: PLC0415
+    from recsys_emb.train.tasks.two_tower import TwoTowerTask  # noqa: PLC0415
     from recsys_emb.train.trainer import fit  # noqa: PLC0415
 
     splits = {"train": _graph_split(data.train, data.num_users), "test": _graph_split(data.test, data.num_users)}
     if data.extra_exclude is not None:
         splits["valid"] = _graph_split(data.extra_exclude, data.num_users)
     graph = GraphDataset(data.num_users, data.num_items, splits, data.source)
-    base = cfg.base.graph
+    base = base_section(cfg)
     tc = dataclasses.replace(base.train, early_stopping_patience=0, progress=base.train.progress and cfg.show_progress)
-    gcfg = GraphExperimentConfig(
-        name=f"{cfg.name}_base", data=GraphDataConfig(path=data.source, valid="valid" in splits),
-        model=dataclasses.replace(base.model, name=cfg.base.type), train=tc, sharding=base.sharding,
-        evaluation=dataclasses.replace(base.evaluation, select_metric=None))
+    common = dict(name=f"{cfg.name}_base", data=GraphDataConfig(path=data.source, valid="valid" in splits), train=tc,
+                  sharding=base.sharding, evaluation=dataclasses.replace(base.evaluation, select_metric=None))
+    if cfg.base.type == "two_tower":
+        ecfg: Any = TwoTowerExperimentConfig(model=base.model, **common)  # type: ignore[arg-type]
+        task: Any = TwoTowerTask(ecfg, graph)
+        details = {"embedding_dim": base.model.embedding_dim, "tower_layers": list(base.model.tower_layers)}
+    else:
+        ecfg = GraphExperimentConfig(model=dataclasses.replace(base.model, name=cfg.base.type), **common)  # type: ignore[arg-type]
+        task = GraphTask(ecfg, graph)
+        details = {"num_layers": ecfg.model.num_layers, "embedding_dim": ecfg.model.embedding_dim}
     if run_dir.exists() and any(run_dir.iterdir()):
         print(f"[retrieve] replacing the earlier base-model run in {run_dir}", file=sys.stderr)
         shutil.rmtree(run_dir)
     t0 = time.perf_counter()
-    metrics = fit(GraphTask(gcfg, graph), gcfg, run_dir)
+    metrics = fit(task, ecfg, run_dir)
     seconds = time.perf_counter() - t0
     user, item = load_graph_embeddings(run_dir)
     epochs = metrics["epochs"]
     return user.float(), item.float(), {
         "source": cfg.base.type, "epochs": metrics["epochs_completed"], "seed": tc.seed, "batch_size": tc.batch_size,
-        "lr": tc.embedding_optimizer.lr, "num_layers": gcfg.model.num_layers, "embedding_dim": gcfg.model.embedding_dim,
+        "lr": tc.embedding_optimizer.lr, **details,
         "train_seconds": seconds, "mean_epoch_seconds": sum(e["train_seconds"] for e in epochs) / max(len(epochs), 1),
         "final_loss": epochs[-1]["mean_loss"] if epochs else None, "eval_split_metrics": metrics.get("test")}
 
@@ -220,7 +245,7 @@ def train_graph_base(cfg: RetrieveConfig, data: InteractionData, run_dir: Path) 
 def base_embeddings(cfg: RetrieveConfig, data: InteractionData, work_dir: Path | None = None) -> tuple[Tensor, Tensor, dict]:
     """Train the ``base.type`` model or load embeddings; returns ``(user, item, info)``.
 
-    ``work_dir``: where a graph model writes its training files (default: a temporary folder).
+    ``work_dir``: where the base model writes its training files (default: a temporary folder).
     """
     if cfg.base.source == "load":
         assert cfg.base.embeddings is not None
@@ -229,18 +254,12 @@ def base_embeddings(cfg: RetrieveConfig, data: InteractionData, work_dir: Path |
             raise ValueError(f"{cfg.base.embeddings}: {user.shape[0]} users / {item.shape[0]} items, "
                              f"but the data has {data.num_users} / {data.num_items}")
         return user, item, {"source": str(cfg.base.embeddings)}
-    if cfg.base.type != "two_tower":
-        if work_dir is not None:
-            return train_graph_base(cfg, data, work_dir)
-        import tempfile  # noqa: PLC0415
+    if work_dir is not None:
+        return train_base(cfg, data, work_dir)
+    import tempfile  # noqa: PLC0415
 
-        with tempfile.TemporaryDirectory(prefix="retrieve_graph_") as tmp:
-            return train_graph_base(cfg, data, Path(tmp))
-    users, items = data.train.pairs()
-    t0 = time.perf_counter()
-    model, losses = train_two_tower(users, items, data.num_users, data.num_items, cfg.base.model, cfg.show_progress)
-    return model.user_embeddings(), model.item_embeddings(), {
-        "source": "two_tower", "epoch_loss": losses, "train_seconds": time.perf_counter() - t0}
+    with tempfile.TemporaryDirectory(prefix="retrieve_base_") as tmp:
+        return train_base(cfg, data, Path(tmp))
 
 
 def evaluation_users(data: InteractionData, cfg: RetrieveEvalConfig) -> Tensor:

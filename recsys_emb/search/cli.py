@@ -73,8 +73,8 @@ def run_search_experiment(cfg: ExperimentConfig, technique: str, run_dir: str | 
     from recsys_emb.search import dnis as dnis_search
     from recsys_emb.search import optembed as optembed_search
     from recsys_emb.search.derive import derive_tables, layout_report, save_derived
-    from recsys_emb.tasks import train
-    from recsys_emb.tasks.ctr import absolute_paths as _absolute_paths
+    from recsys_emb.train.tasks import train
+    from recsys_emb.train.tasks.ctr import absolute_paths as _absolute_paths
 
     run_dir = Path(run_dir)
     state_path = run_dir / "search_state.pt"
@@ -124,7 +124,7 @@ def run_search_experiment(cfg: ExperimentConfig, technique: str, run_dir: str | 
 def _derived_valid(derived_cfg: ExperimentConfig, run_dir: Path, s: Any) -> dict[str, float]:
     """Validation metrics of the derived model rebuilt from its files (config + layout + state)."""
     from recsys_emb.search.common import CPU_ENV
-    from recsys_emb.tasks.ctr import build_ctr_model, evaluate
+    from recsys_emb.train.tasks.ctr import build_ctr_model, evaluate
 
     model = build_ctr_model(derived_cfg, s.train_data, device="cpu")
     model.load_state_dict(torch.load(run_dir / "derived_model.pt", map_location="cpu", weights_only=True))

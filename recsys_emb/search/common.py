@@ -4,7 +4,7 @@ Searches run on ONE process with the unsharded model (plain torch optimizers on 
 dense gradients): the bi-level DNIS steps and the OptEmbed evolution need fine control over which
 parameters step on which batch, which TorchRec's fused in-backward optimizers do not give. The
 derived compact model is then retrained with the ordinary, shardable training loop
-(``recsys_emb.tasks.train``).
+(``recsys_emb.train.tasks.train``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from recsys_emb.data.dataset import BatchIterator, PreparedCTRData
 from recsys_emb.data.resolve import Split, resolve_data
 from recsys_emb.models import split_named_parameters
 from recsys_emb.train.env import DistEnv
-from recsys_emb.tasks.ctr import build_ctr_model, evaluate
+from recsys_emb.train.tasks.ctr import build_ctr_model, evaluate
 from recsys_emb.train.optim import optimizer_class, optimizer_kwargs
 from recsys_emb.utils import atomic_write_bytes, log
 

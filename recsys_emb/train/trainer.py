@@ -5,7 +5,7 @@ A :class:`Task` says what is specific to a family (its data, its model, its loss
 :func:`fit` owns everything else, identically for all of them:
 
 - the model is always wrapped in TorchRec's ``DistributedModelParallel`` (1 or N processes, gloo on
-  CPU, NCCL on GPU) through :func:`recsys_emb.train.optim.shard_model` with the experiment's
+  CPU, NCCL on GPU) through :func:`recsys_emb.train.parallel.shard_model` with the experiment's
   ``sharding:`` section; tables train with FBGEMM's fused optimizers where the kernel allows it;
 - steps and epochs (``train.epochs``, ``train.max_steps``, ``train.max_steps_per_epoch``,
   ``train.max_minutes``), evaluation at every epoch end and every ``train.eval_every_steps``;
@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 
 class Task:
-    """What :func:`fit` needs to know about one model family (subclass per family; see ``recsys_emb/tasks``).
+    """What :func:`fit` needs to know about one model family (subclass per family; see ``recsys_emb/train/tasks``).
 
     Attributes:
         name: the family (``ctr``, ``sequence``, ``graph``); written into ``metrics.json``.
@@ -154,7 +154,8 @@ class _Fit:
     # ------------------------------------------------------------------------------------ setup
     def _setup(self) -> None:
         from recsys_emb.distributed.planning import describe_plan, table_dims
-        from recsys_emb.train.optim import build_optimizer, dense_parameters, shard_model
+        from recsys_emb.train.optim import build_optimizer, dense_parameters
+        from recsys_emb.train.parallel import shard_model
 
         task, tc, env = self.task, self.tc, self.env
         task.prepare(env)
@@ -211,7 +212,8 @@ class _Fit:
             if 0 < tc.early_stopping_patience <= state["bad_evals"]:
                 state.update(stop_reason="early_stopping")
         if self.env.is_main:
-            mark = " (best)" if improved else f" (no gain {state['bad_evals']}/{tc.early_stopping_patience})"
+            patience = f" {state['bad_evals']}/{tc.early_stopping_patience}" if tc.early_stopping_patience else ""
+            mark = " (best)" if improved else f" (no gain{patience})"
             shown = "evaluated (no selection metric: keeping the latest weights)" if value is None else (
                 f"{task.select_metric} {value:.5f}{mark}")
             log(f"{self.tag} step {step}: {task.select_split} {shown}")

@@ -87,6 +87,7 @@ def _schema(path: Path) -> type:
 
     schemas = {
         "gowalla_": ("recsys_emb.config.graph", "GraphExperimentConfig"),
+        "ml1m_two_tower": ("recsys_emb.config.two_tower", "TwoTowerExperimentConfig"),
         "retrieval_": ("recsys_emb.retrieval.driver", "RetrieveConfig"),
         "sid_": ("recsys_emb.semantic_ids.config", "SIDConfig"),
         "amazon_": ("recsys_emb.config.sequence", "SequenceExperimentConfig"),

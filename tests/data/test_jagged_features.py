@@ -15,7 +15,7 @@ from recsys_emb.data.dataset import BatchIterator, PreparedCTRData, write_jagged
 from recsys_emb.data.movielens import GENRES, prepare_movielens_100k, read_movielens_100k
 from recsys_emb.modules.registry import build_embedding
 from recsys_emb.modules.unified import hash_coefficients
-from recsys_emb.tasks.ctr import table_configs
+from recsys_emb.train.tasks.ctr import table_configs
 from tests.conftest import make_prepared
 from tests.data.test_movielens import write_tiny_ml
 

@@ -120,7 +120,7 @@ def test_real_files_counts_and_jagged_genres() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["ml100k_unified_tiny", "ml100k_dcnv2_tiny"])
 def test_tiny_configs_train_on_movielens(config: str, tmp_path: Path) -> None:
-    from recsys_emb.tasks import train
+    from recsys_emb.train.tasks import train
 
     paths = prepare_movielens_100k(shared_dataset("movielens_100k"), tmp_path / "ml")
     overrides = [f"data.{role}={p}" for role, p in paths.items()]

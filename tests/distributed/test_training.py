@@ -10,7 +10,7 @@ import pytest
 from recsys_emb.config.experiment import ExperimentConfig
 from recsys_emb.config.io import from_dict, load_config
 from recsys_emb.evaluate import evaluate_checkpoint
-from recsys_emb.tasks import train
+from recsys_emb.train.tasks import train
 from tests.conftest import make_prepared
 from tests.distributed.multiprocess import run_ranks
 

@@ -159,7 +159,7 @@ def test_decoupled_collection_shards_with_stock_sharders() -> None:
     """DistributedModelParallel (one process, gloo) shards both collections and gives the unsharded forward."""
     from recsys_emb.config.experiment import TrainConfig
     from recsys_emb.train.env import init_distributed, shutdown
-    from recsys_emb.train.optim import shard_model
+    from recsys_emb.train.parallel import shard_model
 
     torch.manual_seed(0)
     att, rep = dare_table_configs(SIZES, 4, 8)

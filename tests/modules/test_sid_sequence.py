@@ -15,7 +15,7 @@ from recsys_emb.modules.sid_sequence import ItemIdHash, SemanticIdSequenceEmbedd
 from recsys_emb.semantic_ids.codes import SemanticIds
 from recsys_emb.config.sequence import SequenceExperimentConfig, SequenceModelConfig
 from recsys_emb.models.sequence import build_sequence_model
-from recsys_emb.tasks import train
+from recsys_emb.train.tasks import train
 
 
 @pytest.fixture(scope="module")

@@ -294,7 +294,7 @@ def test_several_groups_and_config_errors() -> None:
 # ---------------------------------------------------------------------------------------- training
 @pytest.mark.parametrize("model", ["dcnv2", "dlrm", "deepfm"])
 def test_trains_inside_ctr_models_through_the_registry(model: str, tmp_path: Path) -> None:
-    from recsys_emb.tasks import train
+    from recsys_emb.train.tasks import train
 
     train_dir, test_dir = make_prepared(tmp_path / "train", 3000, seed=0), make_prepared(tmp_path / "test", 800, seed=1)
     cfg = load_config(  # configs/criteo_unified_tiny.yaml: DCN-v2, 2 probes, budget 1x; other models by override

@@ -43,7 +43,7 @@ def test_retrieve_tiny_config_end_to_end(tmp_path, config, capsys):
     pytest.importorskip("faiss")  # kNN-Embed clusters items with FAISS k-means
     data = _write_folder(tmp_path / "data")
     run = tmp_path / "run"
-    sets = ["--set", "base.model.epochs=2", "--set", "base.model.batch_size=64", "--set", "knn_embed.num_clusters=4",
+    sets = ["--set", "base.two_tower.train.epochs=2", "--set", "base.two_tower.train.batch_size=64", "--set", "knn_embed.num_clusters=4",
             "--set", "eval.ks=[5,10]", "--set", "show_progress=false", "--set", "index.kind=exact"]
     assert run_retrieve(_args("--config", str(REPO / "configs" / config), "--data", str(data), "--run-dir", str(run), *sets)) == 0
     metrics = json.loads((run / "metrics.json").read_text())
@@ -72,7 +72,7 @@ def test_retrieve_with_faiss_index(tmp_path):
     data = _write_folder(tmp_path / "data")
     run = tmp_path / "run"
     assert run_retrieve(_args("--config", str(REPO / "configs" / "retrieval_ml1m_tiny.yaml"), "--data", str(data),
-                              "--run-dir", str(run), "--set", "base.model.epochs=1", "--set", "eval.ks=[10]",
+                              "--run-dir", str(run), "--set", "base.two_tower.train.epochs=1", "--set", "eval.ks=[10]",
                               "--set", "knn_embed.num_clusters=4", "--set", "index.kind=hnsw",
                               "--set", "show_progress=false")) == 0
     methods = json.loads((run / "metrics.json").read_text())["methods"]

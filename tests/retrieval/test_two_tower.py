@@ -1,4 +1,5 @@
-"""Two-tower / MF base model: MF reduction, the in-batch softmax loss against a reference, training."""
+"""Two-tower / MF model: MF reduction and the in-batch softmax loss against a reference (training through the
+trainer: tests/train/tasks/test_two_tower.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import torch
 
-from recsys_emb.models.two_tower import TwoTower, TwoTowerConfig, train_two_tower
+from recsys_emb.models.two_tower import TwoTower, TwoTowerConfig
 
 
 def _tables(model: TwoTower) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,17 +47,3 @@ def test_in_batch_softmax_loss_matches_reference():
             ref += -(pos - math.log(sum(math.exp(x) for x in logits)))
         ref /= 5
     assert abs(float(loss.detach()) - ref) < 1e-4
-
-
-def test_training_lowers_the_loss_and_learns_the_structure():
-    # two user groups, each engaging with its own half of the catalogue
-    g = torch.Generator().manual_seed(0)
-    users = torch.randint(0, 40, (3000,), generator=g)
-    items = (users % 2) * 20 + torch.randint(0, 20, (3000,), generator=g)
-    cfg = TwoTowerConfig(embedding_dim=8, epochs=4, batch_size=256, lr=0.02, seed=0)
-    model, losses = train_two_tower(users, items, 40, 40, cfg, show_progress=False)
-    assert losses[-1] < losses[0]
-    s = model.user_embeddings() @ model.item_embeddings().T  # (40, 40)
-    own = torch.stack([s[u, (u % 2) * 20 : (u % 2) * 20 + 20].mean() for u in range(40)])
-    other = torch.stack([s[u, (1 - u % 2) * 20 : (1 - u % 2) * 20 + 20].mean() for u in range(40)])
-    assert (own > other).all()

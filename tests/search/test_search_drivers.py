@@ -110,7 +110,7 @@ def test_search_derive_and_load_in_a_fresh_process(technique: str, data: Path, t
         "from recsys_emb.config.io import load_config\n"
         "from recsys_emb.data.resolve import resolve_data\n"
         "from recsys_emb.search.common import CPU_ENV\n"
-        "from recsys_emb.tasks.ctr import build_ctr_model, evaluate\n"
+        "from recsys_emb.train.tasks.ctr import build_ctr_model, evaluate\n"
         f"run = {str(run_dir)!r}\n"
         "cfg = load_config(ExperimentConfig, run + '/derived_config.yaml')\n"
         "splits = resolve_data(cfg.data)\n"
@@ -164,7 +164,7 @@ def test_noise_features_get_fewer_dims(tmp_path: Path) -> None:
 def test_technique_models_reduce_to_the_plain_model(technique: str, model_name: str, data: Path) -> None:
     """alpha == 1 (DNIS) / thresholds at -inf with full dims (OptEmbed): same logits as the plain model."""
     from recsys_emb.data.dataset import PreparedCTRData
-    from recsys_emb.tasks.ctr import build_ctr_model
+    from recsys_emb.train.tasks.ctr import build_ctr_model
 
     options = ["embedding.options.frequency=index"] if technique == "dnis" else ["embedding.options.field_dims={C1: 8, C2: 8, C3: 8, C4: 8}"]
     cfg = tiny(technique, data, f"model.name={model_name}", *options)

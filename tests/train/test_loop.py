@@ -12,7 +12,7 @@ from recsys_emb.config.experiment import ExperimentConfig
 from recsys_emb.config.io import load_config
 from recsys_emb.evaluate import evaluate_run
 from recsys_emb.train.checkpoint import load_model_state
-from recsys_emb.tasks import train
+from recsys_emb.train.tasks import train
 from tests.conftest import REPO, make_prepared
 
 
@@ -51,7 +51,7 @@ def test_tiny_configs_train_and_learn(model: str, data_dirs: tuple[Path, Path], 
 
 def _tables(run_dir: Path):  # noqa: ANN202
     from recsys_emb.evaluate import _MetaOnly
-    from recsys_emb.tasks.ctr import build_ctr_model
+    from recsys_emb.train.tasks.ctr import build_ctr_model
 
     cfg = load_config(ExperimentConfig, run_dir / "config.yaml")
     model = build_ctr_model(cfg, _MetaOnly(run_dir / "data"), "meta")  # type: ignore[arg-type]
@@ -65,7 +65,7 @@ def test_tables_are_updated_by_the_fused_optimizer(data_dirs: tuple[Path, Path],
     cfg = tiny_config("dcnv2", train_dir, tmp_path, "train.epochs=1", "train.early_stopping_patience=0")
     torch.manual_seed(cfg.train.seed)
     from recsys_emb.data.dataset import PreparedCTRData
-    from recsys_emb.tasks.ctr import build_ctr_model
+    from recsys_emb.train.tasks.ctr import build_ctr_model
 
     initial = build_ctr_model(cfg, PreparedCTRData.open(train_dir), "cpu").state_dict()
     train(cfg, tmp_path / "run")

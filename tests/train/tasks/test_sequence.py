@@ -12,10 +12,10 @@ from recsys_emb.cli import main
 from recsys_emb.config.io import from_dict, load_config, to_dict
 from recsys_emb.config.sequence import SequenceExperimentConfig
 from recsys_emb.data.sequences import write_synthetic_s3rec
-from recsys_emb.tasks import load_experiment, train
+from recsys_emb.train.tasks import load_experiment, train
 from tests.distributed.multiprocess import run_ranks
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

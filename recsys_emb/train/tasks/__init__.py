@@ -10,6 +10,7 @@ task       experiment class                                            models
 ctr        :class:`recsys_emb.config.experiment.ExperimentConfig`      dlrm, dcnv2, deepfm, lr (+ embedding:)
 sequence   :class:`recsys_emb.config.sequence.SequenceExperimentConfig` din, two_stage (coupled / DARE / SIDs)
 graph      :class:`recsys_emb.config.graph.GraphExperimentConfig`      lightgcn, ngcf, mf
+two_tower  :class:`recsys_emb.config.two_tower.TwoTowerExperimentConfig` two-tower / MF, in-batch softmax
 =========  ==========================================================  =====================================
 
 ``recsys-emb train --config X`` trains any of them (:func:`train`).
@@ -25,9 +26,10 @@ from recsys_emb.config.io import ConfigError, apply_overrides, load_config, load
 
 # task -> (config module, config class, task module, task class); imported only when used
 TASKS: dict[str, tuple[str, str, str, str]] = {
-    "ctr": ("recsys_emb.config.experiment", "ExperimentConfig", "recsys_emb.tasks.ctr", "CTRTask"),
-    "sequence": ("recsys_emb.config.sequence", "SequenceExperimentConfig", "recsys_emb.tasks.sequence", "SequenceTask"),
-    "graph": ("recsys_emb.config.graph", "GraphExperimentConfig", "recsys_emb.tasks.graph", "GraphTask"),
+    "ctr": ("recsys_emb.config.experiment", "ExperimentConfig", "recsys_emb.train.tasks.ctr", "CTRTask"),
+    "sequence": ("recsys_emb.config.sequence", "SequenceExperimentConfig", "recsys_emb.train.tasks.sequence", "SequenceTask"),
+    "graph": ("recsys_emb.config.graph", "GraphExperimentConfig", "recsys_emb.train.tasks.graph", "GraphTask"),
+    "two_tower": ("recsys_emb.config.two_tower", "TwoTowerExperimentConfig", "recsys_emb.train.tasks.two_tower", "TwoTowerTask"),
 }
 
 

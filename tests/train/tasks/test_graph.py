@@ -17,12 +17,12 @@ import torch
 from recsys_emb.config.io import ConfigError
 from recsys_emb.data.graphs import BPRSampler, graph_from_interactions, parse_graph_text
 from recsys_emb.models.graph import GraphBPRTrain
-from recsys_emb.tasks import load_experiment, train
-from recsys_emb.tasks.graph import build_graph_model, load_graph, load_graph_embeddings
+from recsys_emb.train.tasks import load_experiment, train
+from recsys_emb.train.tasks.graph import build_graph_model, load_graph, load_graph_embeddings
 from recsys_emb.train.ranking_metrics import full_ranking_metrics
 from tests.conftest import load_benchmark
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 LIGHTGCN_TINY = REPO / "configs" / "gowalla_lightgcn_tiny.yaml"
 NGCF_TINY = REPO / "configs" / "gowalla_ngcf_tiny.yaml"
 

@@ -148,14 +148,23 @@ class GraphTask(Task):
             raise ValueError("the graph has no 'test' split (the graph task scores test at the end)")
         graph, tc = self.graph, self.cfg.train
         self.select_split = "valid" if "valid" in graph.splits else "test"
-        self.adj = normalized_adjacency(graph, self.cfg.model.adjacency_kind)
-        self.sampler = BPRSampler(graph.train, graph.num_items, tc.batch_size, tc.seed)
         self.env = env
+        self.sampler = self.make_sampler()
         full, last = divmod(self.sampler.num_triples, tc.batch_size)
         left_out = full * (tc.batch_size % env.world_size) + (last if last < env.world_size else last % env.world_size)
         if env.is_main and left_out:
-            log(f"[graph] {left_out} BPR triple(s) per epoch are left out: each global batch is split into "
+            log(f"[{self.name}] {left_out} BPR triple(s) per epoch are left out: each global batch is split into "
                 f"{env.world_size} equal parts (set train.batch_size to a multiple of the world size)")
+
+    def make_sampler(self) -> BPRSampler:
+        """BPR triples (and the normalised adjacency the model propagates over)."""
+        assert self.graph is not None
+        self.adj = normalized_adjacency(self.graph, self.cfg.model.adjacency_kind)
+        return BPRSampler(self.graph.train, self.graph.num_items, self.cfg.train.batch_size, self.cfg.train.seed)
+
+    def embeddings(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final ``(users (U, D'), items (I, D'))`` of the training module (collective under DMP)."""
+        return final_embeddings(model)
 
     def write_run_files(self, run_dir: Path) -> None:
         save_config(self.cfg, run_dir / "config.yaml")
@@ -192,7 +201,7 @@ class GraphTask(Task):
         ev = self.cfg.evaluation
         graph = self.graph
         assert graph is not None
-        users, items = final_embeddings(model)  # collective under DMP: every rank calls it
+        users, items = self.embeddings(model)  # collective under DMP: every rank calls it
         progress = self.cfg.train.progress and env.is_main
         metrics: dict[str, Any] = evaluate_embeddings(users, items, graph, split, ev, progress)
         if ev.track_test and split != "test":
@@ -200,7 +209,7 @@ class GraphTask(Task):
         return metrics
 
     def finish(self, model: nn.Module, run_dir: Path, env: DistEnv) -> dict[str, Any]:
-        users, items = final_embeddings(model)
+        users, items = self.embeddings(model)
         if env.is_main:
             write_graph_embeddings(run_dir / EMBEDDINGS_FILE, users, items)
         return {"embedding_dim": int(users.shape[1])}
