@@ -54,7 +54,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 from recsys_emb.retrieval.driver import evaluation_users, load_data, load_embeddings, set_base_seed  # noqa: E402
 from recsys_emb.retrieval.evaluate import ranking_metrics  # noqa: E402
@@ -116,9 +115,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _knn_embed_benchmark():  # noqa: ANN202
+    """benchmarks/knn_embed.py as a module, loaded by path: putting benchmarks/ on sys.path would let its
+    files shadow installed packages of the same name (benchmarks/kernels.py vs the `kernels` package)."""
+    import importlib.util  # noqa: PLC0415
+
+    name = "bench_knn_embed"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("knn_embed.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up here
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def base(args: argparse.Namespace):  # noqa: ANN201
     """(config, data, user, item, base info) for ``args.split``."""
-    import knn_embed as kb  # noqa: PLC0415  (benchmarks/knn_embed.py: configs and the base-model cache)
+    kb = _knn_embed_benchmark()  # benchmarks/knn_embed.py: configs and the base-model cache
 
     kargs = kb.parse_args(["--datasets", args.dataset, "--base", "lightgcn", "--work-dir", str(args.work_dir),
                            "--set", "base.graph.train.progress=false", "--max-users", str(args.max_users)])
