@@ -140,9 +140,8 @@ def make_config(ds: str, args: argparse.Namespace, extra: list[str]) -> Retrieve
     return cfg
 
 
-RUNTIME_ONLY = {"progress", "show_progress", "num_threads", "threads", "device", "eval_every", "ks", "select_metric",
-                "eval_user_chunk", "eval_max_users", "eval_batch_size", "evaluation", "tensorboard", "log_every_steps",
-                "checkpoint_every_steps"}  # base-config fields that do not change the model
+RUNTIME_ONLY = {"progress", "show_progress", "num_threads", "threads", "device", "eval_batch_size", "evaluation",
+                "tensorboard", "log_every_steps", "checkpoint_every_steps"}  # base-config fields that do not change the model
 
 
 def base_signature(cfg: RetrieveConfig) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_experiment(config_path, overrides)
     print(f"[train] {cfg.task} run dir: {run_dir}", file=sys.stderr)
     results = train(cfg, run_dir, resume=args.resume)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results.get("test") or results[results["selected_on"]]), flush=True)  # the best model's test metrics
     return 0
 
@@ -131,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.checkpoint:
         result = evaluate_checkpoint(args.run_dir, args.data, batch_size=args.batch_size)
-        if int(__import__("os").environ.get("RANK", "0")) == 0:
+        if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))
         return 0
     print(json.dumps(evaluate_run(args.run_dir, args.data, batch_size=args.batch_size)))

@@ -44,6 +44,14 @@ def atomic_save_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def plain_or_gz(folder: str | os.PathLike[str], name: str) -> Path | None:
+    """``folder/name`` or ``folder/name.gz``, whichever is a file (the plain one first), or None."""
+    for candidate in (Path(folder) / name, Path(folder) / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def open_text(path: str | os.PathLike[str], mode: str = "r", encoding: str = "utf-8", newline: str | None = None) -> IO[str]:
     """Open a text file (``mode`` r / w / a), gzip-compressed when the name ends in ``.gz``."""
     path = Path(path)

@@ -167,7 +167,7 @@ class EmbeddingConfig:
 class ExperimentConfig:
     """A CTR experiment (``task: ctr``): pooled sparse + dense features, BCE, AUC/logloss."""
 
-    task: str = "ctr"  # the model family (recsys_emb/train/tasks): ctr | sequence | graph
+    task: str = "ctr"  # the model family (recsys_emb/train/tasks): ctr | sequence | graph | two_tower
     name: str = "experiment"  # free-form label, written into metrics.json
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -41,7 +41,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from recsys_emb.utils import open_text
+from recsys_emb.utils import open_text, plain_or_gz
 
 AdjacencyKind = Literal["sym", "sym_self_loop", "row_self_loop", "row", "row_plus_identity", "plain"]
 ADJACENCY_KINDS: tuple[str, ...] = ("sym", "sym_self_loop", "row_self_loop", "row", "row_plus_identity", "plain")
@@ -202,10 +202,7 @@ def parse_graph_text(text: str, where: str = "<text>") -> GraphSplit:
 
 def find_split_file(root: str | Path, split: str) -> Path | None:
     """``root/split.txt`` or ``root/split.txt.gz``, or None."""
-    for name in (f"{split}.txt", f"{split}.txt.gz"):
-        if (Path(root) / name).is_file():
-            return Path(root) / name
-    return None
+    return plain_or_gz(root, f"{split}.txt")
 
 
 GRAPH_CACHE_VERSION = 1  # bump when the reader's output changes: older cache entries are then ignored

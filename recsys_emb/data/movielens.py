@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys_emb.data.dataset import FORMAT_VERSION, JAGGED_FORMAT_VERSION, write_jagged
-from recsys_emb.utils import atomic_save_json, open_text
+from recsys_emb.utils import atomic_save_json, open_text, plain_or_gz
 
 SPARSE_FEATURES = ["user", "item", "gender", "age", "occupation", "zip", "genres"]
 JAGGED_FEATURES = ["genres"]  # multi-valued; last in SPARSE_FEATURES (the prepared format's rule)
@@ -78,9 +78,8 @@ def _lines(path: Path, encoding: str) -> list[tuple[int, str]]:
 
 
 def _find(root: Path, name: str) -> Path:
-    for candidate in (root / name, root / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
+    if (path := plain_or_gz(root, name)) is not None:
+        return path
     raise FileNotFoundError(f"{root}: neither {name} nor {name}.gz found (expected the GroupLens ml-100k folder)")
 
 

@@ -41,7 +41,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys_emb.utils import open_text
+from recsys_emb.utils import open_text, plain_or_gz
 
 MISSING_ID = 0
 OOV_ID = 1
@@ -121,9 +121,8 @@ class RawSequences:
 
 
 def _find(folder: Path, name: str) -> Path:
-    for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
+    if (path := plain_or_gz(folder, name)) is not None:
+        return path
     raise FileNotFoundError(f"{folder}: neither {name} nor {name}.gz exists")
 
 

@@ -418,12 +418,12 @@ class GraphBPRTrain(nn.Module):
         loss, (bpr, reg) = train(BPRBatch(users, pos, neg))
     """
 
-    def __init__(self, model: nn.Module, l2: float, l2_on: str = "ego", num_users: int | None = None) -> None:
+    def __init__(self, model: nn.Module, l2: float, l2_on: str = "ego") -> None:
         super().__init__()
         if l2_on not in ("ego", "final"):
             raise ValueError(f"l2_on must be 'ego' or 'final', got '{l2_on}'")
         self.model, self.l2, self.l2_on = model, l2, l2_on
-        self.num_users = model.num_users if num_users is None else num_users
+        self.num_users = model.num_users
 
     def forward(self, batch: BPRBatch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Args:

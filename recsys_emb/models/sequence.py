@@ -51,9 +51,3 @@ class SequenceTrain(nn.Module):
         if aux is not None:
             loss = loss + aux
         return loss, (loss.detach(), logits.detach(), batch.labels)
-
-
-def unwrap_sequence_model(model: nn.Module) -> nn.Module:
-    """The ranker inside a (DMP-wrapped) :class:`SequenceTrain`."""
-    inner = getattr(model, "module", model)  # DMP
-    return inner.model if isinstance(inner, SequenceTrain) else inner

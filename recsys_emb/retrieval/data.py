@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recsys_emb.data.graphs import read_interactions
+from recsys_emb.data.graphs import find_split_file, read_interactions
 from recsys_emb.retrieval.index import Csr
 
 
@@ -87,10 +87,9 @@ class Interactions:
 
 def resolve_split(folder: str | Path, split: str) -> Path:
     """``folder/split.txt`` or ``folder/split.txt.gz``, whichever exists."""
-    folder = Path(folder)
-    for name in (f"{split}.txt", f"{split}.txt.gz"):
-        if (folder / name).exists():
-            return folder / name
+    path = find_split_file(folder, split)
+    if path is not None:
+        return path
     raise FileNotFoundError(f"no {split}.txt or {split}.txt.gz in {folder}")
 
 

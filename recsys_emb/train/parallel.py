@@ -131,3 +131,12 @@ def _check_meta_initialisable(model: nn.Module) -> None:
                 "DistributedModelParallel would fill them with zeros; build buffers (hash salts, code tables, "
                 "running statistics) on a real device even when the model is built on meta"
             )
+
+
+def inner_model(model: nn.Module) -> nn.Module:
+    """The model inside a training module: unwraps DMP (and DDP), then a ``*Train`` wrapper's ``.model``
+    (``CTRTrain``, ``SequenceTrain``, ``GraphBPRTrain``, ``TwoTowerTrain`` all hold their model there)."""
+    from torchrec.distributed.model_parallel import get_unwrapped_module
+
+    inner = get_unwrapped_module(model)
+    return getattr(inner, "model", inner)

@@ -31,6 +31,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,9 +54,10 @@ class Task:
     """What :func:`fit` needs to know about one model family (subclass per family; see ``recsys_emb/train/tasks``).
 
     Attributes:
-        name: the family (``ctr``, ``sequence``, ``graph``); written into ``metrics.json``.
+        name: the family (``ctr``, ``sequence``, ``graph``, ``two_tower``); written into ``metrics.json``.
         select_metric: the metric of :meth:`evaluate` that selects the model (higher is better); None =
-            no selection: every evaluation counts as the best, so the last weights are kept (no early stopping).
+            no selection: the last weights are kept and written to ``model.pt`` once at the end (no
+            ``best/``, no early stopping; the evaluations are recorded in the history).
         select_split: the split it is read on (``valid``; ``test`` only where no validation split exists).
         final_splits: splits scored with the restored best model at the end.
     """
@@ -110,6 +112,8 @@ def _initial_state() -> dict[str, Any]:
         "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "best_step": None, "best_epoch": None,
         "best_metrics": None, "bad_evals": 0, "history": [], "train_loss": [], "epochs": [], "stop_reason": None,
         "done": False, "last_eval_step": None, "train_seconds": 0.0, "train_samples": 0, "elapsed_seconds": 0.0,
+        # the current epoch's record so far (checkpointed: a resumed epoch's record covers all its steps)
+        "epoch_loss_sum": 0.0, "epoch_steps": 0, "epoch_seconds": 0.0, "epoch_cpu_seconds": 0.0,
     }
 
 
@@ -159,12 +163,12 @@ class _Fit:
 
         task, tc, env = self.task, self.tc, self.env
         task.prepare(env)
-        if env.is_main:
+        def run_files() -> None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not self.resume:
                 task.write_run_files(self.run_dir)
-        if env.world_size > 1:
-            dist.barrier()
+
+        rank0_then_all(env, run_files)
         torch.manual_seed(tc.seed)
         model = task.build_model()
         self.embedding_parameters = embedding_parameter_count(model)
@@ -205,8 +209,9 @@ class _Fit:
         improved = value is None or state["best"] is None or value > state["best"]
         if improved:
             state.update(best=value, best_step=step, best_epoch=state["epoch"] + 1, best_metrics=metrics, bad_evals=0)
-            save_model_shards(self.run_dir / "best", self.model)  # restored at the end without full copies
-            export_model(self.run_dir / "model.pt", self.model)  # consolidated single file for inference
+            if value is not None:  # without selection the final weights are kept: saved once, at the end
+                save_model_shards(self.run_dir / "best", self.model)  # restored at the end without full copies
+                export_model(self.run_dir / "model.pt", self.model)  # consolidated single file for inference
         else:
             state["bad_evals"] += 1
             if 0 < tc.early_stopping_patience <= state["bad_evals"]:
@@ -254,14 +259,15 @@ class _Fit:
         epoch = state["epoch"]
         if state["step_in_epoch"] == 0:
             torch.manual_seed(tc.seed * 1_000_003 + epoch)  # dropout masks depend on (seed, epoch) only
+            state.update(epoch_loss_sum=0.0, epoch_steps=0, epoch_seconds=0.0, epoch_cpu_seconds=0.0)
         steps = task.num_batches(epoch, env)
         if tc.max_steps_per_epoch is not None:
             steps = min(steps, tc.max_steps_per_epoch)
         bar = tqdm(total=steps, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{tc.epochs}",
                    disable=not (tc.progress and env.is_main), file=sys.stderr, leave=False)
-        t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
-        tick = window_start = t_epoch
-        window_samples, loss_sum, loss_count = 0, 0.0, 0
+        tick = window_start = time.perf_counter()
+        cpu_tick = time.process_time()
+        window_samples = 0
         for batch in task.batches(epoch, env, state["step_in_epoch"]):
             if state["step_in_epoch"] >= steps or state["stop_reason"] is not None:
                 break
@@ -272,16 +278,21 @@ class _Fit:
             if tc.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.clip_params, tc.grad_clip_norm)
             self.optimizer.step()
-            now = time.perf_counter()
+            now, cpu_now = time.perf_counter(), time.process_time()
             samples = task.batch_samples(batch) * env.world_size
             state["train_seconds"] += now - tick
+            state["epoch_seconds"] += now - tick
+            # CPU seconds of this process (all threads): unlike wall time, largely independent of other jobs
+            state["epoch_cpu_seconds"] += cpu_now - cpu_tick
+            cpu_tick = cpu_now
             state["train_samples"] += samples
             window_samples += samples
             tick = now
             state["global_step"] += 1
             state["step_in_epoch"] += 1
             step = state["global_step"]
-            loss_sum, loss_count = loss_sum + float(loss.detach()), loss_count + 1
+            state["epoch_loss_sum"] += float(loss.detach())
+            state["epoch_steps"] += 1
             bar.update(1)
             if step % tc.log_every_steps == 0:
                 rate = window_samples / max(now - window_start, 1e-9)
@@ -298,6 +309,7 @@ class _Fit:
                 bar.clear()
                 self._validate()
                 tick = window_start = time.perf_counter()
+                cpu_tick = time.process_time()
                 window_samples = 0
             if tc.max_steps is not None and step >= tc.max_steps and state["stop_reason"] is None:
                 state["stop_reason"] = "max_steps"
@@ -306,20 +318,23 @@ class _Fit:
                 if self.interrupt_at is not None and step >= self.interrupt_at:
                     bar.close()
                     return {"interrupted_at_step": step}
-                tick = time.perf_counter()
+                tick, cpu_tick = time.perf_counter(), time.process_time()
         bar.close()
-        state["epochs"].append({
-            "epoch": epoch + 1, "steps": loss_count, "mean_loss": loss_sum / max(loss_count, 1),
-            "train_seconds": round(time.perf_counter() - t_epoch, 3),
-            # CPU seconds of this process (all threads): unlike wall time, largely independent of other jobs
-            "train_cpu_seconds": round(time.process_time() - cpu_epoch, 3),
-        })
+        record = {
+            "epoch": epoch + 1, "steps": state["epoch_steps"],
+            "mean_loss": state["epoch_loss_sum"] / max(state["epoch_steps"], 1),
+            "train_seconds": round(state["epoch_seconds"], 3), "train_cpu_seconds": round(state["epoch_cpu_seconds"], 3),
+        }
+        if state["epochs"] and state["epochs"][-1]["epoch"] == epoch + 1:
+            state["epochs"][-1] = record  # an epoch stopped by max_steps and continued after an extension
+        else:
+            state["epochs"].append(record)
         if state["last_eval_step"] != state["global_step"]:
             self._validate()
-        if state["stop_reason"] is None:
+        if state["step_in_epoch"] >= steps:  # the epoch is complete, whatever stopped the run at its end
             state["epoch"] += 1
             state["step_in_epoch"] = 0
-            if tc.max_minutes is not None and state["epoch"] < tc.epochs and not self._fits_budget(started):
+            if state["stop_reason"] is None and tc.max_minutes is not None and state["epoch"] < tc.epochs and not self._fits_budget(started):
                 state["stop_reason"] = "max_minutes"
                 if env.is_main:
                     log(f"{self.tag} stopping after epoch {state['epoch']}: another one would pass train.max_minutes={tc.max_minutes}")
@@ -345,7 +360,10 @@ class _Fit:
     # ------------------------------------------------------------------------------------ the end
     def _finish(self) -> dict[str, Any]:
         task, state, env = self.task, self.state, self.env
-        load_model_shards(self.run_dir / "best", self.model)  # each rank reads only its shards
+        if task.select_metric is None:
+            export_model(self.run_dir / "model.pt", self.model)  # the final weights (no selection)
+        else:
+            load_model_shards(self.run_dir / "best", self.model)  # each rank reads only its shards
         self.model.eval()
         results: dict[str, Any] = {
             "name": self.cfg.name, "task": task.name, "model": self.cfg.model.name, "world_size": env.world_size,
@@ -387,15 +405,40 @@ def embedding_parameter_count(model: nn.Module) -> int:
     return total
 
 
+def rank0_then_all(env: DistEnv, fn: Callable[[], Any]) -> None:
+    """Run ``fn()`` on rank 0 while the others wait; rank 0's exception is raised on EVERY rank (so a bad
+    data path ends all processes with the same message instead of leaving the others in a barrier)."""
+    error: list[Any] = [None]
+    if env.is_main:
+        try:
+            fn()
+        except Exception as err:  # noqa: BLE001 - re-raised on every rank below
+            error[0] = err
+    if env.world_size > 1:
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        if env.is_main:
+            raise error[0]
+        raise RuntimeError(f"rank 0 failed: {type(error[0]).__name__}: {error[0]}")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout) and without gradients inside the block; its mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def main_first(env: DistEnv, load: Callable[[], T]) -> T:
     """``load()`` on rank 0, then on the other ranks: rank 0 prepares a data cache, the others find it ready."""
-    if env.is_main:
-        out = load()
-    if env.world_size > 1:
-        dist.barrier()
-    if not env.is_main:
-        out = load()
-    return out
+    out: list[T] = []
+    rank0_then_all(env, lambda: out.append(load()))
+    return out[0] if env.is_main else load()
 
 
 def split_rows(n: int, env: DistEnv) -> slice:

@@ -44,8 +44,9 @@ from recsys_emb.data.graphs import (
 )
 from recsys_emb.models.graph import GraphBPRTrain, GraphCF, GraphModelConfig
 from recsys_emb.train.env import DistEnv
+from recsys_emb.train.parallel import inner_model
 from recsys_emb.train.ranking_metrics import full_ranking_metrics
-from recsys_emb.train.trainer import Task, split_rows
+from recsys_emb.train.trainer import Task, eval_mode, main_first, split_rows
 from recsys_emb.utils import atomic_write_bytes, log
 
 EMBEDDINGS_FILE = "embeddings.pt"
@@ -82,26 +83,13 @@ def evaluate_embeddings(users: torch.Tensor, items: torch.Tensor, graph: GraphDa
                                 ev.user_chunk, ev.max_users, progress)
 
 
-def graph_module(model: nn.Module) -> GraphCF:
-    """The :class:`GraphCF` inside a training module (``GraphBPRTrain``, possibly wrapped by DMP/DDP)."""
-    from torchrec.distributed.model_parallel import get_unwrapped_module
-
-    inner = get_unwrapped_module(model)
-    return inner.model if isinstance(inner, GraphBPRTrain) else inner
-
-
-@torch.no_grad()
 def final_embeddings(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final (users (U, D'), items (I, D')) embeddings in eval mode (no dropout); the mode is restored.
+    """Final (users (U, D'), items (I, D')) embeddings of a graph training module, in eval mode.
 
     Collective under DMP with sharded tables: every rank must call it (each gets all rows)."""
-    was_training = model.training
-    model.eval()
-    try:
-        graph = graph_module(model)
+    with eval_mode(model):
+        graph = inner_model(model)
         users, items = graph.split(graph().final)
-    finally:
-        model.train(was_training)
     return users.detach(), items.detach()
 
 
@@ -143,7 +131,7 @@ class GraphTask(Task):
     # ---------------------------------------------------------------------------------- data
     def prepare(self, env: DistEnv) -> None:
         if self.graph is None:
-            self.graph = load_graph(self.cfg)
+            self.graph = main_first(env, lambda: load_graph(self.cfg))  # rank 0 fills the parse cache
         elif "test" not in self.graph.splits:
             raise ValueError("the graph has no 'test' split (the graph task scores test at the end)")
         graph, tc = self.graph, self.cfg.train

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import sys
 from collections.abc import Iterator
@@ -32,26 +34,39 @@ from recsys_emb.config.sequence import SequenceExperimentConfig
 from recsys_emb.data.cold_start import make_sequence_dataset
 from recsys_emb.data.sequences import Examples, SequenceBatch, SequenceDataset
 from recsys_emb.models.long_sequence import TwoStageModel
-from recsys_emb.models.sequence import SequenceTrain, build_sequence_model, unwrap_sequence_model
+from recsys_emb.models.sequence import SequenceTrain, build_sequence_model
 from recsys_emb.train.env import DistEnv
+from recsys_emb.train.parallel import inner_model
 from recsys_emb.train.ranking_metrics import RankingMetrics
-from recsys_emb.train.trainer import Task, main_first, split_rows
+from recsys_emb.train.trainer import Task, eval_mode, main_first, split_rows
 
 
-@torch.no_grad()
 def evaluate_sequence(
     model: nn.Module, ds: SequenceDataset, examples: Examples, batch_size: int, device: torch.device, *, progress: bool = False
 ) -> dict[str, float]:
-    """AUC, GAUC (per-user, impression-weighted) and logloss of ``model`` (a ``SequenceTrain``) on ``examples``."""
-    was_training = model.training
-    model.eval()
+    """AUC, GAUC (per-user, impression-weighted) and logloss of ``model`` (a ``SequenceTrain``) on ``examples``.
+
+    Under DMP every rank scores all of ``examples`` (the sharded lookups are collective) and gets the same
+    metrics; nothing is gathered."""
     metrics = RankingMetrics()
     total = math.ceil(len(examples) / batch_size)
-    for batch in tqdm(ds.batches(examples, batch_size), total=total, desc="eval", disable=not progress, leave=False, file=sys.stderr):
-        _, (_, logits, labels) = model(batch.to(device))
-        metrics.update(logits, labels, batch.users)
-    model.train(was_training)
-    return metrics.compute()
+    with eval_mode(model):
+        for batch in tqdm(ds.batches(examples, batch_size), total=total, desc="eval", disable=not progress, leave=False,
+                          file=sys.stderr):
+            _, (_, logits, labels) = model(batch.to(device))
+            metrics.update(logits, labels, batch.users)
+    return metrics.compute(gather=False)  # every rank scored all of ``examples``
+
+
+def absolute_paths(cfg: SequenceExperimentConfig) -> SequenceExperimentConfig:
+    """``cfg`` with its file paths (data folder, cache, SID codes and tokeniser) made absolute, as the run's
+    ``config.yaml`` records them: ``--resume`` from another working directory reads the same files."""
+    def resolved(obj, names):  # noqa: ANN001, ANN202
+        return dataclasses.replace(obj, **{k: str(Path(getattr(obj, k)).resolve()) for k in names if getattr(obj, k)})
+
+    sid = resolved(cfg.model.sid, ("codes", "sentencepiece_model"))
+    return dataclasses.replace(cfg, data=resolved(cfg.data, ("path", "cache_dir")),
+                               model=dataclasses.replace(cfg.model, sid=sid))
 
 
 class SequenceTask(Task):
@@ -66,7 +81,7 @@ class SequenceTask(Task):
     select_metric = "auc"
 
     def __init__(self, cfg: SequenceExperimentConfig, dataset: SequenceDataset | None = None) -> None:
-        self.cfg, self.ds = cfg, dataset
+        self.cfg, self.ds = absolute_paths(cfg), dataset
         self._epoch_examples: tuple[int, Examples] | None = None
 
     def prepare(self, env: DistEnv) -> None:
@@ -105,7 +120,7 @@ class SequenceTask(Task):
         progress = tc.progress and env.is_main
         if split != "test":
             return evaluate_sequence(model, self.ds, self.ds.examples(split), tc.eval_batch_size, env.device, progress=progress)
-        inner = unwrap_sequence_model(model)
+        inner = inner_model(model)
         timed = isinstance(inner, TwoStageModel)
         if timed:
             inner.time_search, inner.search_seconds, inner.search_calls = True, 0.0, 0

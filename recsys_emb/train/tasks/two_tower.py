@@ -31,7 +31,9 @@ from torch import nn
 from recsys_emb.config.two_tower import TwoTowerExperimentConfig
 from recsys_emb.data.graphs import BPRSampler, GraphDataset
 from recsys_emb.models.two_tower import TwoTower, TwoTowerTrain
+from recsys_emb.train.parallel import inner_model
 from recsys_emb.train.tasks.graph import GraphTask
+from recsys_emb.train.trainer import eval_mode
 
 
 def item_counts(graph: GraphDataset) -> torch.Tensor:
@@ -45,14 +47,6 @@ def build_two_tower(cfg: TwoTowerExperimentConfig, graph: GraphDataset, device: 
     model = TwoTower(graph.num_users, graph.num_items, cfg.model, device)
     model.set_item_frequency(item_counts(graph))
     return model
-
-
-def two_tower_module(model: nn.Module) -> TwoTower:
-    """The :class:`TwoTower` inside a training module (possibly wrapped by DMP)."""
-    from torchrec.distributed.model_parallel import get_unwrapped_module
-
-    inner = get_unwrapped_module(model)
-    return inner.model if isinstance(inner, TwoTowerTrain) else inner
 
 
 class TwoTowerTask(GraphTask):
@@ -79,15 +73,10 @@ class TwoTowerTask(GraphTask):
         reference = build_two_tower(self.cfg, self.graph, device="cpu")  # type: ignore[arg-type]
         return {f"model.{key}": value for key, value in reference.state_dict().items() if key != "log_q"}
 
-    @torch.no_grad()
     def embeddings(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        was_training = model.training
-        model.eval()
-        try:
-            tower = two_tower_module(model)
+        with eval_mode(model):
+            tower = inner_model(model)
             users, items = tower.user_embeddings(), tower.item_embeddings()
-        finally:
-            model.train(was_training)
         return users.detach(), items.detach()
 
     def finish(self, model: nn.Module, run_dir: Any, env: Any) -> dict[str, Any]:

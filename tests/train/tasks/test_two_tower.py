@@ -91,8 +91,11 @@ def test_resume_equals_uninterrupted_run_and_cli(tmp_path: Path, capsys: pytest.
     straight = train(cfg, tmp_path / "a")
     assert train(cfg, tmp_path / "b", _interrupt_at_step=4) == {"interrupted_at_step": 4}
     resumed = train(cfg, tmp_path / "b", resume=True)
-    for key in ("test", "history", "train_loss", "best_step", "steps"):
+    for key in ("test", "history", "train_loss", "best_step", "steps", "epochs_completed"):
         assert resumed[key] == straight[key], key
+    # the per-epoch records cover every step of an epoch, also of the one interrupted and resumed
+    assert [(e["epoch"], e["steps"], e["mean_loss"]) for e in resumed["epochs"]] == [
+        (e["epoch"], e["steps"], e["mean_loss"]) for e in straight["epochs"]] and straight["epochs"][1]["steps"] == 3
     a, b = _state(tmp_path / "a"), _state(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the CLI trains the same config from its YAML
@@ -100,6 +103,19 @@ def test_resume_equals_uninterrupted_run_and_cli(tmp_path: Path, capsys: pytest.
                  "--set", "data.valid=false", "--set", "train.epochs=1"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out == json.loads((tmp_path / "cli" / "metrics.json").read_text())["test"]
+
+
+def test_a_run_stopped_at_an_epoch_end_counts_that_epoch_and_extends_cleanly(tmp_path: Path) -> None:
+    data = write_community_graph(tmp_path / "graph", seed=5)
+    cfg = _config(data, "train.epochs=3", "train.max_steps_per_epoch=3", "train.max_steps=3")
+    first = train(cfg, tmp_path / "run")
+    assert (first["stop_reason"], first["steps"], first["epochs_completed"]) == ("max_steps", 3, 1)
+    longer = _config(data, "train.epochs=3", "train.max_steps_per_epoch=3", "train.max_steps=6")
+    extended = train(longer, tmp_path / "run", resume=True)
+    assert (extended["steps"], extended["epochs_completed"]) == (6, 2)
+    assert [(e["epoch"], e["steps"]) for e in extended["epochs"]] == [(1, 3), (2, 3)]  # no empty repeat of epoch 1
+    straight = train(longer, tmp_path / "straight")
+    assert extended["history"] == straight["history"] and extended["train_loss"] == straight["train_loss"]
 
 
 def _two_rank_run(rank: int, world_size: int, data: str, run_dir: str) -> None:
@@ -120,3 +136,17 @@ def test_two_ranks_follow_the_mean_of_per_rank_softmaxes(tmp_path: Path) -> None
     got = _state(tmp_path / "two")
     for key, value in expected.items():
         torch.testing.assert_close(got[f"model.{key}"], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def _bad_path_run(rank: int, world_size: int, run_dir: str) -> None:
+    cfg = load_experiment(TINY, [f"data.path={run_dir}/missing", "train.progress=false"])
+    expected = (FileNotFoundError, "no train.txt") if rank == 0 else (RuntimeError, "rank 0 failed: FileNotFoundError")
+    with pytest.raises(expected[0], match=expected[1]):
+        train(cfg, run_dir)
+
+
+def test_a_data_error_on_rank_0_ends_every_rank(tmp_path: Path) -> None:
+    """Rank 0 reads the data first; its error reaches the other ranks instead of leaving them in a barrier."""
+    from tests.distributed.multiprocess import run_ranks
+
+    run_ranks(_bad_path_run, 2, str(tmp_path / "run"))
