@@ -110,6 +110,8 @@ def full_ranking_metrics(
     chunk: int = 1024,
     max_users: int | None = None,
     progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, float]:
     """Recall@K / NDCG@K over all items not excluded, averaged over the users with held-out items.
 
@@ -127,6 +129,8 @@ def full_ranking_metrics(
         chunk: users scored at once (memory ~ chunk x I floats).
         max_users: only the first N users with held-out items (quick runs).
         progress: a tqdm bar over the chunks.
+        rank, world_size: score only every ``world_size``-th eligible user from ``rank`` on, and sum over
+            the ranks (a collective when ``world_size > 1``: every rank must call it; all get the same result).
 
     Returns:
         ``recall@K``, ``ndcg@K`` for every K, ``users_evaluated``, ``users_skipped_no_test``.
@@ -143,9 +147,10 @@ def full_ranking_metrics(
     sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
     dev = user_emb.device
     items_t = item_emb.t().contiguous()  # (D, I)
-    starts = range(0, len(eligible), chunk)
+    mine = eligible[rank::world_size]
+    starts = range(0, len(mine), chunk)
     for start in tqdm(starts, desc="eval", unit="chunk", disable=not progress, leave=False):
-        users = eligible[start : start + chunk]
+        users = mine[start : start + chunk]
         scores = user_emb[torch.from_numpy(users).to(dev)] @ items_t  # (C, I)
         for split in exclude:
             r, c = _rows(split, users)
@@ -159,6 +164,10 @@ def full_ranking_metrics(
         hits = (found & (top_scores > -torch.inf)).double()  # (C, kmax); excluded items never hit
         for key, per_user in recall_ndcg(hits, torch.from_numpy(test_len[users]), list(ks)).items():
             sums[key] += float(per_user.sum())
+    if world_size > 1:
+        total = torch.tensor(list(sums.values()), dtype=torch.float64, device=dev)
+        dist.all_reduce(total)
+        sums = dict(zip(sums, total.tolist()))
     n = max(len(eligible), 1)
     out: dict[str, float] = {key: value / n for key, value in sums.items()}
     out["users_evaluated"] = len(eligible)

@@ -17,7 +17,7 @@ Papers: LightGCN (He et al., SIGIR 2020), NGCF (Wang et al., SIGIR 2019); models
   ``train.batch_size`` triples is split into equal contiguous parts, one per rank (at most
   ``world_size - 1`` triples of a batch are left out, none on one process).
 - Evaluation (:func:`recsys_emb.train.ranking_metrics.full_ranking_metrics`): recall@K / NDCG@K of
-  every user with held-out items over ALL items, training items excluded (and validation items
+  every user with held-out items (each rank scores its share of the users; the sums are all-reduced) over ALL items, training items excluded (and validation items
   when scoring test). Selection: ``evaluation.select_metric`` on ``valid`` when the graph has one,
   else on ``test`` (Gowalla has no validation split; the papers report test numbers the same way).
   ``evaluation.select_metric: null`` keeps the last epoch's weights (no selection).
@@ -77,10 +77,12 @@ def split_exclusions(graph: GraphDataset, split: str) -> list[Any]:
 
 
 def evaluate_embeddings(users: torch.Tensor, items: torch.Tensor, graph: GraphDataset, split: str,
-                        ev: GraphEvalConfig, progress: bool = False) -> dict[str, float]:
-    """Full-ranking metrics of final ``(users (U, D'), items (I, D'))`` embeddings on ``split``."""
+                        ev: GraphEvalConfig, progress: bool = False, env: DistEnv | None = None) -> dict[str, float]:
+    """Full-ranking metrics of final ``(users (U, D'), items (I, D'))`` embeddings on ``split``; with ``env``
+    each rank scores its share of the users and the sums are all-reduced (a collective)."""
+    rank, world = (env.rank, env.world_size) if env is not None else (0, 1)
     return full_ranking_metrics(users, items, graph.splits[split], split_exclusions(graph, split), ev.ks,
-                                ev.user_chunk, ev.max_users, progress)
+                                ev.user_chunk, ev.max_users, progress, rank=rank, world_size=world)
 
 
 def final_embeddings(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,9 +193,9 @@ class GraphTask(Task):
         assert graph is not None
         users, items = self.embeddings(model)  # collective under DMP: every rank calls it
         progress = self.cfg.train.progress and env.is_main
-        metrics: dict[str, Any] = evaluate_embeddings(users, items, graph, split, ev, progress)
+        metrics: dict[str, Any] = evaluate_embeddings(users, items, graph, split, ev, progress, env)
         if ev.track_test and split != "test":
-            metrics["test"] = evaluate_embeddings(users, items, graph, "test", ev, progress)
+            metrics["test"] = evaluate_embeddings(users, items, graph, "test", ev, progress, env)
         return metrics
 
     def finish(self, model: nn.Module, run_dir: Path, env: DistEnv) -> dict[str, Any]:

@@ -367,6 +367,14 @@ def test_two_ranks_follow_one_process(tmp_path: Path) -> None:
             assert l2 == pytest.approx(l1, rel=1e-4, abs=1e-5)
         for key, value in single["test"].items():
             assert double["test"][key] == pytest.approx(value, abs=1e-3), (name, key)
+        # the 2 ranks each scored half of the users: their all-reduced metrics are the unsplit metrics of the
+        # 2-rank embeddings (only float summation order differs)
+        cfg = _config(config, data, *overrides)
+        graph = load_graph(cfg)
+        users, items = load_graph_embeddings(tmp_path / "two" / name)
+        unsplit = full_ranking_metrics(users, items, graph.splits["test"], [graph.train], cfg.evaluation.ks,
+                                       max_users=cfg.evaluation.max_users)
+        assert double["test"] == pytest.approx(unsplit, rel=1e-12, abs=1e-12), name
 
 
 # ---------------------------------------------------------------------------------------------
