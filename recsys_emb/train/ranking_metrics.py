@@ -193,16 +193,13 @@ class RankingMetrics:
             (logits.detach().float().flatten().cpu(), labels.detach().float().flatten().cpu(), users.detach().long().flatten().cpu())
         )
 
-    def compute(self, gather: bool = True) -> dict[str, float]:
-        """``{"auc", "gauc", "logloss", "rows", "gauc_users"}`` over all rows.
-
-        ``gather``: the ranks scored different rows, so join every rank's (collective when distributed);
-        False when every rank scored the same rows (no communication, no duplicates)."""
+    def compute(self) -> dict[str, float]:
+        """``{"auc", "gauc", "logloss", "rows", "gauc_users"}`` over every rank's rows (collective when distributed)."""
         if self._parts:
             logits, labels, users = (torch.cat(t) for t in zip(*self._parts))
         else:
             logits, labels, users = torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long)
-        if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list[tuple[torch.Tensor, ...] | None] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, (logits, labels, users))
             logits, labels, users = (torch.cat([g[i] for g in gathered if g is not None]) for i in range(3))

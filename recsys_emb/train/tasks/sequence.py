@@ -42,20 +42,29 @@ from recsys_emb.train.trainer import Task, eval_mode, main_first, split_rows
 
 
 def evaluate_sequence(
-    model: nn.Module, ds: SequenceDataset, examples: Examples, batch_size: int, device: torch.device, *, progress: bool = False
+    model: nn.Module, ds: SequenceDataset, examples: Examples, batch_size: int, env: DistEnv, *, progress: bool = False
 ) -> dict[str, float]:
     """AUC, GAUC (per-user, impression-weighted) and logloss of ``model`` (a ``SequenceTrain``) on ``examples``.
 
-    Under DMP every rank scores all of ``examples`` (the sharded lookups are collective) and gets the same
-    metrics; nothing is gathered."""
+    Each rank scores a contiguous share of ``ceil(R / world_size)`` rows; a short last share is padded
+    with copies of a row (every rank then runs the same batches: the sharded lookups are collective)
+    whose scores are dropped, and the ranks' rows are gathered: every row counted once, the same
+    metrics on every rank."""
     metrics = RankingMetrics()
-    total = math.ceil(len(examples) / batch_size)
+    per_rank = -(-len(examples) // env.world_size)
+    rows = np.arange(env.rank * per_rank, min((env.rank + 1) * per_rank, len(examples)))
+    real = len(rows)
+    if 0 < len(examples) and real < per_rank:
+        rows = np.concatenate([rows, np.zeros(per_rank - real, dtype=rows.dtype)])  # padding, scored then dropped
+    mine = examples.take(rows)
+    total = math.ceil(len(mine) / batch_size)
     with eval_mode(model):
-        for batch in tqdm(ds.batches(examples, batch_size), total=total, desc="eval", disable=not progress, leave=False,
-                          file=sys.stderr):
-            _, (_, logits, labels) = model(batch.to(device))
-            metrics.update(logits, labels, batch.users)
-    return metrics.compute(gather=False)  # every rank scored all of ``examples``
+        for i, batch in enumerate(tqdm(ds.batches(mine, batch_size), total=total, desc="eval", disable=not progress,
+                                       leave=False, file=sys.stderr)):
+            _, (_, logits, labels) = model(batch.to(env.device))
+            keep = max(0, min(batch_size, real - i * batch_size))  # the padding rows come last
+            metrics.update(logits[:keep], labels[:keep], batch.users[:keep])
+    return metrics.compute()
 
 
 def absolute_paths(cfg: SequenceExperimentConfig) -> SequenceExperimentConfig:
@@ -119,14 +128,14 @@ class SequenceTask(Task):
         tc = self.cfg.train
         progress = tc.progress and env.is_main
         if split != "test":
-            return evaluate_sequence(model, self.ds, self.ds.examples(split), tc.eval_batch_size, env.device, progress=progress)
+            return evaluate_sequence(model, self.ds, self.ds.examples(split), tc.eval_batch_size, env, progress=progress)
         inner = inner_model(model)
         timed = isinstance(inner, TwoStageModel)
         if timed:
             inner.time_search, inner.search_seconds, inner.search_calls = True, 0.0, 0
-        test = evaluate_sequence(model, self.ds, self.ds.examples("test"), tc.eval_batch_size, env.device, progress=progress)
+        test = evaluate_sequence(model, self.ds, self.ds.examples("test"), tc.eval_batch_size, env, progress=progress)
         for name, examples in getattr(self.ds, "extra_test_splits", dict)().items():  # cold start: warm / new items
-            test[name] = evaluate_sequence(model, self.ds, examples, tc.eval_batch_size, env.device, progress=progress)
+            test[name] = evaluate_sequence(model, self.ds, examples, tc.eval_batch_size, env, progress=progress)
         if timed:
             test["search_ms_per_batch"] = 1000.0 * inner.search_seconds / max(inner.search_calls, 1)
             inner.time_search = False
