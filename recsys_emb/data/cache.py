@@ -27,13 +27,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RECSYS_EMB_CACHE", Path.home() / ".cache" / "recsys_emb"))
 
 
+def file_fingerprint(path: Path) -> tuple[str, int, int]:
+    """``(resolved path, size, mtime_ns)``: an edited or replaced file gets another one."""
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
 def file_fingerprints(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
-    """``(resolved path, size, mtime_ns)`` of each file, sorted: a changed file changes the key."""
-    out = []
-    for path in paths:
-        st = path.stat()
-        out.append((str(path.resolve()), st.st_size, st.st_mtime_ns))
-    return sorted(out)
+    """:func:`file_fingerprint` of each file, sorted: a changed file changes the key."""
+    return sorted(file_fingerprint(path) for path in paths)
 
 
 Parsed = tuple[dict[str, np.ndarray], dict[str, Any]]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recsys_emb.config.experiment import DataConfig
-from recsys_emb.data.cache import default_cache_dir
+from recsys_emb.data.cache import default_cache_dir, file_fingerprint
 from recsys_emb.data.dataset import PreparedCTRData
 from recsys_emb.utils import open_text
 
@@ -42,11 +42,6 @@ def is_prepared(path: Path) -> bool:
 
 def _key(*parts: object) -> str:
     return hashlib.sha1(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
-
-
-def _file_id(path: Path) -> tuple[str, int, int]:
-    st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 def split_raw_file(path: Path, fraction: float, out_dir: Path) -> tuple[Path, Path]:
@@ -81,7 +76,7 @@ def prepare_cached(inputs: list[Path], cfg: DataConfig, cache: Path, role: str, 
     """Prepare raw ``inputs`` into ``cache/prepared/<role>-<key>`` once; return the folder."""
     from recsys_emb.data.criteo import prepare_criteo
 
-    key = _key(role, *[_file_id(p) for p in inputs], cfg.min_count, cfg.hash_buckets, vocab_from)
+    key = _key(role, *[file_fingerprint(p) for p in inputs], cfg.min_count, cfg.hash_buckets, vocab_from)
     out = cache / "prepared" / f"{role}-{key}"
     if not is_prepared(out):
         if vocab_from is None:
@@ -113,7 +108,7 @@ def resolve_data(cfg: DataConfig) -> dict[str, Split]:
             splits["train"] = Split(train_root)
     else:
         if cfg.valid is None:
-            parts = cache / "splits" / _key(_file_id(train_path), cfg.valid_fraction)
+            parts = cache / "splits" / _key(file_fingerprint(train_path), cfg.valid_fraction)
             head, tail = split_raw_file(train_path, cfg.valid_fraction, parts)
             train_root = prepare_cached([head], cfg, cache, "train", None)
             splits["train"] = Split(train_root)
