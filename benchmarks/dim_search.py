@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optembed-budget", type=float, default=None,
                    help="OptEmbed budget: max derived-table bytes as a fraction of the full tables (default --target)")
     p.add_argument("--optembed-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra override under embedding.options (e.g. search.threshold_lr=0.01); repeatable")
+                   help="extra override of the optembed options (e.g. search.threshold_lr=0.01); repeatable")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--epochs", type=int, default=2, help="max epochs of the base model and of each retrain")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "dim_search", help="work folder (data and runs)")
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, on_seed: Callable[[dict], None] | None = None)
         train_rows = len(PreparedCTRData.open(args.ml100k / "train"))
         data = [f"data.{s}={args.ml100k / s}" for s in ("train", "valid", "test")]
         base_config = REPO / "configs" / "ml100k_dcnv2.yaml"
-        search_configs = {t: (base_config, [f"embedding.type={t}"]) for t in ("dnis", "optembed")}
+        search_configs = {t: (base_config, [f"embedding.groups=[{{name: all, chain: [{t}]}}]"]) for t in ("dnis", "optembed")}
     steps = max(1, int(args.search_epochs * train_rows / args.batch_size))
     common = [*data, f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}", "train.tensorboard=false",
               "train.checkpoint_every_steps=100000"]
@@ -109,11 +109,11 @@ def run(args: argparse.Namespace, on_seed: Callable[[dict], None] | None = None)
         results["base"].append({"seed": seed, "test_auc": metrics["test"]["auc"], "test_logloss": metrics["test"]["logloss"],
                                 "embedding_bytes": metrics["embedding_parameters"] * 4, "seconds": time.perf_counter() - t0})
         searches = {
-            "dnis": [f"embedding.options.search.warmup_steps={steps}", f"embedding.options.search.search_steps={steps}",
-                     f"embedding.options.search.target_compression={args.target}"],
-            "optembed": [f"embedding.options.search.supernet_steps={2 * steps}", f"embedding.options.search.budget={budget}",
-                         "embedding.options.search.eval_rows=20000", "embedding.options.search.generations=6",
-                         *[f"embedding.options.{kv}" for kv in args.optembed_set]],
+            "dnis": [f"embedding.groups.0.chain.0.dnis.search.warmup_steps={steps}", f"embedding.groups.0.chain.0.dnis.search.search_steps={steps}",
+                     f"embedding.groups.0.chain.0.dnis.search.target_compression={args.target}"],
+            "optembed": [f"embedding.groups.0.chain.0.optembed.search.supernet_steps={2 * steps}", f"embedding.groups.0.chain.0.optembed.search.budget={budget}",
+                         "embedding.groups.0.chain.0.optembed.search.eval_rows=20000", "embedding.groups.0.chain.0.optembed.search.generations=6",
+                         *[f"embedding.groups.0.chain.0.optembed.{kv}" for kv in args.optembed_set]],
         }
         for technique, extra in searches.items():
             run_dir = args.out / f"{technique}_s{seed}"

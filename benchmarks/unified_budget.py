@@ -12,7 +12,7 @@ budgets given as fractions of the collisionless tables' bytes, on
 Every run is ``recsys_emb.train.tasks.train`` -- the function ``recsys-emb train`` calls (DMP,
 FBGEMM fused row-wise Adagrad on the tables, Adam on the dense part, validation + early stopping,
 best-validation weights restored for the test) -- on the config plus ``--set``-style overrides; the
-three layouts differ only in ``embedding.options``. Run folders are temporary (deleted after each
+three layouts differ only in the options of the ``unified`` chain entry. Run folders are temporary (deleted after each
 run); the JSON keeps every run's metrics.
 
 Overhead: forward time of the multiplexed module (hash transform + lookup + regrouping) against a
@@ -134,7 +134,7 @@ def sweep(name: str, config: Path, overrides: list[str], seeds: list[int], budge
         if budget[0] <= 0:
             return
         options = {"layout": layout, "hash_seed": seed, "budget_fraction": fraction}
-        cfg = load_config(ExperimentConfig, config, [*overrides, *common, f"train.seed={seed}", f"embedding.options={json.dumps(options)}"])
+        cfg = load_config(ExperimentConfig, config, [*overrides, *common, f"train.seed={seed}", f"embedding.groups.0.chain.0.unified={json.dumps(options)}"])
         r = train_once(cfg)
         r.update(dataset=name, layout=layout, budget_fraction=fraction, seed=seed)
         results["runs"][key] = r

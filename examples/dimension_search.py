@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     steps = args.steps
     settings = {
-        "dnis": [f"embedding.options.search.warmup_steps={steps}", f"embedding.options.search.search_steps={steps}"],
-        "optembed": [f"embedding.options.search.supernet_steps={2 * steps}", "embedding.options.search.budget=0.5"],
+        "dnis": [f"embedding.groups.0.chain.0.dnis.search.warmup_steps={steps}", f"embedding.groups.0.chain.0.dnis.search.search_steps={steps}"],
+        "optembed": [f"embedding.groups.0.chain.0.optembed.search.supernet_steps={2 * steps}", "embedding.groups.0.chain.0.optembed.search.budget=0.5"],
     }
     for technique, extra in settings.items():
         run_dir = args.out / technique

@@ -38,14 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def show_one_batch(train_dir: Path, budget: float, probes: int) -> None:
     """Print the hashed rows of one batch and the module's byte report."""
-    from recsys_emb.config.experiment import EmbeddingConfig
     from recsys_emb.data.dataset import PreparedCTRData
-    from recsys_emb.modules.registry import build_embedding
+    from recsys_emb.modules.spec import build_embedding
     from recsys_emb.train.tasks.ctr import table_configs
 
     data = PreparedCTRData.open(train_dir)
     tables = table_configs(data, embedding_dim=16)  # the plain per-feature tables the model would use
-    module = build_embedding(EmbeddingConfig("unified", {"budget_fraction": budget, "probes": probes}), tables)
+    module = build_embedding([{"unified": {"budget_fraction": budget, "probes": probes}}], tables)
     batch = data.batch(slice(0, 4))
     hashed = module.lookup.transform(batch.sparse_features)  # KJT over the shared table's rows
     print("raw ids (first row):   ", {k: int(v.values()[0]) for k, v in batch.sparse_features.to_dict().items()})
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             ExperimentConfig,
             REPO / "configs" / "ml100k_unified.yaml",
             [*(f"data.{role}={p}" for role, p in paths.items()), f"train.epochs={args.epochs}", f"train.seed={args.seed}",
-             "train.tensorboard=false", f"embedding.options={json.dumps({**options, 'hash_seed': args.seed})}"],
+             "train.tensorboard=false", f"embedding.groups.0.chain.0.unified={json.dumps({**options, 'hash_seed': args.seed})}"],
         )
         torch.manual_seed(args.seed)
         metrics = train(cfg, args.out / name)

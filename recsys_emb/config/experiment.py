@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from recsys_emb.config.embedding import EmbeddingSpec
 from recsys_emb.config.model import ModelConfig
 
 _EMB_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
@@ -156,14 +157,6 @@ class ShardingConfig:
 
 
 @dataclass
-class EmbeddingConfig:
-    """Which EBC-compatible embedding module the model uses (see recsys_emb/modules/registry.py)."""
-
-    type: str = "ebc"  # ebc (stock per-feature tables) | unified | dnis | optembed | semantic_ids
-    options: dict[str, Any] = field(default_factory=dict)  # the technique's own options, validated strictly
-
-
-@dataclass
 class ExperimentConfig:
     """A CTR experiment (``task: ctr``): pooled sparse + dense features, BCE, AUC/logloss."""
 
@@ -172,5 +165,5 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)  # table groups + technique chains (config/embedding.py)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)

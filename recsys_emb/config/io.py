@@ -105,6 +105,12 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    check = getattr(cls, "check_keys", None)  # a class may refuse an outdated form with a message of its own
+    if callable(check):
+        try:
+            check(data)
+        except ValueError as e:
+            raise ConfigError(f"{where or cls.__name__}: {e}") from e
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
@@ -150,20 +156,34 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply dotted ``key=value`` overrides to a nested mapping (in place; returns it).
 
-    Keys are validated later by :func:`from_dict`, so typos get the same did-you-mean hint.
+    Keys are validated later by :func:`from_dict`, so typos get the same did-you-mean hint. A list
+    element is addressed by its index (``embedding.groups.0.chain.0.unified.num_rows=1000``).
     """
     for text in overrides:
         path, value = parse_override(text)
-        node = data
+        node: Any = data
         for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
+            if isinstance(node, list):
+                child = node[_list_index(part, node, text)]
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+            if not isinstance(child, (dict, list)):
                 raise ConfigError(f"override '{text}': '{part}' is a value, not a section")
             node = child
-        node[path[-1]] = value
+        if isinstance(node, list):
+            node[_list_index(path[-1], node, text)] = value
+        else:
+            node[path[-1]] = value
     return data
+
+
+def _list_index(part: str, node: list[Any], text: str) -> int:
+    """A list element in a dotted key (``embedding.groups.0.chain``): a valid index or a clear error."""
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override '{text}': '{part}' must be an index of a list of {len(node)} entries")
+    return int(part)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -48,27 +48,31 @@ def build_model(
     tables: Sequence[EmbeddingBagConfig],
     num_dense_features: int,
     device: Device = None,
+    first_order: nn.Module | None = None,
 ) -> CTRModel:
     """Build the CTR model named by ``config.name``.
 
     Args:
         config: model config.
         embedding: EBC-compatible embedding module (a technique's module), or None to build a plain
-            ``EmbeddingBagCollection(tables)``. Must be None for ``lr``, which builds its own per-id
-            weight tables.
+            ``EmbeddingBagCollection(tables)``. Must be None for ``lr``, which has per-id weights only.
         tables: base table configs (one per sparse feature, raw ids): used for the plain EBC, and for
-            the per-id weight tables of ``lr`` and ``deepfm`` (same feature names and num_embeddings,
-            width ``config.first_order_dim``).
+            the per-id weight tables of ``lr`` and ``deepfm`` when ``first_order`` is None (same feature
+            names and num_embeddings, width ``config.first_order_dim``).
         num_dense_features: D_dense.
         device: device of every parameter the function creates (``"meta"`` for deferred init under
             DistributedModelParallel); a passed-in ``embedding`` keeps its own device.
+        first_order: the per-id weight module of ``lr`` / ``deepfm`` (e.g. built from the embedding spec
+            by :func:`recsys_emb.modules.spec.build_pooled`); None = plain zero-initialised tables.
     """
     if config.name == "lr":
         if embedding is not None:
             raise ValueError(
-                "model.name 'lr' builds its own per-id weight tables from the table configs and cannot use "
-                f"an embedding module (got {type(embedding).__name__}); pass embedding=None"
+                "model.name 'lr' has per-id weight tables only and cannot use an embedding module "
+                f"(got {type(embedding).__name__}); pass embedding=None (and its weights as first_order)"
             )
+        if first_order is not None:
+            return LogisticRegression(first_order, num_dense_features, device=device)
         return LogisticRegression.from_tables(tables, num_dense_features, config.first_order_dim, device=device)
     if embedding is None:
         if not tables:
@@ -79,6 +83,7 @@ def build_model(
     if config.name == "dcnv2":
         return DCNv2(embedding, num_dense_features, config.dcnv2, device=device)
     if config.name == "deepfm":
-        first_order = EmbeddingBagCollection(first_order_tables(tables, config.first_order_dim), device=device)
+        if first_order is None:
+            first_order = EmbeddingBagCollection(first_order_tables(tables, config.first_order_dim), device=device)
         return DeepFM(embedding, first_order, num_dense_features, config.deepfm, device=device)
     raise ValueError(f"unknown model name {config.name!r}")  # unreachable: ModelConfig validates the name

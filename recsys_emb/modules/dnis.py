@@ -40,7 +40,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys_emb.modules.registry import register_embedding
+from recsys_emb.modules.spec import Tables, register_technique
 
 
 @dataclass
@@ -68,7 +68,7 @@ class DNISSearchConfig:
 
 @dataclass
 class DNISOptions:
-    """``embedding.options`` of ``type: dnis``."""
+    """Options of the chain entry ``dnis: {...}`` (a post-lookup transform)."""
 
     num_blocks: int = 4  # L frequency blocks per feature
     block_split: str = "rows"  # rows: equal ids per block | mass: equal occurrence counts per block
@@ -139,6 +139,8 @@ class DNISEmbeddingBagCollection(nn.Module):
         blocks: per feature, the (V_f,) int64 block of every id.
         num_blocks: L.
         device: where tables and alpha live (``meta`` for DMP; index buffers then stay on the CPU).
+        inner: the lookup to mask (default: a stock EBC of ``tables``); ``tables`` then only give each
+            feature's raw vocabulary (the id space of the blocks), e.g. for ``unified`` rows.
 
     Example::
 
@@ -156,21 +158,23 @@ class DNISEmbeddingBagCollection(nn.Module):
         blocks: dict[str, Tensor],
         num_blocks: int,
         device: torch.device | str | None = None,
+        inner: nn.Module | None = None,
     ) -> None:
         super().__init__()
         from recsys_emb.modules.compact import buffer_device, check_sum_pooling
+        from recsys_emb.modules.contract import output_feature_dims
 
-        check_sum_pooling(tables, "dnis")
         device = torch.device(device) if device is not None else None
-        self.ebc = EmbeddingBagCollection(tables=list(tables), device=device)
+        if inner is None:
+            check_sum_pooling(tables, "dnis")
+            inner = EmbeddingBagCollection(tables=list(tables), device=device)
+        self.ebc = inner  # the looked-up rows: a stock EBC, or any EBC-compatible layout (e.g. unified)
         self.num_blocks = num_blocks
-        self.features: list[str] = []
-        self.dims: dict[str, int] = {}
-        self.vocab: dict[str, int] = {}
-        for cfg in tables:
-            for f in cfg.feature_names:
-                self.features.append(f)
-                self.dims[f], self.vocab[f] = cfg.embedding_dim, cfg.num_embeddings
+        self.vocab: dict[str, int] = {f: cfg.num_embeddings for cfg in tables for f in cfg.feature_names}
+        self.dims: dict[str, int] = dict(output_feature_dims(inner))
+        self.features: list[str] = [f for f in self.dims]
+        if sorted(self.features) != sorted(self.vocab):
+            raise ValueError(f"dnis: the lookup's features {self.features} differ from the tables' {sorted(self.vocab)}")
         # Parameters directly on this module (not an nn.ParameterDict): DMP re-initialises meta
         # parameters through the OWNING module's reset_parameters().
         for i, f in enumerate(self.features):
@@ -232,9 +236,11 @@ class DNISEmbeddingBagCollection(nn.Module):
         return self.ebc.embedding_bag_configs()
 
     def output_feature_dims(self) -> list[tuple[str, int]]:
-        return [(f, self.dims[f]) for cfg in self.ebc.embedding_bag_configs() for f in cfg.feature_names]
+        return [(f, self.dims[f]) for f in self.features]
 
     def table_weight(self, feature: str) -> Tensor:
+        if not isinstance(self.ebc, EmbeddingBagCollection):
+            raise TypeError(f"dnis: per-feature table weights exist only over plain tables, not {type(self.ebc).__name__}")
         for cfg in self.ebc.embedding_bag_configs():
             if feature in cfg.feature_names:
                 return self.ebc.embedding_bags[cfg.name].weight
@@ -248,27 +254,52 @@ def _counts(data: Any, feature_index: int, vocab: int) -> np.ndarray:
     return counts[:vocab]
 
 
-def block_maps(options: DNISOptions, tables: Sequence[EmbeddingBagConfig], data: Any | None) -> dict[str, Tensor]:
-    """The id -> block map of every feature, from training counts or from the id order."""
+def block_maps(options: DNISOptions, tables: Sequence[EmbeddingBagConfig], data: Any | None,
+               counts_by_feature: dict[str, np.ndarray] | None = None) -> dict[str, Tensor]:
+    """The id -> block map of every feature, from training counts or from the id order.
+
+    Counts come from ``counts_by_feature`` (feature -> (rows,) counts, given by sequence and graph
+    families) or are counted on ``data`` (the CTR training split)."""
     out = {}
     for cfg in tables:
         for f in cfg.feature_names:
             vocab = cfg.num_embeddings
             if options.frequency == "data":
-                if data is None:
-                    raise ValueError("dnis: frequency 'data' needs the training data (context data=...); use 'index'")
-                counts = _counts(data, list(data.sparse_features).index(f), vocab)
+                if counts_by_feature is not None and f in counts_by_feature:
+                    counts = np.asarray(counts_by_feature[f])[:vocab]
+                    counts = np.concatenate([counts, np.zeros(vocab - len(counts), dtype=counts.dtype)])
+                elif data is None:
+                    raise ValueError(f"dnis: frequency 'data' needs the training counts of '{f}', which this model family "
+                                     "does not provide; use frequency: index")
+                else:
+                    counts = _counts(data, list(data.sparse_features).index(f), vocab)
             else:
                 counts = np.arange(vocab, 0, -1)  # id order == frequency order
             out[f] = torch.from_numpy(frequency_blocks(counts, options.num_blocks, options.block_split))
     return out
 
 
-@register_embedding("dnis", DNISOptions)
-def build_dnis(options: DNISOptions, tables: list[EmbeddingBagConfig], device: Any, **context: Any) -> nn.Module:
+@register_technique("dnis", "post", DNISOptions, doc="differentiable search of dims per frequency block (Cheng et al. 2020)")
+def build_dnis(options: DNISOptions, module: nn.Module, tables: Tables) -> nn.Module:
+    """Chain post-transform ``dnis: {...}`` over the group's lookup (plain or unified rows)."""
+    raw = tables.table_configs()
     if options.compact_layout is not None:
-        from recsys_emb.modules.compact import CompactEmbeddingBagCollection, load_layout
+        return compact_from_layout(options.compact_layout, module, raw, "dnis")
+    blocks = block_maps(options, raw, tables.context.get("data"), tables.context.get("counts"))
+    return DNISEmbeddingBagCollection(raw, blocks, options.num_blocks, tables.device, inner=module)
 
-        init = tables[0].weight_init_max if tables and tables[0].weight_init_max is not None else None
-        return CompactEmbeddingBagCollection(load_layout(options.compact_layout), device=device, init_bound=init)
-    return DNISEmbeddingBagCollection(tables, block_maps(options, tables, context.get("data")), options.num_blocks, device)
+
+def compact_from_layout(path: str, module: nn.Module, tables: Sequence[EmbeddingBagConfig], technique: str) -> nn.Module:
+    """The derived compact tables of a search (``compact_layout``), which replace plain tables only."""
+    from recsys_emb.modules.compact import CompactEmbeddingBagCollection, load_layout
+
+    if type(module) is not EmbeddingBagCollection:
+        raise ValueError(f"{technique}.compact_layout: derived compact tables replace plain tables, not "
+                         f"{type(module).__name__}; derive over a chain whose layout is plain")
+    init = tables[0].weight_init_max if tables and tables[0].weight_init_max is not None else None
+    return CompactEmbeddingBagCollection(load_layout(path), device=tables_device(module), init_bound=init)
+
+
+def tables_device(module: nn.Module) -> torch.device | None:
+    """The device of a module's parameters (None when it has none)."""
+    return next((p.device for p in module.parameters()), None)

@@ -36,7 +36,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys_emb.modules.dnis import single_ids
-from recsys_emb.modules.registry import register_embedding
+from recsys_emb.modules.spec import Tables, register_technique
 
 
 class BinaryStep(torch.autograd.Function):
@@ -85,7 +85,7 @@ class OptEmbedSearchConfig:
 
 @dataclass
 class OptEmbedOptions:
-    """``embedding.options`` of ``type: optembed``."""
+    """Options of the chain entry ``optembed: {...}`` (a post-lookup transform)."""
 
     threshold_init: float = 0.0  # initial t_f (the reference code starts at 0)
     threshold_reg: float = 1e-4  # reg in reg * sum_f exp(-t_f)
@@ -107,6 +107,8 @@ class OptEmbedEmbeddingBagCollection(nn.Module):
         dim_candidates: dims the supernet samples uniformly (default 1..D_f per field).
         field_dims: fixed dims per field (disables sampling).
         device: device of tables and thresholds (``meta`` for DMP).
+        inner: the lookup to mask (default: a stock EBC of ``tables``), e.g. ``unified`` rows; the row
+            mask then prices the pooled row of each id.
 
     Example::
 
@@ -127,15 +129,19 @@ class OptEmbedEmbeddingBagCollection(nn.Module):
         dim_candidates: Sequence[int] | None = None,
         field_dims: dict[str, int] | None = None,
         device: torch.device | str | None = None,
+        inner: nn.Module | None = None,
     ) -> None:
         super().__init__()
         from recsys_emb.modules.compact import check_sum_pooling
+        from recsys_emb.modules.contract import output_feature_dims
 
-        check_sum_pooling(tables, "optembed")
         device = torch.device(device) if device is not None else None
-        self.ebc = EmbeddingBagCollection(tables=list(tables), device=device)
-        self.features = [f for cfg in tables for f in cfg.feature_names]
-        self.dims = {f: cfg.embedding_dim for cfg in tables for f in cfg.feature_names}
+        if inner is None:
+            check_sum_pooling(tables, "optembed")
+            inner = EmbeddingBagCollection(tables=list(tables), device=device)
+        self.ebc = inner  # the looked-up rows: a stock EBC, or any EBC-compatible layout (e.g. unified)
+        self.dims = dict(output_feature_dims(inner))
+        self.features = list(self.dims)
         self.vocab = {f: cfg.num_embeddings for cfg in tables for f in cfg.feature_names}
         self.threshold_init, self.threshold_reg = float(threshold_init), float(threshold_reg)
         self.threshold = nn.Parameter(torch.full((len(self.features),), self.threshold_init, device=device))  # (F,)
@@ -207,6 +213,8 @@ class OptEmbedEmbeddingBagCollection(nn.Module):
         return (weight.detach().abs().sum(dim=1) - self.threshold.detach()[i]) > 0
 
     def table_weight(self, feature: str) -> Tensor:
+        if not isinstance(self.ebc, EmbeddingBagCollection):
+            raise TypeError(f"optembed: per-feature table weights exist only over plain tables, not {type(self.ebc).__name__}")
         for cfg in self.ebc.embedding_bag_configs():
             if feature in cfg.feature_names:
                 return self.ebc.embedding_bags[cfg.name].weight
@@ -216,21 +224,23 @@ class OptEmbedEmbeddingBagCollection(nn.Module):
         return self.ebc.embedding_bag_configs()
 
     def output_feature_dims(self) -> list[tuple[str, int]]:
-        return [(f, self.dims[f]) for cfg in self.ebc.embedding_bag_configs() for f in cfg.feature_names]
+        return [(f, self.dims[f]) for f in self.features]
 
 
-@register_embedding("optembed", OptEmbedOptions)
-def build_optembed(options: OptEmbedOptions, tables: list[EmbeddingBagConfig], device: Any, **context: Any) -> nn.Module:
+@register_technique("optembed", "post", OptEmbedOptions, doc="row pruning + dim search with a supernet (Lyu et al. 2022)")
+def build_optembed(options: OptEmbedOptions, module: nn.Module, tables: Tables) -> nn.Module:
+    """Chain post-transform ``optembed: {...}`` over the group's lookup (plain or unified rows)."""
+    from recsys_emb.modules.dnis import compact_from_layout
+
+    raw = tables.table_configs()
     if options.compact_layout is not None:
-        from recsys_emb.modules.compact import CompactEmbeddingBagCollection, load_layout
-
-        init = tables[0].weight_init_max if tables and tables[0].weight_init_max is not None else None
-        return CompactEmbeddingBagCollection(load_layout(options.compact_layout), device=device, init_bound=init)
+        return compact_from_layout(options.compact_layout, module, raw, "optembed")
     return OptEmbedEmbeddingBagCollection(
-        tables,
+        raw,
         threshold_init=options.threshold_init,
         threshold_reg=options.threshold_reg,
         dim_candidates=options.dim_candidates,
         field_dims=options.field_dims,
-        device=device,
+        device=tables.device,
+        inner=module,
     )

@@ -22,9 +22,10 @@ Shapes: B batch size, N items with codes, P pieces per item (jagged).
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys_emb.modules.registry import register_embedding
+from recsys_emb.modules.spec import Tables, register_technique
 from recsys_emb.modules.wrapper import TransformedEmbeddingBagCollection
 from recsys_emb.ops import sid_pieces
 
@@ -199,57 +200,97 @@ def semantic_id_embedding_bag_collection(
 
 @dataclass
 class SemanticIdOptions:
-    """``embedding: {type: semantic_ids, options: {...}}`` of a CTR experiment."""
+    """Chain pre-transform ``semantic_ids: {...}``: every feature of the group (item ids) -> its SID pieces."""
 
-    codes: str = ""  # SID file written by `recsys-emb sid assign` (row i = item id i + id_offset)
-    features: list[str] = field(default_factory=list)  # item-id features that get SID pieces
+    codes: str = ""  # SID file written by `recsys-emb sid assign` (row r = raw item id r + raw_id_offset)
+    raw_id_offset: int = 0  # raw item id v has code row v - raw_id_offset
     tokenizer: str = "prefix_ngram"  # unigram | bigram | prefix_ngram | sentencepiece
-    mapping: str = "dense"  # dense | vocab | hash (see recsys_emb/semantic_ids/tokenizers.py)
-    num_rows: int | None = None  # rows of the hashed SID table (mapping: hash)
+    mapping: str = "vocab"  # vocab (pieces of training items; unseen -> row 0) | dense | hash (recsys_emb/semantic_ids/tokenizers.py)
+    num_rows: int | None = None  # rows of the hashed piece table (mapping: hash)
     levels: int | None = None  # use only the first `levels` levels of the IDs (None = all, suffix included)
-    sentencepiece_model: str | None = None  # a trained .model (tokenizer: sentencepiece); required for it
-    keep_item_id: bool = False  # keep the item-id embedding next to the SID features
-    id_offset: int = 0  # item id v has codes row v - id_offset (2 for vocab ids with 0=missing, 1=OOV)
-    embedding_dim: int | None = None  # SID table dim (default: the item feature's dim)
-    seed: int = 0  # hash salt
+    sentencepiece_model: str | None = None  # a trained .model; None = train one on the training items' SIDs
+    sentencepiece_vocab_size: int = 256  # when training it here
+    with_id: bool = False  # also look up the item's own id row: embedding = id row + pooled pieces ("id+sid")
+    seed: int = 0  # hash salt / SentencePiece seed
 
     def __post_init__(self) -> None:
         if not self.codes:
-            raise ValueError("embedding.options.codes: path of a SID file (`recsys-emb sid assign`) is required")
-        if not self.features:
-            raise ValueError("embedding.options.features: name at least one item-id feature")
-        if self.tokenizer == "sentencepiece" and not self.sentencepiece_model:
-            raise ValueError("embedding.options.sentencepiece_model is required for tokenizer 'sentencepiece'")
+            raise ValueError("semantic_ids.codes: the path of a SID file (`recsys-emb sid assign`) is required")
+        if self.tokenizer not in ("unigram", "bigram", "prefix_ngram", "sentencepiece"):
+            raise ValueError(f"semantic_ids.tokenizer must be unigram | bigram | prefix_ngram | sentencepiece, got '{self.tokenizer}'")
+        if self.mapping not in ("vocab", "dense", "hash"):
+            raise ValueError(f"semantic_ids.mapping must be vocab | dense | hash, got '{self.mapping}'")
 
 
-def item_piece_rows(
-    codes: np.ndarray, level_sizes: Sequence[int], options: SemanticIdOptions
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Tokenise ``codes`` as ``options`` says -> (item_offsets, item_rows, num_rows)."""
+@dataclass
+class ItemIds:
+    """How a family's encoded item ids relate to raw item ids (``context["items"][feature]``).
+
+    Encoded id ``first_id + i`` is raw item ``raw_ids[i]``; ``counts[i]`` is its training count (the
+    tokeniser and the ``vocab`` mapping are fitted on items with a count > 0 only). Ids below
+    ``first_id`` (missing / OOV) get the unknown piece row 0.
+    """
+
+    raw_ids: np.ndarray
+    first_id: int = 0
+    counts: np.ndarray | None = None
+
+
+def item_piece_rows(options: SemanticIdOptions, items: ItemIds | None) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Pieces of every encoded item: ``(item_offsets (I + 1,), item_rows, num_rows, codes (I, L))``.
+
+    Without ``items`` the ids are raw ids: encoded id ``raw_id_offset + r`` is code row ``r``.
+    """
+    from recsys_emb.semantic_ids.codes import SemanticIds
     from recsys_emb.semantic_ids.tokenizers import PieceTable, build_tokenizer
 
-    tok = build_tokenizer(options.tokenizer, codes, level_sizes, levels=options.levels,
-                          sentencepiece_model=options.sentencepiece_model, seed=options.seed)
-    pieces = tok.pieces(codes)
-    table = PieceTable(tok, options.mapping, options.num_rows, options.seed).fit(pieces)
-    offsets, rows = table.item_rows(pieces)
-    return offsets, rows, table.num_rows
-
-
-@register_embedding("semantic_ids", SemanticIdOptions)
-def build_semantic_ids(
-    options: SemanticIdOptions,
-    tables: list[EmbeddingBagConfig],
-    device: torch.device | str | None = None,
-    **context: Any,
-) -> TransformedEmbeddingBagCollection:
-    """Registry builder: load the SID file, tokenise, and wrap ``tables`` (see module docstring)."""
-    from recsys_emb.semantic_ids.codes import SemanticIds
-
     sids = SemanticIds.load(options.codes)
-    offsets, rows, num_rows = item_piece_rows(sids.codes, sids.level_sizes, options)
-    return semantic_id_embedding_bag_collection(
-        tables, options.features, offsets, rows, num_rows, keep_item_id=options.keep_item_id,
-        id_offset=options.id_offset, embedding_dim=options.embedding_dim, codes=sids.codes, device=device,
-    )
+    if items is None:
+        rows = np.arange(sids.num_items)
+    else:
+        rows = np.asarray(items.raw_ids, dtype=np.int64) - options.raw_id_offset
+        bad = (rows < 0) | (rows >= sids.num_items)
+        if bad.any():
+            raise ValueError(f"{options.codes}: no semantic ID for raw items {np.asarray(items.raw_ids)[bad][:10].tolist()} "
+                             f"(the file has {sids.num_items} rows; raw_id_offset={options.raw_id_offset})")
+    codes = sids.codes[rows]  # (I, L)
+    counts = np.ones(len(rows)) if items is None or items.counts is None else np.asarray(items.counts, dtype=np.float64)
+    seen = counts > 0
+    tok = build_tokenizer(options.tokenizer, codes[seen], sids.level_sizes, levels=options.levels,
+                          sentencepiece_model=options.sentencepiece_model, vocab_size=options.sentencepiece_vocab_size,
+                          item_counts=np.rint(counts[seen]).astype(np.int64), seed=options.seed)
+    pieces = tok.pieces(codes)
+    table = PieceTable(tok, options.mapping, options.num_rows, options.seed).fit([p for p, s in zip(pieces, seen) if s])
+    offsets, piece_rows = table.item_rows(pieces)
+    return offsets, piece_rows, table.num_rows, codes
 
+
+def with_id_rows(offsets: np.ndarray, rows: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Append every item's own row ``num_rows + i`` to its pieces: the pooled sum is id row + pieces."""
+    n = len(offsets) - 1
+    counts = np.diff(offsets)
+    out = np.empty(len(rows) + n, dtype=np.int64)
+    new_offsets = offsets + np.arange(n + 1)
+    for_item = np.repeat(np.arange(n), counts)
+    out[np.arange(len(rows)) + for_item] = rows
+    out[new_offsets[1:] - 1] = num_rows + np.arange(n)
+    return new_offsets, out, num_rows + n
+
+
+@register_technique("semantic_ids", "pre", SemanticIdOptions, doc="item id -> semantic-ID pieces (Singh et al. 2024)")
+def build_semantic_ids(options: SemanticIdOptions, tables: Tables) -> Tables:
+    """Chain pre-transform: the group's item-id features become bags of their SID pieces (one piece table).
+
+    Every feature of the group must hold ids of the same items (``context["items"]`` of the first
+    feature, if the family gives one). The layout after it sees ``num_rows`` (+ items with ``with_id``)
+    rows per feature.
+    """
+    items_by_feature = tables.context.get("items") or {}
+    items = next((items_by_feature[f] for f in tables.features if f in items_by_feature), None)
+    offsets, rows, num_rows, codes = item_piece_rows(options, items)
+    if options.with_id:
+        offsets, rows, num_rows = with_id_rows(offsets, rows, num_rows)
+    first_id = items.first_id if items is not None else options.raw_id_offset
+    transform = SemanticIdTransform(torch.as_tensor(offsets), torch.as_tensor(rows), tables.features, id_offset=first_id,
+                                    codes=torch.as_tensor(codes))
+    return dataclasses.replace(tables, pre=[*tables.pre, transform], vocab=dict.fromkeys(tables.features, int(num_rows)))

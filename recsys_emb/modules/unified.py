@@ -61,15 +61,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType, data_type_to_dtype
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys_emb.modules.registry import register_embedding
+from recsys_emb.modules.spec import Tables, register_technique
 from recsys_emb.ops import has_compiled_kernel, hashed_embedding_bag, multi_probe_hash
 from recsys_emb.modules.wrapper import TransformedEmbeddingBagCollection
 
@@ -328,7 +329,9 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         hash_seed: seed of the per-(feature, probe) hash coefficients.
         pooling: bag pooling of the tables.
         weight_init_min, weight_init_max: table init bounds (None: TorchRec's default ``+-sqrt(1/M)``).
+        init_fn: table init function (overrides the bounds), e.g. the graph models' normal init.
         data_type: table dtype (bytes are reported for it).
+        pre: a parameter-free ``KJT -> KJT`` transform applied before the hashing (same output keys).
         device: table device (``meta`` for DistributedModelParallel); the transform stays on the CPU.
 
     Example::
@@ -355,7 +358,9 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         pooling: PoolingType = PoolingType.SUM,
         weight_init_min: float | None = None,
         weight_init_max: float | None = None,
+        init_fn: Callable[[Tensor], Any] | None = None,
         data_type: DataType = DataType.FP32,
+        pre: nn.Module | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
@@ -405,7 +410,7 @@ class UnifiedEmbeddingBagCollection(nn.Module):
             vocab_sizes=vocab_list,
             hash_seed=hash_seed,
         )
-        init = {"weight_init_min": weight_init_min, "weight_init_max": weight_init_max}
+        init = {"weight_init_min": weight_init_min, "weight_init_max": weight_init_max, "init_fn": init_fn}
         tables = [
             EmbeddingBagConfig(
                 name=g.name,
@@ -418,7 +423,11 @@ class UnifiedEmbeddingBagCollection(nn.Module):
             )
             for g in groups
         ]
-        self.lookup = TransformedEmbeddingBagCollection(transform, tables, device=device)
+        # A pre-transform of the chain (e.g. item id -> semantic-ID pieces) runs before the hashing.
+        self.has_pre = pre is not None
+        self.lookup = TransformedEmbeddingBagCollection(
+            transform if pre is None else nn.Sequential(pre, transform), tables, device=device
+        )
         # Column order of the lookup's KeyedTensor (tables in order, probes of a feature contiguous) -> ours.
         position = {key: i for i, key in enumerate(transform.output_keys)}
         self._columns = [
@@ -477,6 +486,7 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         if (
             not has_compiled_kernel("hashed_embedding_bag", features.values().device.type)
             or not isinstance(lookup, TransformedEmbeddingBagCollection)
+            or self.has_pre
             or self.hashing != "salted"
             or self.data_type != DataType.FP32
             or features.weights_or_none() is not None
@@ -627,12 +637,16 @@ def split_rows(budget_bytes: int, weights: Sequence[int], row_bytes: int, minimu
 
 
 def unified_from_tables(
-    options: UnifiedOptions, tables: Sequence[EmbeddingBagConfig], device: torch.device | str | None = None
+    options: UnifiedOptions, tables: Sequence[EmbeddingBagConfig], device: torch.device | str | None = None,
+    *, pre: nn.Module | None = None, name: str = "unified", prefix: str = "", suffix: str = "",
 ) -> UnifiedEmbeddingBagCollection:
     """Build the module ``options`` describes over the plain per-feature ``tables`` of a model.
 
     The tables give the features (in output order), their vocabulary sizes and the model's
     embedding dim ``D`` (every table must have the same one); output dims are ``k_t * chunk_dim``.
+    ``pre`` is a parameter-free transform applied before the hashing (a chain's pre-transform);
+    ``name`` names the shared table (``name_i`` for several multiplexing groups) and ``prefix`` /
+    ``suffix`` the per-feature tables (``{prefix}hashed_{feature}{suffix}``).
     """
     features = [f for t in tables for f in t.feature_names]
     if len(set(features)) != len(features):
@@ -644,7 +658,7 @@ def unified_from_tables(
     (model_dim,) = dims
     unknown = sorted(set(options.probes_per_feature) - set(features))
     if unknown:
-        raise ValueError(f"embedding.options.probes_per_feature names unknown features {unknown} (features: {features})")
+        raise ValueError(f"unified.probes_per_feature names unknown features {unknown} (features: {features})")
     probes = {f: int(options.probes_per_feature.get(f, options.probes)) for f in features}
     if options.layout == "collisionless":
         probes = dict.fromkeys(features, 1)
@@ -656,7 +670,7 @@ def unified_from_tables(
             chunk = model_dim
         elif k is None or model_dim % k:
             raise ValueError(
-                f"set embedding.options.chunk_dim: model embedding_dim {model_dim} is not divisible by the probes {sorted(set(probes.values()))}"
+                f"set unified.chunk_dim: model embedding_dim {model_dim} is not divisible by the probes {sorted(set(probes.values()))}"
             )
         else:
             chunk = model_dim // k
@@ -667,21 +681,21 @@ def unified_from_tables(
         listed = [f for g in members for f in g]
         dup = sorted({f for f in listed if listed.count(f) > 1})
         if dup:
-            raise ValueError(f"embedding.options.groups: features {dup} are listed in two groups")
+            raise ValueError(f"unified.groups: features {dup} are listed in two groups")
         missing, extra = sorted(set(features) - set(listed)), sorted(set(listed) - set(features))
         if missing or extra:
-            raise ValueError(f"embedding.options.groups must cover every feature once: missing {missing}, unknown {extra}")
-        names = ["unified"] if len(members) == 1 else [f"unified_{i}" for i in range(len(members))]
+            raise ValueError(f"unified.groups must cover every feature once: missing {missing}, unknown {extra}")
+        names = [name] if len(members) == 1 else [f"{name}_{i}" for i in range(len(members))]
     else:
         members = [[f] for f in features]
-        names = [f"{'hashed' if options.layout == 'per_feature_hashing' else 'full'}_{f}" for f in features]
+        names = [f"{prefix}{'hashed' if options.layout == 'per_feature_hashing' else 'full'}_{f}{suffix}" for f in features]
 
     if options.layout == "collisionless":
         rows = [vocab[g[0]] for g in members]
     elif options.num_rows is not None:
         rows = options.num_rows if isinstance(options.num_rows, list) else [options.num_rows] * len(members)
         if len(rows) != len(members):
-            raise ValueError(f"embedding.options.num_rows has {len(rows)} entries for {len(members)} tables")
+            raise ValueError(f"unified.num_rows has {len(rows)} entries for {len(members)} tables")
     else:
         full_bytes = sum(vocab[f] * chunk * probes[f] for f in features) * _dtype_bytes(DataType.FP32)
         budget = options.budget_bytes if options.budget_bytes is not None else int(options.budget_fraction * full_bytes)
@@ -695,6 +709,8 @@ def unified_from_tables(
             )
     bounds = {(t.weight_init_min, t.weight_init_max) for t in tables}
     lo, hi = bounds.pop() if len(bounds) == 1 else (None, None)
+    init_fns = {t.init_fn for t in tables}
+    init_fn = init_fns.pop() if len(init_fns) == 1 else None
     return UnifiedEmbeddingBagCollection(
         [MultiplexGroup(n, list(g), int(r)) for n, g, r in zip(names, members, rows)],
         chunk,
@@ -707,13 +723,33 @@ def unified_from_tables(
         pooling=tables[0].pooling,
         weight_init_min=lo,
         weight_init_max=hi,
+        init_fn=init_fn,
+        pre=pre,
         device=device,
     )
 
 
-@register_embedding("unified", UnifiedOptions)
-def build_unified(
-    options: UnifiedOptions, tables: list[EmbeddingBagConfig], device: torch.device | str | None = None, **context: object
-) -> UnifiedEmbeddingBagCollection:
-    """Registry builder: ``embedding: {type: unified, options: {...}}`` (see :class:`UnifiedOptions`)."""
-    return unified_from_tables(options, tables, device)
+@register_technique("unified", "layout", UnifiedOptions, doc="feature multiplexing: the group's features share one table (Coleman et al. 2023)")
+def build_unified(options: UnifiedOptions, tables: Tables) -> UnifiedEmbeddingBagCollection:
+    """Chain layout ``unified: {...}`` (see :class:`UnifiedOptions`)."""
+    return unified_from_tables(options, tables.table_configs(), tables.device, pre=tables.transform(),
+                               name=tables.shared_name("unified"), prefix=tables.role_prefix, suffix=tables.suffix)
+
+
+@dataclass
+class HashOptions:
+    """``hash: {...}``: the hashing trick, one table per feature. Size by exactly one of the three."""
+
+    num_rows: int | list[int] | None = None  # rows per feature table (an int, or one per feature)
+    budget_bytes: int | None = None  # total bytes, split over the features in proportion to vocabulary
+    budget_fraction: float | None = None  # budget as a fraction of the plain tables' bytes
+    hash_seed: int = 0  # seeds the per-feature hash coefficients
+
+
+@register_technique("hash", "layout", HashOptions, doc="per-feature hashing into fewer rows (the budget baseline)")
+def build_hash(options: HashOptions, tables: Tables) -> UnifiedEmbeddingBagCollection:
+    """Chain layout ``hash: {...}``: Unified Embedding's ``per_feature_hashing`` layout, one probe."""
+    unified = UnifiedOptions(layout="per_feature_hashing", num_rows=options.num_rows, budget_bytes=options.budget_bytes,
+                             budget_fraction=options.budget_fraction, hash_seed=options.hash_seed)
+    return unified_from_tables(unified, tables.table_configs(), tables.device, pre=tables.transform(),
+                               prefix=tables.role_prefix, suffix=tables.suffix)

@@ -38,7 +38,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", help="test data (overrides data.test)")
     parser.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config>-search-<time>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, e.g. --set embedding.options.search.target_compression=0.75")
+                        help="dotted config override, e.g. --set embedding.groups.0.chain.0.dnis.search.target_compression=0.75")
     parser.add_argument("--resume", action="store_true", help="continue the search in --run-dir from search_state.pt")
     parser.add_argument("--no-retrain", action="store_true", help="stop after deriving the compact model")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="search steps between search_state.pt writes")
@@ -56,15 +56,32 @@ def _options_cls(technique: str) -> type:
 
 
 def search_config(cfg: ExperimentConfig, technique: str) -> tuple[ExperimentConfig, Any]:
-    """``cfg`` with ``embedding.type == technique`` (a plain ``ebc`` config gets default options)."""
-    if cfg.embedding.type == "ebc":
-        cfg = dataclasses.replace(cfg, embedding=dataclasses.replace(cfg.embedding, type=technique, options={}))
-    if cfg.embedding.type != technique:
-        raise ValueError(f"search {technique}: the config selects embedding.type '{cfg.embedding.type}'")
-    options = from_dict(_options_cls(technique), dict(cfg.embedding.options), where="embedding.options")
+    """``cfg`` as one group of every feature whose chain is ``[technique]`` (a plain config gets default options).
+
+    A search prices every id's own row, so it runs over plain tables covering every feature: a config
+    with other groups or techniques is refused with the form it needs."""
+    from recsys_emb.config.embedding import EmbeddingSpec, TableGroup, technique_entry
+
+    groups = cfg.embedding.groups
+    if not groups or (len(groups) == 1 and groups[0].features is None and not groups[0].chain):
+        cfg = dataclasses.replace(cfg, embedding=EmbeddingSpec(groups=[TableGroup(name="all", chain=[technique])]))
+    entries = [technique_entry(e, g.name) for g in cfg.embedding.groups for e in g.chain]
+    group = cfg.embedding.groups[0]
+    if len(cfg.embedding.groups) != 1 or group.features is not None or [n for n, _ in entries if n != "plain"] != [technique]:
+        raise ValueError(
+            f"search {technique}: the embedding section must be one group of every feature with chain [{technique}] "
+            f"(the search prices each id's own row of plain tables); got "
+            f"{[(g.name, g.features, g.chain) for g in cfg.embedding.groups]}"
+        )
+    options = from_dict(_options_cls(technique), dict(dict(entries)[technique]), where=f"embedding group '{group.name}': {technique}")
     if options.compact_layout is not None:
-        raise ValueError("search: embedding.options.compact_layout is set; that config is already a derived model")
+        raise ValueError(f"search: {technique}.compact_layout is set; that config is already a derived model")
     return cfg, options
+
+
+def technique_options_key(cfg: ExperimentConfig, technique: str) -> str:
+    """The dotted override prefix of ``technique``'s options in a search config (for ``--set``)."""
+    return f"embedding.groups.0.chain.0.{technique}"
 
 
 def run_search_experiment(cfg: ExperimentConfig, technique: str, run_dir: str | Path, *, resume: bool = False,

@@ -169,7 +169,7 @@ def layout_report(module: nn.Module, layout: CompactLayout) -> dict[str, Any]:
 def save_derived(run_dir: str | Path, cfg: Any, train_model: nn.Module, layout: CompactLayout, weights: dict[str, Tensor]) -> tuple[Any, Path]:
     """Write ``layout.pt``, ``derived_config.yaml`` and ``derived_model.pt`` (a full CTR state dict).
 
-    The derived config is ``cfg`` with ``embedding.options = {compact_layout: <abs layout path>}``; its
+    The derived config is ``cfg`` with the chain ``[{technique: {compact_layout: <abs layout path>}}]``; its
     model loads ``derived_model.pt`` in a fresh process (``build_ctr_model`` + ``load_state_dict``).
     Dense weights come from ``train_model`` (the searched ``CTRTrain``); table values from ``weights``.
     """
@@ -182,8 +182,13 @@ def save_derived(run_dir: str | Path, cfg: Any, train_model: nn.Module, layout: 
     run_dir.mkdir(parents=True, exist_ok=True)
     layout_path = (run_dir / "layout.pt").resolve()
     save_layout(layout, layout_path)
+    from recsys_emb.config.embedding import EmbeddingSpec, TableGroup, technique_entry
+
+    (group,) = cfg.embedding.groups  # a search config (search_config): one group, chain [technique]
+    technique = next(n for n, _ in (technique_entry(e, group.name) for e in group.chain) if n != "plain")
     new_cfg = dataclasses.replace(
-        cfg, embedding=dataclasses.replace(cfg.embedding, options={"compact_layout": str(layout_path)}), name=f"{cfg.name}_derived"
+        cfg, embedding=EmbeddingSpec(groups=[TableGroup(name=group.name, chain=[{technique: {"compact_layout": str(layout_path)}}])]),
+        name=f"{cfg.name}_derived",
     )
     save_config(new_cfg, run_dir / "derived_config.yaml")
     state = {k: v.detach().cpu().clone() for k, v in train_model.state_dict().items() if not k.startswith("model.embedding.")}

@@ -10,10 +10,9 @@ import pytest
 import torch
 from torchrec import EmbeddingBagCollection
 
-from recsys_emb.config.experiment import EmbeddingConfig
 from recsys_emb.data.dataset import BatchIterator, PreparedCTRData, write_jagged
 from recsys_emb.data.movielens import GENRES, prepare_movielens_100k, read_movielens_100k
-from recsys_emb.modules.registry import build_embedding
+from recsys_emb.modules.spec import build_embedding
 from recsys_emb.modules.unified import hash_coefficients
 from recsys_emb.train.tasks.ctr import table_configs
 from tests.conftest import make_prepared
@@ -124,7 +123,7 @@ def test_unified_and_plain_ebc_pool_genre_bags(tmp_path: Path, layout: str) -> N
     want = torch.stack([weight[b].sum(0) if len(b) else torch.zeros(8) for b in bags])
     torch.testing.assert_close(plain(kjt)["genres"], want)
     options = {"layout": layout, "hash_seed": 3, **({"num_rows": 37} if layout == "multiplexed" else {})}
-    unified = build_embedding(EmbeddingConfig("unified", options), tables, data=data)
+    unified = build_embedding([{"unified": options}], tables, data=data)
     (name, table), = ((n, t) for n, t in unified.lookup.ebc.embedding_bags.items() if layout == "multiplexed" or n.endswith("genres"))
     w = table.weight.detach()
     if layout == "multiplexed":  # rows from the documented salted hash, computed here with Python ints

@@ -57,12 +57,11 @@ def make_module(kind: str, device: str) -> nn.Module:
                   for i, f in enumerate(FEATURES)]
         return EmbeddingCollection(tables=tables, device=torch.device(device))
     if kind == "unified":  # feature multiplexing: 2 salted probes per feature into one shared table
-        from recsys_emb.config.experiment import EmbeddingConfig as TechniqueConfig
-        from recsys_emb.modules.registry import build_embedding
+        from recsys_emb.modules.spec import build_embedding
 
         tables = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=16, num_embeddings=40 + 10 * i, feature_names=[f])
                   for i, f in enumerate(FEATURES)]
-        return build_embedding(TechniqueConfig(type="unified", options={"num_rows": 64, "probes": 2}), tables, device)
+        return build_embedding([{"unified": {"num_rows": 64, "probes": 2}}], tables, device)
     shared = [EmbeddingBagConfig(name="shared", embedding_dim=16, num_embeddings=64, feature_names=FEATURES)]
     return TransformedEmbeddingBagCollection(SaltedRemap(64), shared, device=device)
 

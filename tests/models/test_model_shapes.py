@@ -85,7 +85,7 @@ def test_mixed_dims_rejected(helpers, name: str) -> None:  # noqa: ANN001
 
 def test_lr_refuses_embedding_module(helpers) -> None:  # noqa: ANN001
     ebc = EmbeddingBagCollection(helpers.small_tables())
-    with pytest.raises(ValueError, match="'lr' builds its own per-id weight tables"):
+    with pytest.raises(ValueError, match="'lr' has per-id weight tables only"):
         build_model(ModelConfig(name="lr"), ebc, helpers.small_tables(), NUM_DENSE)
 
 

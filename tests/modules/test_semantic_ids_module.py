@@ -9,8 +9,8 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys_emb.config.experiment import EmbeddingConfig
-from recsys_emb.modules.registry import build_embedding
+from recsys_emb.config.embedding import EmbeddingSpec, TableGroup
+from recsys_emb.modules.spec import PooledGroups, build_pooled
 from recsys_emb.modules.semantic_ids import (
     SemanticIdTransform,
     item_piece_rows,
@@ -113,15 +113,24 @@ def test_transform_id_offset_unknown_ids_and_missing_feature():
         t(KeyedJaggedTensor.from_lengths_sync(["other"], torch.tensor([1]), torch.tensor([1])))
 
 
-def test_registry_builds_dcnv2_and_dlrm_with_sid_features(tmp_path):
+def sid_spec(**options) -> EmbeddingSpec:
+    """SID pieces for the item feature, plain tables for the rest."""
+    return EmbeddingSpec(groups=[TableGroup(name="item", features=["item"], chain=[{"semantic_ids": options}]),
+                                 TableGroup(name="rest")])
+
+
+def spec_module(spec: EmbeddingSpec):
+    return build_pooled(spec, {"user": 5, "item": 6}, D, family="dcnv2", prefix="t_")
+
+
+def test_spec_builds_dcnv2_and_dlrm_with_sid_features(tmp_path):
     from recsys_emb.config.model import ModelConfig
     from recsys_emb.models import build_model
 
     SemanticIds.from_codes([str(i) for i in range(6)], CODES, SIZES).save(tmp_path / "sids.npz")
     for tok in ("unigram", "bigram", "prefix_ngram"):
-        cfg = EmbeddingConfig(type="semantic_ids", options={"codes": str(tmp_path / "sids.npz"), "features": ["item"], "tokenizer": tok})
-        emb = build_embedding(cfg, tables())
-        assert isinstance(emb, TransformedEmbeddingBagCollection)
+        emb = spec_module(sid_spec(codes=str(tmp_path / "sids.npz"), tokenizer=tok, mapping="dense"))
+        assert isinstance(emb, PooledGroups) and isinstance(emb.groups["item"], TransformedEmbeddingBagCollection)
         for name in ("dcnv2", "dlrm"):
             model = build_model(ModelConfig(name=name, embedding_dim=D), emb, tables(), 3)
             logits = model(torch.randn(3, 3), batch())
@@ -129,29 +138,40 @@ def test_registry_builds_dcnv2_and_dlrm_with_sid_features(tmp_path):
             logits.sum().backward()
 
 
-def test_registry_sentencepiece_and_hash(tmp_path):
+def test_spec_sentencepiece_and_hash(tmp_path):
     from recsys_emb.semantic_ids.tokenizers import SentencePieceTokenizer
 
     sids = SemanticIds.from_codes([str(i) for i in range(6)], CODES, SIZES)
     sids.save(tmp_path / "sids.npz")
     SentencePieceTokenizer.train(sids.codes, sids.level_sizes, vocab_size=16).save(tmp_path / "sp.model")
-    opts = SemanticIdOptions(codes=str(tmp_path / "sids.npz"), features=["item"], tokenizer="sentencepiece",
-                             sentencepiece_model=str(tmp_path / "sp.model"))
-    offsets, rows, n = item_piece_rows(sids.codes, sids.level_sizes, opts)
-    assert rows.max() < n and len(offsets) == 7
-    cfg = EmbeddingConfig(type="semantic_ids", options={"codes": str(tmp_path / "sids.npz"), "features": ["item"],
-                                                        "mapping": "hash", "num_rows": 11})
-    emb = build_embedding(cfg, tables())
-    assert emb.embedding_bag_configs()[-1].num_embeddings == 11
+    opts = SemanticIdOptions(codes=str(tmp_path / "sids.npz"), tokenizer="sentencepiece", sentencepiece_model=str(tmp_path / "sp.model"))
+    offsets, rows, n, codes = item_piece_rows(opts, None)
+    assert rows.max() < n and len(offsets) == 7 and np.array_equal(codes, sids.codes)
+    emb = spec_module(sid_spec(codes=str(tmp_path / "sids.npz"), mapping="hash", num_rows=11))
+    assert emb.groups["item"].embedding_bag_configs()[-1].num_embeddings == 11
     assert emb(batch())["item"].shape == (3, D)
+
+
+def test_with_id_adds_the_item_row_to_its_pieces(tmp_path):
+    """``with_id``: pooled = id row + SID pieces, so zero piece rows leave exactly the plain id table."""
+    SemanticIds.from_codes([str(i) for i in range(6)], CODES, SIZES).save(tmp_path / "sids.npz")
+    emb = spec_module(sid_spec(codes=str(tmp_path / "sids.npz"), tokenizer="unigram", mapping="dense", with_id=True))
+    sid = emb.groups["item"]
+    weight = sid.ebc.embedding_bags["t_item"].weight
+    pieces = weight.shape[0] - 6
+    with torch.no_grad():
+        weight[:pieces] = 0.0
+    out = emb(batch())["item"]  # item bags [[1, 5], [], [7]]: 7 is unknown -> piece row 0 only
+    expected = torch.stack([weight[pieces + 1] + weight[pieces + 5], torch.zeros(D), torch.zeros(D)])
+    assert torch.equal(out.detach(), expected.detach())
 
 
 def test_bad_options_are_clear():
     from recsys_emb.config.io import ConfigError
 
     with pytest.raises(ConfigError, match="did you mean"):
-        build_embedding(EmbeddingConfig(type="semantic_ids", options={"codes": "x", "features": ["item"], "tokeniser": "u"}), tables())
+        spec_module(sid_spec(codes="x", tokeniser="u"))
     with pytest.raises(ValueError, match="have no table"):
         semantic_id_embedding_bag_collection(tables(), ["nope"], np.array([0, 1]), np.array([1]), 2)
     with pytest.raises(ValueError, match="required"):
-        SemanticIdOptions(codes="", features=["item"])
+        SemanticIdOptions(codes="")

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 
-from recsys_emb.config.experiment import EmbeddingConfig, ExperimentConfig
+from recsys_emb.config.experiment import ExperimentConfig
 from recsys_emb.config.io import ConfigError, load_config
-from recsys_emb.modules.registry import build_embedding
+from recsys_emb.modules.spec import build_embedding
 from recsys_emb.modules.unified import (
     MERSENNE_61,
     MultiplexGroup,
@@ -166,7 +166,7 @@ def test_reduction_one_probe_identity_equals_plain_ebc_bit_for_bit() -> None:
     assert got.keys() == want.keys() and got.length_per_key() == want.length_per_key()
     assert torch.equal(got.values(), want.values())
     # The collisionless baseline through the registry is the same reduction (one identity table per feature).
-    full = build_embedding(EmbeddingConfig("unified", {"layout": "collisionless"}), base_tables(vocab, 8))
+    full = build_embedding([{"unified": {"layout": "collisionless"}}], base_tables(vocab, 8))
     full.load_state_dict({f"lookup.ebc.embedding_bags.full_{f}.weight": plain.embedding_bags[f"t_{f}"].weight for f in vocab}, strict=False)
     assert torch.equal(full(kjt).values(), want.values())
     with pytest.raises(ValueError, match="outside its vocabulary"):
@@ -220,11 +220,11 @@ def test_gradient_on_shared_row_is_sum_of_per_feature_gradients() -> None:
 def test_save_load_and_other_process_give_identical_rows(tmp_path: Path) -> None:
     vocab = {"a": 1000, "b": 1000}
     opts = {"budget_fraction": 0.3, "probes": 2, "hash_seed": 7}
-    m = build_embedding(EmbeddingConfig("unified", opts), base_tables(vocab, 8))
+    m = build_embedding([{"unified": opts}], base_tables(vocab, 8))
     kjt = random_kjt(["a", "b"], vocab, batch=32, seed=5)
     rows = m.lookup.transform(kjt).values()
     torch.save(m.state_dict(), tmp_path / "m.pt")
-    other = build_embedding(EmbeddingConfig("unified", {**opts, "hash_seed": 99}), base_tables(vocab, 8))
+    other = build_embedding([{"unified": {**opts, "hash_seed": 99}}], base_tables(vocab, 8))
     assert not torch.equal(other.lookup.transform(kjt).values(), rows)
     other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     assert torch.equal(other.lookup.transform(kjt).values(), rows)
@@ -232,10 +232,9 @@ def test_save_load_and_other_process_give_identical_rows(tmp_path: Path) -> None
     script = (
         "import torch, json, sys\n"
         "from torchrec import EmbeddingBagConfig, KeyedJaggedTensor\n"
-        "from recsys_emb.config.experiment import EmbeddingConfig\n"
-        "from recsys_emb.modules.registry import build_embedding\n"
+        "from recsys_emb.modules.spec import build_embedding\n"
         "t = [EmbeddingBagConfig(name=f't_{f}', embedding_dim=8, num_embeddings=1000, feature_names=[f]) for f in 'ab']\n"
-        f"m = build_embedding(EmbeddingConfig('unified', {opts!r}), t)\n"
+        f"m = build_embedding([{{'unified': {opts!r}}}], t)\n"
         f"k = KeyedJaggedTensor(keys=['a','b'], values=torch.tensor({kjt.values().tolist()}), lengths=torch.tensor({kjt.lengths().tolist()}), stride=32)\n"
         "print(json.dumps(m.lookup.transform(k).values().tolist()))\n"
     )
@@ -250,7 +249,7 @@ def test_parameter_bytes_are_exact_and_baselines_have_equal_bytes() -> None:
     full_bytes = sum(vocab.values()) * 16 * 4
     built = {}
     for layout in ("multiplexed", "per_feature_hashing"):
-        m = build_embedding(EmbeddingConfig("unified", {"layout": layout, "budget_fraction": 0.2}), tables)
+        m = build_embedding([{"unified": {"layout": layout, "budget_fraction": 0.2}}], tables)
         params = sum(p.numel() * p.element_size() for p in m.parameters())
         assert m.parameter_bytes() == params == m.byte_report()["parameter_bytes"]
         budget = int(0.2 * full_bytes)
@@ -262,9 +261,9 @@ def test_parameter_bytes_are_exact_and_baselines_have_equal_bytes() -> None:
     total = sum(rows.values()) - 1
     for f in "abc":  # the rest is split in proportion to vocabulary size (largest remainder)
         assert abs(rows[f] - total * vocab[f] / (sum(vocab.values()) - 1)) < 1
-    full = build_embedding(EmbeddingConfig("unified", {"layout": "collisionless"}), tables)
+    full = build_embedding([{"unified": {"layout": "collisionless"}}], tables)
     assert full.parameter_bytes() == full_bytes == full.byte_report()["collisionless_bytes"]
-    m = build_embedding(EmbeddingConfig("unified", {"budget_bytes": 64_000, "probes": 2}), tables)
+    m = build_embedding([{"unified": {"budget_bytes": 64_000, "probes": 2}}], tables)
     assert m.output_feature_dims() == [(f, 16) for f in vocab] and m.chunk_dim == 8
     assert m.parameter_bytes() == 64_000 == sum(p.numel() * 4 for p in m.parameters())
 
@@ -272,21 +271,21 @@ def test_parameter_bytes_are_exact_and_baselines_have_equal_bytes() -> None:
 def test_several_groups_and_config_errors() -> None:
     vocab = {"a": 100, "b": 100, "c": 400}
     tables = base_tables(vocab, 8)
-    m = build_embedding(EmbeddingConfig("unified", {"groups": [["a", "c"], ["b"]], "num_rows": [64, 16]}), tables)
+    m = build_embedding([{"unified": {"groups": [["a", "c"], ["b"]], "num_rows": [64, 16]}}], tables)
     assert [(c.name, c.num_embeddings) for c in m.embedding_bag_configs()] == [("unified_0", 64), ("unified_1", 16)]
     assert [f for f, _ in m.output_feature_dims()] == ["a", "b", "c"]
     rows = m.lookup.transform(random_kjt(["a", "b", "c"], vocab, 8, seed=1)).to_dict()
     assert int(rows["b@0"].values().max()) < 16 and int(rows["c@0"].values().max()) < 64
     with pytest.raises(ValueError, match="listed in two groups"):
-        build_embedding(EmbeddingConfig("unified", {"groups": [["a", "b"], ["b", "c"]], "num_rows": 10}), tables)
+        build_embedding([{"unified": {"groups": [["a", "b"], ["b", "c"]], "num_rows": 10}}], tables)
     with pytest.raises(ValueError, match="missing"):
-        build_embedding(EmbeddingConfig("unified", {"groups": [["a", "b"]], "num_rows": 10}), tables)
+        build_embedding([{"unified": {"groups": [["a", "b"]], "num_rows": 10}}], tables)
     with pytest.raises(ValueError, match="fewer than one row per probe"):
-        build_embedding(EmbeddingConfig("unified", {"budget_bytes": 20, "probes": 2}), tables)
+        build_embedding([{"unified": {"budget_bytes": 20, "probes": 2}}], tables)
     with pytest.raises(ConfigError, match="did you mean 'num_rows'"):
-        build_embedding(EmbeddingConfig("unified", {"num_row": 10}), tables)
+        build_embedding([{"unified": {"num_row": 10}}], tables)
     with pytest.raises(ConfigError, match="exactly one of"):
-        build_embedding(EmbeddingConfig("unified", {"num_rows": 10, "budget_bytes": 100}), tables)
+        build_embedding([{"unified": {"num_rows": 10, "budget_bytes": 100}}], tables)
     with pytest.raises(ValueError, match="two multiplexing groups"):
         UnifiedEmbeddingBagCollection([MultiplexGroup("x", ["a"], 4), MultiplexGroup("y", ["a"], 4)], chunk_dim=4)
 
@@ -302,10 +301,10 @@ def test_trains_inside_ctr_models_through_the_registry(model: str, tmp_path: Pat
         REPO / "configs" / "criteo_unified_tiny.yaml",
         [f"data.train={train_dir}", f"data.test={test_dir}", f"data.cache_dir={tmp_path / 'cache'}", f"model.name={model}"],
     )
-    assert cfg.embedding.type == "unified"
+    assert "unified" in cfg.embedding.groups[0].chain[0]
     results = train(cfg, tmp_path / "run")
     assert results["test"]["auc"] > 0.7, results  # labels depend on C1's id: hashing into the shared table keeps it learnable
-    expected = build_embedding(cfg.embedding, base_tables(dict.fromkeys(["C1", "C2", "C3", "C4"], 50), 8))
+    expected = build_embedding(cfg.embedding.groups[0].chain, base_tables(dict.fromkeys(["C1", "C2", "C3", "C4"], 50), 8))
     first_order = 4 * 50 * cfg.model.first_order_dim if model == "deepfm" else 0  # DeepFM's per-id weights stay per feature
     assert results["embedding_parameters"] == expected.parameter_bytes() // 4 + first_order
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
@@ -320,7 +319,7 @@ def test_trains_inside_ctr_models_through_the_registry(model: str, tmp_path: Pat
 def test_unified_configs_load_and_build(name: str) -> None:
     cfg = load_config(ExperimentConfig, REPO / "configs" / f"{name}.yaml")
     vocab = {"user": 945, "item": 1614, "gender": 4, "age": 63, "occupation": 23, "zip": 384, "genres": 217}
-    module = build_embedding(cfg.embedding, base_tables(vocab, cfg.model.embedding_dim))
+    module = build_embedding(cfg.embedding.groups[0].chain, base_tables(vocab, cfg.model.embedding_dim))
     assert [d for _, d in module.output_feature_dims()] == [cfg.model.embedding_dim] * len(vocab)
     report = module.byte_report()
-    assert report["parameter_bytes"] <= cfg.embedding.options["budget_fraction"] * report["collisionless_bytes"]
+    assert report["parameter_bytes"] <= cfg.embedding.groups[0].chain[0]["unified"]["budget_fraction"] * report["collisionless_bytes"]

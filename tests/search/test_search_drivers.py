@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from recsys_emb.config.embedding import EmbeddingSpec
+
 from recsys_emb.config.experiment import ExperimentConfig
 from recsys_emb.config.io import load_config
 from recsys_emb.search import dnis as dnis_search
@@ -92,7 +94,7 @@ def test_dnis_search_resume_equals_uninterrupted(data: Path, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("technique", ["dnis", "optembed"])
 def test_search_derive_and_load_in_a_fresh_process(technique: str, data: Path, tmp_path: Path) -> None:
-    extra = ["embedding.options.search.budget=0.5"] if technique == "optembed" else []
+    extra = ["embedding.groups.0.chain.0.optembed.search.budget=0.5"] if technique == "optembed" else []
     cfg = tiny(technique, data, "train.tensorboard=false", *extra)
     run_dir = tmp_path / "run"
     report = run_search_experiment(cfg, technique, run_dir, retrain=False, progress=False)
@@ -142,19 +144,19 @@ def test_cli_search_with_retrain_and_resume_guard(data: Path, tmp_path: Path) ->
 def test_noise_features_get_fewer_dims(tmp_path: Path) -> None:
     # make_prepared: the label depends on C1 only; C2..C4 are pure noise.
     data = make_prepared(tmp_path / "noise", 12000, vocab=30, seed=3)
-    cfg = tiny("dnis", data, "train.tensorboard=false", "embedding.options.search.warmup_steps=100",
-               "embedding.options.search.search_steps=200", "embedding.options.search.l1=0.003",
-               "embedding.options.search.target_compression=0.6")
+    cfg = tiny("dnis", data, "train.tensorboard=false", "embedding.groups.0.chain.0.dnis.search.warmup_steps=100",
+               "embedding.groups.0.chain.0.dnis.search.search_steps=200", "embedding.groups.0.chain.0.dnis.search.l1=0.003",
+               "embedding.groups.0.chain.0.dnis.search.target_compression=0.6")
     report = run_search_experiment(cfg, "dnis", tmp_path / "dnis", retrain=False, progress=False)
     alpha = {f: torch.tensor(a).mean().item() for f, a in report["search"]["alpha"].items()}
     assert alpha["C1"] > max(alpha["C2"], alpha["C3"], alpha["C4"])
     kept = {f: sum(r * d for r, d in zip(i["part_rows"], i["part_dims"])) for f, i in report["features"].items()}
     assert kept["C1"] >= max(kept["C2"], kept["C3"], kept["C4"])
 
-    cfg = tiny("optembed", data, "train.tensorboard=false", "embedding.options.search.supernet_steps=200",
-               "embedding.options.search.generations=3", "embedding.options.search.keep=3",
-               "embedding.options.search.mutations=3", "embedding.options.search.crossovers=3",
-               "embedding.options.threshold_reg=0.01")
+    cfg = tiny("optembed", data, "train.tensorboard=false", "embedding.groups.0.chain.0.optembed.search.supernet_steps=200",
+               "embedding.groups.0.chain.0.optembed.search.generations=3", "embedding.groups.0.chain.0.optembed.search.keep=3",
+               "embedding.groups.0.chain.0.optembed.search.mutations=3", "embedding.groups.0.chain.0.optembed.search.crossovers=3",
+               "embedding.groups.0.chain.0.optembed.threshold_reg=0.01")
     report = run_search_experiment(cfg, "optembed", tmp_path / "optembed", retrain=False, progress=False)
     kept = {f: i["kept_rows"] * sum(i["part_dims"]) for f, i in report["features"].items()}
     assert kept["C1"] >= max(kept["C2"], kept["C3"], kept["C4"])
@@ -166,9 +168,9 @@ def test_technique_models_reduce_to_the_plain_model(technique: str, model_name: 
     from recsys_emb.data.dataset import PreparedCTRData
     from recsys_emb.train.tasks.ctr import build_ctr_model
 
-    options = ["embedding.options.frequency=index"] if technique == "dnis" else ["embedding.options.field_dims={C1: 8, C2: 8, C3: 8, C4: 8}"]
+    options = [f"embedding.groups.0.chain.0.{technique}." + ("frequency=index" if technique == "dnis" else "field_dims={C1: 8, C2: 8, C3: 8, C4: 8}")]
     cfg = tiny(technique, data, f"model.name={model_name}", *options)
-    plain_cfg = dataclasses.replace(cfg, embedding=dataclasses.replace(cfg.embedding, type="ebc", options={}))
+    plain_cfg = dataclasses.replace(cfg, embedding=EmbeddingSpec())
     prepared = PreparedCTRData.open(data)
     torch.manual_seed(0)
     plain = build_ctr_model(plain_cfg, prepared)

@@ -23,10 +23,11 @@ from torch import nn
 from torchrec import EmbeddingBagConfig
 
 from recsys_emb.config.experiment import ExperimentConfig
-from recsys_emb.config.io import save_config
+from recsys_emb.config.io import ConfigError, save_config
 from recsys_emb.data.dataset import Batch, BatchIterator, PreparedCTRData
 from recsys_emb.data.resolve import Split, resolve_data
 from recsys_emb.models import build_model
+from recsys_emb.models.lr import FIRST_ORDER_SUFFIX
 from recsys_emb.models.train import CTRTrain
 from recsys_emb.train.env import DistEnv
 from recsys_emb.train.metrics import CTRMetrics
@@ -46,13 +47,34 @@ def table_configs(data: PreparedCTRData, embedding_dim: int, init_bound: float |
 
 
 def build_ctr_model(cfg: ExperimentConfig, data: PreparedCTRData, device: str | torch.device = "cpu") -> nn.Module:
-    """The unsharded ``CTRTrain(model)`` for a config and its training data (``device='meta'`` for DMP)."""
-    from recsys_emb.modules.registry import build_embedding
+    """The unsharded ``CTRTrain(model)`` for a config and its training data (``device='meta'`` for DMP).
 
-    tables = table_configs(data, cfg.model.embedding_dim, cfg.model.embedding_init_bound)
-    embedding = build_embedding(cfg.embedding, tables, torch.device(device), data=data)
-    model = build_model(cfg.model, embedding, tables, len(data.dense_features), device=torch.device(device))
-    return CTRTrain(model)
+    Every table comes from ``cfg.embedding`` (recsys_emb/modules/spec.py): the embedding of the
+    factorised models and the per-id weights of ``lr`` / ``deepfm`` (``<table>_first_order``: the same
+    pre-transforms and layout at ``first_order_dim``, zero-initialised, without post-transforms)."""
+    from recsys_emb.modules.spec import assign_groups, build_pooled, resolve_chain, uniform_init
+
+    m = cfg.model
+    vocab = dict(zip(data.sparse_features, data.vocab_sizes))
+    groups = assign_groups(cfg.embedding, list(vocab), family=m.name)
+    dev = torch.device(device)
+    context = {"data": data}
+    embedding = first_order = None
+    if m.name != "lr":
+        embedding = build_pooled(cfg.embedding, vocab, m.embedding_dim, family=m.name, prefix="t_",
+                                 init=uniform_init(m.embedding_init_bound), context=context, device=dev, groups=groups)
+    else:
+        for group, _ in groups:
+            post = [t.name for t, _ in resolve_chain(group, sequence=False).post]
+            if post:
+                raise ConfigError(f"embedding group '{group.name}': '{post[0]}' searches embedding dims, but 'lr' has "
+                                  "one weight per id; use it with dlrm, dcnv2 or deepfm")
+    if m.name in ("lr", "deepfm"):
+        first_order = build_pooled(cfg.embedding, vocab, m.first_order_dim, family=m.name, prefix="t_", suffix=FIRST_ORDER_SUFFIX,
+                                   init={"weight_init_min": 0.0, "weight_init_max": 0.0}, context=context, device=dev,
+                                   post=False, groups=groups)
+    tables = table_configs(data, m.embedding_dim, m.embedding_init_bound)
+    return CTRTrain(build_model(m, embedding, tables, len(data.dense_features), device=dev, first_order=first_order))
 
 
 @torch.no_grad()
