@@ -24,9 +24,9 @@ or category never seen at a training position: unseen items at test time), known
 ascending raw-id order. Recency positions: ``1`` = the most recent behaviour, ``L`` = the oldest kept;
 ``0`` is the target's own position.
 
-A batch is a :class:`SequenceBatch` (a ``torchrec`` ``Batch`` with ``users``): its KJT holds six keys,
-``hist_item, hist_cat, hist_pos`` (jagged, the history, oldest first) and ``target_item, target_cat,
-target_pos`` (one id per example). Nothing is padded.
+A batch is a :class:`SequenceBatch` (a ``torchrec`` ``Batch`` with ``users``): its KJT holds seven keys,
+``hist_item, hist_cat, hist_pos`` (jagged, the history, oldest first), ``target_item, target_cat,
+target_pos`` (one id per example) and ``user`` (the user index, a side feature). Nothing is padded.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ OOV_ID = 1
 FIRST_ID = 2
 HISTORY_KEYS = ("hist_item", "hist_cat", "hist_pos")
 TARGET_KEYS = ("target_item", "target_cat", "target_pos")
-FEATURE_KEYS = HISTORY_KEYS + TARGET_KEYS
-GROUPS = ("item", "category", "position")  # one table (or one attention + one representation table) per group
-GROUP_FEATURES = {"item": ("hist_item", "target_item"), "category": ("hist_cat", "target_cat"), "position": ("hist_pos", "target_pos")}
+SIDE_FEATURES = ("user",)  # pooled per-example features in every batch (user: the user index)
+FEATURE_KEYS = HISTORY_KEYS + TARGET_KEYS + SIDE_FEATURES
+# fields: a behaviour-history key and a target key that share one embedding (model.fields picks the token's)
+FIELDS = {"item": ("hist_item", "target_item"), "category": ("hist_cat", "target_cat"), "position": ("hist_pos", "target_pos")}
 
 # dataset name -> (file stem of the sequences, kind)
 AMAZON_STEMS = {"amazon_beauty": "Beauty", "amazon_sports": "Sports_and_Outdoors", "amazon_lastfm": "LastFM"}
@@ -426,9 +427,9 @@ class SequenceDataset:
         recency = np.repeat(end, lens) - flat  # 1 = most recent
         ones = np.ones(len(lens), dtype=np.int64)
         values = np.concatenate(
-            [self.items[flat], self.categories[flat], recency, ex.target_item, ex.target_cat, np.zeros(len(lens), dtype=np.int64)]
+            [self.items[flat], self.categories[flat], recency, ex.target_item, ex.target_cat, np.zeros(len(lens), dtype=np.int64), ex.user]
         )
-        lengths = np.concatenate([lens, lens, lens, ones, ones, ones])
+        lengths = np.concatenate([lens, lens, lens, ones, ones, ones, ones])
         kjt = KeyedJaggedTensor(
             keys=list(FEATURE_KEYS), values=torch.from_numpy(values.astype(np.int64)), lengths=torch.from_numpy(lengths.astype(np.int32))
         )
@@ -450,8 +451,8 @@ class SequenceDataset:
 
     # -------------------------------------------------------------------------------- statistics
     def table_sizes(self) -> dict[str, int]:
-        """Rows per feature group (item, category, position)."""
-        return {"item": self.num_items, "category": self.num_categories, "position": self.num_positions}
+        """Rows per field (item, category, position) and side feature (user)."""
+        return {"item": self.num_items, "category": self.num_categories, "position": self.num_positions, "user": self.num_users}
 
     def feature_frequencies(self) -> dict[str, np.ndarray]:
         """n_j per table row: occurrences in the POSITIVE training examples (as target or behaviour).

@@ -19,12 +19,13 @@ Faithful to the paper:
   embeddings (one per distinct id), so it works with sharded tables and fused optimizers;
 * GAUC / RelaImpr: recsys_emb/train/ranking_metrics.py.
 
-Deviations: no user-profile or context features (the data sets have none), the behaviour and target
-tokens also carry a recency-position embedding (target position 0), and the MLP has no input
-BatchNorm. The histories stay jagged end to end: the activation unit runs on the ``(N, .)`` values of
+Deviations: user-profile / context features are the optional pooled side features (the user id on
+our data sets) concatenated to the MLP input; the behaviour and target tokens also carry a
+recency-position embedding (target position 0), and the MLP has no input BatchNorm. The histories stay jagged end to end: the activation unit runs on the ``(N, .)`` values of
 the behaviours (``N`` = total history length of the batch) and pooling is a segment sum. With a
 ``DecoupledEmbeddingCollection`` in DARE mode the activation unit sees the attention embeddings and the
 pooled values / target representation come from the representation embeddings (tied = plain DIN).
+Every table comes from the embedding spec (recsys_emb/models/sequence.py).
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
-
-from recsys_emb.data.sequences import GROUP_FEATURES
 
 ACTIVATIONS = ("dice", "prelu", "relu", "sigmoid")
 
@@ -158,16 +157,20 @@ def jagged_weighted_sum(weights: Tensor, values: Tensor, lengths: Tensor) -> Ten
     return out.index_add(0, seg, weights.unsqueeze(1) * values)
 
 
-def sequence_tokens(embeddings: Mapping[str, JaggedTensor], groups: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
-    """Concatenate the groups' embeddings into behaviour and target tokens.
+def sequence_tokens(embeddings: Mapping[str, JaggedTensor], fields: Mapping[str, tuple[str, str]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Concatenate the fields' embeddings into behaviour and target tokens.
+
+    Args:
+        embeddings: KJT key -> JaggedTensor of its looked-up rows.
+        fields: field -> (history key, target key), in token order.
 
     Returns:
-        ``(behaviours (N, G*D), lengths (B,), targets (B, G*D))``.
+        ``(behaviours (N, E), lengths (B,), targets (B, E))``, E = the sum of the fields' dims.
     """
-    hist = [embeddings[GROUP_FEATURES[g][0]] for g in groups]
+    hist = [embeddings[h] for h, _ in fields.values()]
     lengths = hist[0].lengths()
-    behaviours = torch.cat([jt.values() for jt in hist], dim=1)  # (N, G*D)
-    targets = torch.cat([embeddings[GROUP_FEATURES[g][1]].values() for g in groups], dim=1)  # (B, G*D)
+    behaviours = torch.cat([jt.values() for jt in hist], dim=1)  # (N, E)
+    targets = torch.cat([embeddings[t].values() for _, t in fields.values()], dim=1)  # (B, E)
     if targets.shape[0] != lengths.numel():
         raise ValueError(f"every example needs exactly one target id per feature: {targets.shape[0]} targets for {lengths.numel()} rows")
     return behaviours, lengths, targets
@@ -180,22 +183,23 @@ class MiniBatchAwareL2(nn.Module):
     """``lambda/2 * sum_{j in batch} ||w_j||^2 / n_j`` per table, from the looked-up rows (DIN Sec. 4.2).
 
     Args:
-        frequencies: feature group -> (rows,) training-set occurrence counts ``n_j`` (clamped to >= 1).
+        frequencies: field -> (rows,) training-set occurrence counts ``n_j`` (clamped to >= 1).
         lam: lambda.
-        groups: the feature groups whose tables are regularised.
+        fields: field -> its KJT keys (history, target), the fields whose tables are regularised.
     """
 
-    def __init__(self, frequencies: Mapping[str, Tensor], lam: float, groups: Sequence[str]) -> None:
+    def __init__(self, frequencies: Mapping[str, Tensor], lam: float, fields: Mapping[str, Sequence[str]]) -> None:
         super().__init__()
         self.lam = lam
-        self.groups = list(groups)
+        self.fields = {f: list(keys) for f, keys in fields.items()}
+        self.groups = list(self.fields)
         for g in self.groups:
             self.register_buffer(f"inv_freq_{g}", 1.0 / torch.as_tensor(frequencies[g], dtype=torch.float32).clamp(min=1.0), persistent=False)
 
     def forward(self, features: KeyedJaggedTensor, embeddings: Mapping[str, JaggedTensor]) -> Tensor:
         total = torch.zeros((), device=features.values().device)
         for g in self.groups:
-            keys = GROUP_FEATURES[g]
+            keys = self.fields[g]
             ids = torch.cat([features[k].values() for k in keys]).long()  # (M,)
             rows = torch.cat([embeddings[k].values() for k in keys])  # (M, D)
             if ids.numel() == 0:
@@ -225,55 +229,50 @@ class LocalActivationUnit(nn.Module):
 class DIN(nn.Module):
     """DIN over jagged behaviour sequences: ``forward(kjt) -> logits (B,)``.
 
-    Shapes: B examples, N = total history length in the batch, G feature groups, D_a / D_r attention /
-    representation dims (equal and shared for plain DIN), E_a = G*D_a, E_r = G*D_r.
+    Shapes: B examples, N = total history length in the batch, E_a / E_r = token dims of the attention /
+    representation embeddings (the sum of the fields' dims; equal and shared for plain DIN), S = the
+    side features' width (0 without side features).
 
     Args:
-        embedding: a ``DecoupledEmbeddingCollection`` (tied = plain DIN, decoupled = DIN + DARE).
-        groups: feature groups forming a token, e.g. ``("item", "category", "position")``.
+        embedding: a :class:`recsys_emb.models.sequence.SequenceEmbedding` (its ``fields`` form the token;
+            tied roles = plain DIN, ``dare`` = DIN + DARE; side features are concatenated to the MLP input).
         config: DIN options.
-        frequencies: per group training-set row counts (needed when ``config.mba_lambda > 0``).
+        frequencies: per field training-set row counts (needed when ``config.mba_lambda > 0``).
 
     Example::
 
-        emb = DecoupledEmbeddingCollection(coupled_table_configs(ds.table_sizes(), 16))
-        model = DIN(emb, ("item", "category", "position"), DINConfig())
+        emb = build_sequence_embedding(model_cfg, spec, facts)   # recsys_emb/models/sequence.py
+        model = DIN(emb, DINConfig())
         logits = model(batch.sparse_features)  # (B,)
     """
 
-    def __init__(
-        self,
-        embedding: nn.Module,
-        groups: Sequence[str],
-        config: DINConfig,
-        frequencies: Mapping[str, Tensor] | None = None,
-    ) -> None:
+    def __init__(self, embedding: nn.Module, config: DINConfig, frequencies: Mapping[str, Tensor] | None = None) -> None:
         super().__init__()
         self.embedding = embedding
-        self.groups = list(groups)
+        self.fields = dict(embedding.fields)
         self.config = config
-        att_dim = len(self.groups) * embedding.attention_dim
-        rep_dim = len(self.groups) * embedding.representation_dim
+        att_dim, rep_dim = embedding.attention_dim, embedding.representation_dim
         self.activation_unit = LocalActivationUnit(att_dim, config.attention_hidden, config.attention_activation, config.dice_momentum, config.dice_eps)
-        self.mlp = ActivationMLP(2 * rep_dim, config.mlp, 1, config.mlp_activation, config.dice_momentum, config.dice_eps)
+        self.mlp = ActivationMLP(2 * rep_dim + embedding.side_dim, config.mlp, 1, config.mlp_activation, config.dice_momentum, config.dice_eps)
         self.mba: MiniBatchAwareL2 | None = None
         if config.mba_lambda > 0:
             if frequencies is None:
                 raise ValueError("din.mba_lambda > 0 needs the training-set frequencies n_j (SequenceDataset.feature_frequencies())")
-            self.mba = MiniBatchAwareL2(frequencies, config.mba_lambda, self.groups)
+            self.mba = MiniBatchAwareL2(frequencies, config.mba_lambda, self.fields)
         self._last: tuple[KeyedJaggedTensor, dict, dict] | None = None
 
     def forward(self, features: KeyedJaggedTensor) -> Tensor:
-        att, rep = self.embedding(features)
-        keys, lengths, query = sequence_tokens(att, self.groups)  # (N, E_a), (B,), (B, E_a)
-        values, _, target = sequence_tokens(rep, self.groups) if rep is not att else (keys, lengths, query)
+        att, rep, side = self.embedding(features)
+        keys, lengths, query = sequence_tokens(att, self.fields)  # (N, E_a), (B,), (B, E_a)
+        values, _, target = sequence_tokens(rep, self.fields) if rep is not att else (keys, lengths, query)
         seg = segment_ids(lengths)  # (N,)
         weights = self.activation_unit(query[seg], keys)  # (N,)
         if self.config.softmax:
             weights = jagged_softmax(weights, lengths)
         interest = jagged_weighted_sum(weights, values, lengths)  # (B, E_r)
         self._last = (features, att, rep) if self.training else None
-        return self.mlp(torch.cat([interest, target], dim=1)).squeeze(1)  # (B,)
+        parts = [interest, target] if side is None else [interest, target, side]
+        return self.mlp(torch.cat(parts, dim=1)).squeeze(1)  # (B,)
 
     def aux_loss(self, labels: Tensor | None = None) -> Tensor | None:
         """The mini-batch-aware L2 penalty of the last training forward (None when off or in eval)."""

@@ -16,8 +16,8 @@ CIKM 2020); Chang et al., "TWIN: TWo-stage Interest Network for Lifelong User Be
    BCE loss weighted by ``aux_weight``. Our addition (not in the papers): it gives the attention
    tables a direct training signal besides the gradient through the weights.
 
-Coupled (TWIN-like) = a tied ``DecoupledEmbeddingCollection``; DARE = separate tables, possibly with a
-smaller attention dim. Deviations from TWIN: no linear projections of the keys/queries, a single head,
+Coupled (TWIN-like) = tied roles (no ``dare`` in the embedding spec); DARE = separate tables, possibly
+with a smaller attention dim. Deviations from TWIN: no linear projections of the keys/queries, a single head,
 and the search uses the learned attention embeddings (no separate offline index); ties in the scores
 keep the earlier behaviour.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -94,29 +93,29 @@ class TwoStageModel(nn.Module):
     """Search (top-k by scaled dot product) + target attention: ``forward(kjt) -> logits (B,)``.
 
     Shapes: B examples, N = total history length, M = kept behaviours (sum of ``min(len, k)``),
-    E_a / E_r = token dims of the attention / representation embeddings (G groups x table dim).
+    E_a / E_r = token dims of the attention / representation embeddings (the sum of the fields' dims),
+    S = the side features' width (0 without side features).
 
     Args:
-        embedding: a ``DecoupledEmbeddingCollection`` (tied = coupled TWIN-style model, else DARE).
-        groups: feature groups forming a token.
+        embedding: a :class:`recsys_emb.models.sequence.SequenceEmbedding` (tied roles = coupled TWIN-style
+            model, ``dare`` = DARE; side features are concatenated to the MLP input).
         config: model options.
 
     Example::
 
-        att, rep = dare_table_configs(ds.table_sizes(), attention_dim=8, representation_dim=16)
-        model = TwoStageModel(DecoupledEmbeddingCollection(att, rep), ("item", "category", "position"), TwoStageConfig())
+        emb = build_sequence_embedding(model_cfg, spec, facts)   # recsys_emb/models/sequence.py
+        model = TwoStageModel(emb, TwoStageConfig())
         logits = model(batch.sparse_features)  # (B,)
     """
 
-    def __init__(self, embedding: nn.Module, groups: Sequence[str], config: TwoStageConfig) -> None:
+    def __init__(self, embedding: nn.Module, config: TwoStageConfig) -> None:
         super().__init__()
         self.embedding = embedding
-        self.groups = list(groups)
+        self.fields = dict(embedding.fields)
         self.config = config
-        att_dim = len(self.groups) * embedding.attention_dim
-        rep_dim = len(self.groups) * embedding.representation_dim
+        att_dim, rep_dim = embedding.attention_dim, embedding.representation_dim
         self.scale = 1.0 / math.sqrt(att_dim)
-        self.mlp = ActivationMLP(3 * rep_dim, config.mlp, 1, config.mlp_activation)
+        self.mlp = ActivationMLP(3 * rep_dim + embedding.side_dim, config.mlp, 1, config.mlp_activation)
         self.aux_head = ActivationMLP(3 * att_dim, config.aux_mlp, 1, config.mlp_activation) if config.aux_weight > 0 else None
         self.time_search = False  # benchmarks: accumulate wall time of the search stage
         self.search_seconds = 0.0
@@ -132,9 +131,9 @@ class TwoStageModel(nn.Module):
 
     def parts(self, features: KeyedJaggedTensor) -> dict[str, Tensor]:
         """All intermediate tensors of a forward (tests and analysis)."""
-        att, rep = self.embedding(features)
-        keys, lengths, query = sequence_tokens(att, self.groups)  # (N, E_a), (B,), (B, E_a)
-        values, _, target = sequence_tokens(rep, self.groups) if rep is not att else (keys, lengths, query)
+        att, rep, side = self.embedding(features)
+        keys, lengths, query = sequence_tokens(att, self.fields)  # (N, E_a), (B,), (B, E_a)
+        values, _, target = sequence_tokens(rep, self.fields) if rep is not att else (keys, lengths, query)
         tick = time.perf_counter() if self.time_search else 0.0
         scores, index, kept = self.search(query, keys, lengths)
         if self.time_search:
@@ -142,7 +141,8 @@ class TwoStageModel(nn.Module):
             self.search_calls += 1
         weights = jagged_softmax(scores[index], kept)  # (M,)
         interest = jagged_weighted_sum(weights, values[index], kept)  # (B, E_r)
-        logits = self.mlp(torch.cat([target, interest, target * interest], dim=1)).squeeze(1)  # (B,)
+        parts = [target, interest, target * interest] + ([side] if side is not None else [])
+        logits = self.mlp(torch.cat(parts, dim=1)).squeeze(1)  # (B,)
         out = {
             "scores": scores, "index": index, "kept_lengths": kept, "weights": weights, "interest": interest,
             "query": query, "keys": keys, "values": values, "target": target, "logits": logits,

@@ -43,6 +43,7 @@ fields) in, and the family passes data facts (``context``: training data, id cou
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,12 +144,12 @@ def register_technique(name: str, kind: str, options: type | None = None, *, poo
     return decorate
 
 
+TECHNIQUE_MODULES = ("dare", "dnis", "optembed", "semantic_ids", "unified")  # modules/<name>.py register themselves
+
+
 def _load_all() -> None:
-    # The technique modules register themselves on import.
-    import recsys_emb.modules.dnis  # noqa: F401
-    import recsys_emb.modules.optembed  # noqa: F401
-    import recsys_emb.modules.semantic_ids  # noqa: F401
-    import recsys_emb.modules.unified  # noqa: F401,I001
+    for name in TECHNIQUE_MODULES:
+        importlib.import_module(f"recsys_emb.modules.{name}")
 
 
 def techniques() -> dict[str, Technique]:
@@ -192,7 +193,7 @@ def resolve_chain(group: TableGroup, *, sequence: bool) -> Chain:
     """
     known = techniques()
     where = f"embedding group '{group.name}'"
-    parsed: list[tuple[Technique, Any]] = []
+    raw: list[tuple[Technique, dict[str, Any]]] = []
     for entry in group.chain:
         name, options = technique_entry(entry, group.name)
         if name not in known:
@@ -203,11 +204,10 @@ def resolve_chain(group: TableGroup, *, sequence: bool) -> Chain:
                 f"{where}: '{name}' needs a behaviour-sequence group: its attention / representation roles exist only "
                 "in sequence rankers (din, two_stage), and this group holds pooled features"
             )
-        opts = from_dict(tech.options, options, where=f"{where}: {name}") if tech.options is not None else None
         if tech.options is None and options:
             raise ConfigError(f"{where}: '{name}' takes no options, got {sorted(options)}")
-        parsed.append((tech, opts))
-    names = [t.name for t, _ in parsed]
+        raw.append((tech, options))
+    names = [t.name for t, _ in raw]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             if a == b:
@@ -217,7 +217,7 @@ def resolve_chain(group: TableGroup, *, sequence: bool) -> Chain:
                 raise ConfigError(f"{where}: '{a}' and '{b}' do not stack: {reason}")
     order = {"pre": 0, "layout": 1, "post": 2}
     last = ("", -1)
-    for tech, _ in parsed:
+    for tech, _ in raw:
         if tech.kind == "roles":
             continue
         if order[tech.kind] < last[1] or (tech.kind == "layout" and last[1] == 1):
@@ -228,6 +228,8 @@ def resolve_chain(group: TableGroup, *, sequence: bool) -> Chain:
                 "table layout (plain, hash, unified), then post-lookup transforms (dnis, optembed)"
             )
         last = (tech.name, order[tech.kind])
+    parsed = [(tech, from_dict(tech.options, options, where=f"{where}: {tech.name}") if tech.options is not None else None)
+              for tech, options in raw]
     layouts = [p for p in parsed if p[0].kind == "layout"]
     layout = layouts[0] if layouts else (known["plain"], None)
     roles = [opts for t, opts in parsed if t.kind == "roles"]
@@ -295,13 +297,18 @@ class PooledGroups(nn.Module):
         return [c for module in self.groups.values() for c in _configs(module)]
 
     def aux_loss(self) -> Tensor | None:
-        total = None
-        for module in self.groups.values():
-            fn = getattr(module, "aux_loss", None)
-            value = fn() if callable(fn) else None
-            if value is not None:
-                total = value if total is None else total + value
-        return total
+        return sum_aux_losses(self.groups.values())
+
+
+def sum_aux_losses(modules: Any) -> Tensor | None:
+    """The sum of the ``aux_loss()`` of those ``modules`` that have one (None when none returns a tensor)."""
+    total = None
+    for module in modules:
+        fn = getattr(module, "aux_loss", None) if module is not None else None
+        value = fn() if callable(fn) else None
+        if value is not None:
+            total = value if total is None else total + value
+    return total
 
 
 def _configs(module: nn.Module) -> list[EmbeddingBagConfig]:
@@ -354,6 +361,7 @@ def build_pooled(
     device: torch.device | str | None = None,
     post: bool = True,
     groups: Sequence[tuple[TableGroup, list[str]]] | None = None,
+    select: bool = False,
 ) -> nn.Module:
     """The pooled (EBC-compatible) module of ``spec`` over the features ``vocab`` lists (in that order).
 
@@ -370,9 +378,12 @@ def build_pooled(
         device: table device (``meta`` for DMP).
         post: apply post-lookup transforms (False for side tables such as DeepFM's first-order weights).
         groups: already assigned groups (default: :func:`assign_groups`).
+        select: the input KJT holds other keys too (e.g. a sequence batch): always return
+            :class:`PooledGroups`, which picks the groups' features out of it.
 
     Returns:
-        The group's own module when one group covers every feature, else :class:`PooledGroups`.
+        The group's own module when one group covers every feature (and not ``select``), else
+        :class:`PooledGroups`.
     """
     assigned = list(groups) if groups is not None else assign_groups(spec, list(vocab), family=family)
     modules, features = {}, {}
@@ -383,7 +394,7 @@ def build_pooled(
                         dict(init or {}), [], dict(context or {}), dev)
         modules[group.name] = build_chain(chain, tables, post=post)
         features[group.name] = feats
-    if len(modules) == 1:
+    if len(modules) == 1 and not select:
         return next(iter(modules.values()))
     return PooledGroups(modules, features)
 
@@ -447,7 +458,7 @@ class SequenceLookup(nn.Module):
         return out
 
     def aux_loss(self) -> Tensor | None:
-        return PooledGroups.aux_loss(self)  # type: ignore[arg-type]
+        return sum_aux_losses(self.groups.values())
 
 
 class RoleLookup(nn.Module):
@@ -455,7 +466,8 @@ class RoleLookup(nn.Module):
 
     Tied (no ``dare`` in any chain: ``representation is None``): both roles are the same dict, which is
     exactly the single-table model. DARE (Feng et al. 2024; recsys_emb/modules/dare.py): the fields
-    whose chain has ``dare`` get a second set of tables for the representation role.
+    whose chain has ``dare`` get a second set of tables for the representation role; the other fields'
+    single tables serve both roles.
     """
 
     def __init__(self, attention: SequenceLookup, representation: SequenceLookup | None = None) -> None:
@@ -478,7 +490,7 @@ class RoleLookup(nn.Module):
         return att, {**att, **self.representation(features)}
 
     def aux_loss(self) -> Tensor | None:
-        return PooledGroups.aux_loss(self)  # type: ignore[arg-type]
+        return sum_aux_losses([self.attention, self.representation])
 
 
 def build_sequence(
@@ -517,21 +529,6 @@ def build_sequence(
     attention = SequenceLookup(att, att_fields, fields, bags_per_example)
     representation = SequenceLookup(rep, rep_fields, fields, bags_per_example) if rep else None
     return RoleLookup(attention, representation)
-
-
-@dataclass
-class DareOptions:
-    """``dare: {attention_dim: 8}``: the chain's tables twice, attention (this dim) and representation."""
-
-    attention_dim: int | None = None  # dim of the attention tables (None = the group's dim)
-
-    def __post_init__(self) -> None:
-        if self.attention_dim is not None and self.attention_dim < 1:
-            raise ValueError(f"dare.attention_dim must be >= 1, got {self.attention_dim}")
-
-
-register_technique("dare", "roles", DareOptions, pooled=False,
-                   doc="attention and representation tables per field (Feng et al. 2024)")(None)
 
 
 def uniform_init(bound: float | None) -> dict[str, float]:

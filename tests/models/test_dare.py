@@ -8,11 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from recsys_emb.data.sequences import GROUP_FEATURES
+from recsys_emb.data.sequences import FIELDS
 from recsys_emb.models.din import DIN, DINConfig
 from recsys_emb.models.long_sequence import TwoStageConfig, TwoStageModel, jagged_topk
-from recsys_emb.modules.dare import DecoupledEmbeddingCollection, coupled_table_configs, dare_table_configs
-from tests.models.test_din import GROUPS, SIZES, make_kjt
+from tests.models.seq_helpers import GROUPS, make_kjt, seq_embedding, table
 
 HISTORIES = [[3, 4, 5, 6, 7, 8, 9, 10], [], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12], [2, 2, 5]]
 TARGETS = [10, 11, 12, 13, 14]
@@ -21,16 +20,15 @@ TARGETS = [10, 11, 12, 13, 14]
 def _tied_pair(model_cls, config, dim: int = 4):  # noqa: ANN001, ANN202
     """(coupled model, DARE model whose attention AND representation tables equal the coupled tables)."""
     torch.manual_seed(0)
-    coupled = model_cls(DecoupledEmbeddingCollection(coupled_table_configs(SIZES, dim)), GROUPS, config)
-    att, rep = dare_table_configs(SIZES, dim, dim)
-    dare = model_cls(DecoupledEmbeddingCollection(att, rep), GROUPS, config)
+    coupled = model_cls(seq_embedding(dim), config)
+    dare = model_cls(seq_embedding(dim, ["dare"]), config)
     state = {k: v for k, v in coupled.state_dict().items() if not k.startswith("embedding.")}
     dare.load_state_dict(state, strict=False)
     with torch.no_grad():
         for g in GROUPS:
-            w = coupled.embedding.attention.embeddings[g].weight
-            dare.embedding.attention.embeddings[f"att_{g}"].weight.copy_(w)
-            dare.embedding.representation.embeddings[f"rep_{g}"].weight.copy_(w)
+            w = table(coupled.embedding, g)
+            table(dare.embedding, f"att_{g}", "attention").copy_(w)
+            table(dare.embedding, f"rep_{g}", "representation").copy_(w)
     return coupled, dare
 
 
@@ -53,21 +51,20 @@ def test_tied_tables_equal_the_coupled_model_exactly(model_cls, config) -> None:
     loss_c.backward()
     loss_d.backward()
     for g in GROUPS:  # the coupled table's gradient = attention-role + representation-role gradients
-        gc = coupled.embedding.attention.embeddings[g].weight.grad
-        ga = dare.embedding.attention.embeddings[f"att_{g}"].weight.grad
-        gr = dare.embedding.representation.embeddings[f"rep_{g}"].weight.grad
+        gc = table(coupled.embedding, g).grad
+        ga = table(dare.embedding, f"att_{g}", "attention").grad
+        gr = table(dare.embedding, f"rep_{g}", "representation").grad
         assert torch.allclose(gc, ga + gr, atol=1e-6)
 
 
 def _dare_two_stage(att_dim: int = 2, rep_dim: int = 4, k: int = 3) -> TwoStageModel:
     torch.manual_seed(0)
-    att, rep = dare_table_configs(SIZES, att_dim, rep_dim)
-    return TwoStageModel(DecoupledEmbeddingCollection(att, rep), GROUPS, TwoStageConfig(top_k=k, mlp=[8]))
+    return TwoStageModel(seq_embedding(rep_dim, [{"dare": {"attention_dim": att_dim}}], name="two_stage"), TwoStageConfig(top_k=k, mlp=[8]))
 
 
 def _table_grads(model: TwoStageModel, prefix: str) -> list[torch.Tensor | None]:
-    ec = model.embedding.attention if prefix == "att" else model.embedding.representation
-    return [ec.embeddings[f"{prefix}_{g}"].weight.grad for g in GROUPS]
+    role = "attention" if prefix == "att" else "representation"
+    return [table(model.embedding, f"{prefix}_{g}", role).grad for g in GROUPS]
 
 
 def test_gradient_isolation_between_attention_and_representation() -> None:
@@ -117,14 +114,14 @@ def test_two_stage_matches_a_naive_per_user_loop() -> None:
     model = _dare_two_stage(k=3)
     kjt = make_kjt(HISTORIES, TARGETS)
     parts = model.parts(kjt)
-    att, rep = model.embedding(kjt)
+    att, rep, _ = model.embedding(kjt)
     seg_w = torch.split(parts["weights"], parts["kept_lengths"].tolist())
     for b, hist in enumerate(HISTORIES):
         off = sum(len(h) for h in HISTORIES[:b])
-        keys = torch.cat([att[GROUP_FEATURES[g][0]].values()[off : off + len(hist)] for g in GROUPS], 1)
-        vals = torch.cat([rep[GROUP_FEATURES[g][0]].values()[off : off + len(hist)] for g in GROUPS], 1)
-        q = torch.cat([att[GROUP_FEATURES[g][1]].values()[b] for g in GROUPS])
-        t = torch.cat([rep[GROUP_FEATURES[g][1]].values()[b] for g in GROUPS])
+        keys = torch.cat([att[FIELDS[g][0]].values()[off : off + len(hist)] for g in GROUPS], 1)
+        vals = torch.cat([rep[FIELDS[g][0]].values()[off : off + len(hist)] for g in GROUPS], 1)
+        q = torch.cat([att[FIELDS[g][1]].values()[b] for g in GROUPS])
+        t = torch.cat([rep[FIELDS[g][1]].values()[b] for g in GROUPS])
         if hist:
             s = keys @ q / keys.shape[1] ** 0.5
             top = torch.topk(s, min(3, len(hist))).indices
@@ -140,30 +137,28 @@ def test_two_stage_matches_a_naive_per_user_loop() -> None:
 
 
 def test_smaller_attention_dim_and_table_layout() -> None:
-    att, rep = dare_table_configs(SIZES, 2, 8)
+    emb = seq_embedding(8, [{"dare": {"attention_dim": 2}}], name="two_stage")
+    att = emb.lookup.attention.groups["all"].embedding_bag_configs()
+    rep = emb.lookup.representation.groups["all"].embedding_bag_configs()
     assert [c.name for c in att] == ["att_item", "att_category", "att_position"]
     assert [c.embedding_dim for c in att] == [2, 2, 2] and [c.embedding_dim for c in rep] == [8, 8, 8]
-    assert att[0].feature_names == rep[0].feature_names == ["hist_item", "target_item"]
-    emb = DecoupledEmbeddingCollection(att, rep)
-    a, r = emb(make_kjt(HISTORIES, TARGETS))
-    assert a["hist_item"].values().shape == (23, 2) and r["hist_item"].values().shape == (23, 8)
-    assert emb.decoupled and emb.attention_dim == 2 and emb.representation_dim == 8
-    tied = DecoupledEmbeddingCollection(coupled_table_configs(SIZES, 4))
-    a, r = tied(make_kjt(HISTORIES, TARGETS))
+    assert att[0].feature_names == rep[0].feature_names == ["item"]  # one field = its history + target ids
+    a, r, side = emb(make_kjt(HISTORIES, TARGETS))
+    assert a["hist_item"].values().shape == (23, 2) and r["hist_item"].values().shape == (23, 8) and side is None
+    assert emb.decoupled and emb.attention_dim == 6 and emb.representation_dim == 24
+    tied = seq_embedding(4)
+    a, r, _ = tied(make_kjt(HISTORIES, TARGETS))
     assert a is r and not tied.decoupled
-    with pytest.raises(ValueError, match="must match"):
-        DecoupledEmbeddingCollection(att, rep[:2])
 
 
-def test_decoupled_collection_shards_with_stock_sharders() -> None:
+def test_dare_tables_shard_with_stock_sharders() -> None:
     """DistributedModelParallel (one process, gloo) shards both collections and gives the unsharded forward."""
     from recsys_emb.config.experiment import TrainConfig
     from recsys_emb.train.env import init_distributed, shutdown
     from recsys_emb.train.parallel import shard_model
 
     torch.manual_seed(0)
-    att, rep = dare_table_configs(SIZES, 4, 8)
-    reference = TwoStageModel(DecoupledEmbeddingCollection(att, rep), GROUPS, TwoStageConfig(top_k=3, mlp=[8]))
+    reference = TwoStageModel(seq_embedding(8, [{"dare": {"attention_dim": 4}}], name="two_stage"), TwoStageConfig(top_k=3, mlp=[8]))
     kjt = make_kjt(HISTORIES, TARGETS)
     expected = reference(kjt)
 
@@ -179,7 +174,7 @@ def test_decoupled_collection_shards_with_stock_sharders() -> None:
     try:
         dmp, _ = shard_model(Wrap(copy.deepcopy(reference)), env, TrainConfig())
         sharded_types = {type(m).__name__ for m in dmp.modules()}
-        assert "ShardedEmbeddingCollection" in sharded_types
+        assert "ShardedEmbeddingBagCollection" in sharded_types
         with torch.no_grad():  # copy the reference weights (DMP re-initialises dense ones) into the model
             for name, tensor in dmp.state_dict().items():
                 src = reference.state_dict()[name.removeprefix("model.")]

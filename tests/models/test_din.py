@@ -13,30 +13,14 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_emb.config.io import load_config
-from recsys_emb.data.sequences import FEATURE_KEYS, GROUP_FEATURES, write_synthetic_s3rec
+from recsys_emb.data.sequences import FIELDS, write_synthetic_s3rec
 from recsys_emb.models.din import DIN, Dice, DINConfig, MiniBatchAwareL2, jagged_softmax
-from recsys_emb.modules.dare import DecoupledEmbeddingCollection, coupled_table_configs
 from recsys_emb.train.ranking_metrics import group_auc, rela_impr
 from recsys_emb.cli import main
 from recsys_emb.config.sequence import SequenceExperimentConfig
+from tests.models.seq_helpers import GROUPS, SIZES, make_kjt, seq_embedding, table
 
-SIZES = {"item": 30, "category": 6, "position": 12}
-GROUPS = ("item", "category", "position")
 REPO = Path(__file__).resolve().parents[2]
-
-
-def make_kjt(histories: list[list[int]], targets: list[int]) -> KeyedJaggedTensor:
-    """A sequence KJT from per-row item histories (categories/positions derived) and target items."""
-    lengths = [len(h) for h in histories]
-    items = [i for h in histories for i in h]
-    cats = [i % SIZES["category"] for i in items]
-    pos = [len(h) - j for h in histories for j in range(len(h))]
-    tcat = [i % SIZES["category"] for i in targets]
-    values = items + cats + pos + targets + tcat + [0] * len(targets)
-    ones = [1] * len(targets)
-    return KeyedJaggedTensor(
-        keys=list(FEATURE_KEYS), values=torch.tensor(values, dtype=torch.long), lengths=torch.tensor(lengths * 3 + ones * 3, dtype=torch.int32)
-    )
 
 
 # ------------------------------------------------------------------------------------------ Dice
@@ -79,8 +63,8 @@ def test_dice_single_row_and_empty_batch_in_training() -> None:
 
 def _din(config: DINConfig, dim: int = 4, seed: int = 0) -> DIN:
     torch.manual_seed(seed)
-    emb = DecoupledEmbeddingCollection(coupled_table_configs(SIZES, dim))
-    return DIN(emb, GROUPS, config, {g: torch.arange(n, dtype=torch.float32) + 1 for g, n in SIZES.items()})
+    emb = seq_embedding(dim)
+    return DIN(emb, config, {g: torch.arange(n, dtype=torch.float32) + 1 for g, n in SIZES.items()})
 
 
 @pytest.mark.parametrize("softmax", [False, True])
@@ -90,11 +74,11 @@ def test_din_matches_a_naive_per_user_loop(softmax: bool) -> None:
     histories = [[3, 4, 5], [], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9]]  # an empty history included
     kjt = make_kjt(histories, [10, 11, 12, 13])
     logits = model(kjt)
-    emb = model.embedding.attention(kjt)
+    emb = model.embedding(kjt)[0]
     for b, hist in enumerate(histories):
         off = sum(len(h) for h in histories[:b])
-        tokens = torch.cat([emb[GROUP_FEATURES[g][0]].values()[off : off + len(hist)] for g in GROUPS], 1)
-        query = torch.cat([emb[GROUP_FEATURES[g][1]].values()[b] for g in GROUPS])
+        tokens = torch.cat([emb[FIELDS[g][0]].values()[off : off + len(hist)] for g in GROUPS], 1)
+        query = torch.cat([emb[FIELDS[g][1]].values()[b] for g in GROUPS])
         if hist:
             w = torch.stack([model.activation_unit(query[None], tokens[i : i + 1])[0] for i in range(len(hist))])
             if softmax:
@@ -122,8 +106,8 @@ def test_unnormalised_weights_scale_with_history() -> None:
     captured = {}
     model.mlp.register_forward_hook(lambda m, inp, out: captured.setdefault("x", inp[0]))
     model(kjt)
-    emb = model.embedding.attention(kjt)
-    tokens = torch.cat([emb[GROUP_FEATURES[g][0]].values() for g in GROUPS], 1)
+    emb = model.embedding(kjt)[0]
+    tokens = torch.cat([emb[FIELDS[g][0]].values() for g in GROUPS], 1)
     assert torch.allclose(captured["x"][0, : tokens.shape[1]], tokens[:2].sum(0))
     assert torch.allclose(captured["x"][1, : tokens.shape[1]], tokens[2:].sum(0))
 
@@ -143,16 +127,15 @@ def test_jagged_softmax_float32_and_float64_match_per_row_softmax() -> None:
 def test_mini_batch_aware_l2_gradient_only_on_batch_rows_scaled_by_inverse_frequency() -> None:
     torch.manual_seed(1)
     lam = 0.3
-    ec_tables = coupled_table_configs(SIZES, 4)
-    emb = DecoupledEmbeddingCollection(ec_tables).double()
+    emb = seq_embedding(4).double()
     freqs = {g: torch.randint(1, 50, (n,)).float() for g, n in SIZES.items()}
-    reg = MiniBatchAwareL2(freqs, lam, GROUPS)
+    reg = MiniBatchAwareL2(freqs, lam, {g: FIELDS[g] for g in GROUPS})
     kjt = make_kjt([[3, 4, 3], [], [4, 9]], [9, 3, 20])  # repeated ids count once per batch
-    att, _ = emb(kjt)
+    att, _, _ = emb(kjt)
     reg(kjt, att).backward()
     for g in GROUPS:
-        weight = emb.attention.embeddings[g].weight
-        ids = set(torch.cat([kjt[k].values() for k in GROUP_FEATURES[g]]).tolist())
+        weight = table(emb, g)
+        ids = set(torch.cat([kjt[k].values() for k in FIELDS[g]]).tolist())
         expected = torch.zeros_like(weight)
         for j in ids:  # hand reference: lambda * w_j / n_j for rows in the batch, 0 elsewhere
             expected[j] = lam * weight[j].detach() / freqs[g][j]
@@ -165,7 +148,7 @@ def test_din_aux_loss_is_the_mba_penalty_in_training_only() -> None:
     kjt = make_kjt([[1, 2], [3]], [4, 5])
     model.train()
     model(kjt)
-    att, _ = model.embedding(kjt)
+    att, _, _ = model.embedding(kjt)
     assert torch.allclose(model.aux_loss(), model.mba(kjt, att))
     model.eval()
     model(kjt)
@@ -240,4 +223,4 @@ def test_tiny_end_to_end_training(tmp_path: Path, config: str, capsys: pytest.Ca
     assert metrics["test"]["rows"] == users * (1 + (cfg.data.eval_negatives or cfg.data.num_negatives))
     assert metrics["test"]["auc"] > 0.6  # the synthetic users prefer two categories: learnable
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
-    assert any("embeddings" in k for k in state)
+    assert any("embedding_bags" in k for k in state)

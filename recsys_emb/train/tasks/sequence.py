@@ -2,8 +2,8 @@
 
 1. The raw sequences are loaded and the leave-last-out protocol applied (recsys_emb/data/sequences.py;
    cold start with ``data.holdout_items``: recsys_emb/data/cold_start.py).
-2. The model is built on stock ``EmbeddingCollection`` tables (coupled or DARE layout, optionally
-   semantic-ID / hashed item features) and, like every family, trained under
+2. The model's tables come from the ``embedding:`` spec (recsys_emb/models/sequence.py: fields and side
+   features, any technique chain, DARE roles) and, like every family, it is trained under
    ``DistributedModelParallel`` by :func:`recsys_emb.train.trainer.fit`.
 3. Training negatives are redrawn every epoch (``(seed, epoch)``); each global batch of
    ``train.batch_size`` examples (order from ``(train.seed, epoch)``) is split into equal parts, one
@@ -25,16 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm import tqdm
 
 from recsys_emb.config.io import save_config
 from recsys_emb.config.sequence import SequenceExperimentConfig
 from recsys_emb.data.cold_start import make_sequence_dataset
-from recsys_emb.data.sequences import Examples, SequenceBatch, SequenceDataset
+from recsys_emb.config.embedding import EmbeddingSpec
+from recsys_emb.data.sequences import FIELDS, FIRST_ID, Examples, SequenceBatch, SequenceDataset
 from recsys_emb.models.long_sequence import TwoStageModel
-from recsys_emb.models.sequence import SequenceTrain, build_sequence_model
+from recsys_emb.models.sequence import SequenceFacts, SequenceTrain, build_sequence_model
+from recsys_emb.modules.semantic_ids import ItemIds
 from recsys_emb.train.env import DistEnv
 from recsys_emb.train.parallel import inner_model
 from recsys_emb.train.ranking_metrics import RankingMetrics
@@ -68,14 +69,34 @@ def evaluate_sequence(
 
 
 def absolute_paths(cfg: SequenceExperimentConfig) -> SequenceExperimentConfig:
-    """``cfg`` with its file paths (data folder, cache, SID codes and tokeniser) made absolute, as the run's
-    ``config.yaml`` records them: ``--resume`` from another working directory reads the same files."""
-    def resolved(obj, names):  # noqa: ANN001, ANN202
-        return dataclasses.replace(obj, **{k: str(Path(getattr(obj, k)).resolve()) for k in names if getattr(obj, k)})
+    """``cfg`` with its file paths (data folder, cache, the semantic-ID codes and tokeniser of its chains) made
+    absolute, as the run's ``config.yaml`` records them: ``--resume`` from another working directory reads the
+    same files."""
+    data = dataclasses.replace(cfg.data, **{k: str(Path(v).resolve()) for k in ("path", "cache_dir") if (v := getattr(cfg.data, k))})
+    return dataclasses.replace(cfg, data=data, embedding=absolute_chain_paths(cfg.embedding))
 
-    sid = resolved(cfg.model.sid, ("codes", "sentencepiece_model"))
-    return dataclasses.replace(cfg, data=resolved(cfg.data, ("path", "cache_dir")),
-                               model=dataclasses.replace(cfg.model, sid=sid))
+
+def absolute_chain_paths(spec: EmbeddingSpec) -> EmbeddingSpec:
+    """``spec`` with the file options of its chains (``codes``, ``sentencepiece_model``, ``compact_layout``) absolute."""
+    def entry(e: Any) -> Any:
+        if not isinstance(e, dict):
+            return e
+        (name, options), = e.items()
+        options = dict(options or {})
+        for k in ("codes", "sentencepiece_model", "compact_layout"):
+            if options.get(k):
+                options[k] = str(Path(options[k]).resolve())
+        return {name: options}
+
+    return dataclasses.replace(spec, groups=[dataclasses.replace(g, chain=[entry(e) for e in g.chain]) for g in spec.groups])
+
+
+def sequence_facts(ds: SequenceDataset) -> SequenceFacts:
+    """What the tables need to know about ``ds``: fields, rows, bags per example, SID item ids, id counts."""
+    counts = ds.feature_frequencies()
+    counts["user"] = np.bincount(ds.positives("train").user, minlength=ds.num_users).astype(np.float64)
+    items = {"item": ItemIds(raw_ids=ds.item_raw_ids, first_id=FIRST_ID, counts=ds.popularity[FIRST_ID:])}
+    return SequenceFacts(dict(FIELDS), ds.table_sizes(), int(ds.cfg.max_history) + 1, {"items": items, "counts": counts})
 
 
 class SequenceTask(Task):
@@ -103,7 +124,7 @@ class SequenceTask(Task):
     def build_model(self) -> nn.Module:
         model = self.cfg.model
         freqs = self.ds.feature_frequencies() if model.name == "din" and model.din.mba_lambda > 0 else None
-        return SequenceTrain(build_sequence_model(model, self.ds.table_sizes(), freqs, device="meta", dataset=self.ds))
+        return SequenceTrain(build_sequence_model(model, self.cfg.embedding, sequence_facts(self.ds), freqs, device="meta"))
 
     def _examples(self, epoch: int) -> Examples:
         if self._epoch_examples is None or self._epoch_examples[0] != epoch:
@@ -145,5 +166,6 @@ class SequenceTask(Task):
         return self.ds.summary()
 
     def finish(self, model: nn.Module, run_dir: Path, env: DistEnv) -> dict[str, Any]:
-        m = self.cfg.model
-        return {"decoupled": m.decoupled, "embedding_dim": m.embedding_dim, "attention_dim": m.attention_dim or m.embedding_dim}
+        emb = inner_model(model).embedding
+        return {"decoupled": emb.decoupled, "embedding_dim": self.cfg.model.embedding_dim,
+                "attention_token_dim": emb.attention_dim, "representation_token_dim": emb.representation_dim}
