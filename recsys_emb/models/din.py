@@ -21,11 +21,12 @@ Faithful to the paper:
 
 Deviations: user-profile / context features are the optional pooled side features (the user id on
 our data sets) concatenated to the MLP input; the behaviour and target tokens also carry a
-recency-position embedding (target position 0), and the MLP has no input BatchNorm. The histories stay jagged end to end: the activation unit runs on the ``(N, .)`` values of
-the behaviours (``N`` = total history length of the batch) and pooling is a segment sum. With a
-``DecoupledEmbeddingCollection`` in DARE mode the activation unit sees the attention embeddings and the
-pooled values / target representation come from the representation embeddings (tied = plain DIN).
-Every table comes from the embedding spec (recsys_emb/models/sequence.py).
+recency-position embedding (target position 0), and the MLP has no input BatchNorm. The histories
+stay jagged end to end: the activation unit runs on the ``(N, .)`` values of the behaviours (``N`` =
+total history length of the batch) and pooling is a segment sum. With ``dare`` in the embedding spec
+the activation unit sees the attention embeddings and the pooled values / target representation come
+from the representation embeddings (tied = plain DIN). Every table comes from the embedding spec
+(recsys_emb/models/sequence.py).
 """
 
 from __future__ import annotations

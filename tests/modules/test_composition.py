@@ -315,3 +315,61 @@ def test_sharded_cell_equals_unsharded_two_ranks(model: str, chain: str, parity_
     done, error = parity_run
     if not all((done / f"{model}-{chain}.rank{r}").exists() for r in range(2)):
         raise AssertionError(f"sharded != unsharded (or the run ended earlier) for {model} / {chain}") from error
+
+
+# ------------------------------------------------------------------------------------------ independent composition
+def test_din_composition_equals_an_independent_composition(data: dict[str, str]) -> None:
+    """DIN with item = semantic IDs -> unified -> dare, category + position = dare, user = unified side feature:
+    the forward equals the same embeddings composed by hand from the tables (pieces, salted hash rows, sums)."""
+    from recsys_emb.modules.semantic_ids import ItemIds, SemanticIdOptions, item_piece_rows
+    from recsys_emb.modules.unified import hash_coefficients, salted_hash
+
+    ds = sequence_dataset(data)
+    sid = {"codes": data["seq_codes"], "tokenizer": "unigram", "mapping": "dense"}
+    spec = EmbeddingSpec(groups=[
+        TableGroup("item", ["item"], [{"semantic_ids": sid}, {"unified": {"num_rows": 23}}, {"dare": {"attention_dim": 4}}]),
+        TableGroup("rest", ["category", "position"], [{"dare": {"attention_dim": 4}}]),
+        TableGroup("side", ["user"], [{"unified": {"num_rows": 7}}]),
+    ])
+    train = build("din", spec, data, ds=ds).eval()
+    din = train.model
+    state = dict(train.named_parameters())
+
+    def weight(table: str) -> torch.Tensor:
+        (w,) = [v for k, v in state.items() if k.endswith(f"embedding_bags.{table}.weight")]
+        return w.detach()
+
+    offsets, rows, _, _ = item_piece_rows(SemanticIdOptions(**sid), ItemIds(ds.item_raw_ids, FIRST_ID, ds.popularity[FIRST_ID:]))
+
+    def hashed(ids: list[int], feature: str, num_rows: int) -> torch.Tensor:
+        coeff = torch.tensor(hash_coefficients(0, feature, 0)).reshape(1, 1, 3).expand(len(ids), 1, 3)
+        return salted_hash(torch.tensor(ids, dtype=torch.int64), coeff, torch.full((len(ids),), num_rows))[:, 0]
+
+    def item_rows(ids: torch.Tensor, role: str) -> torch.Tensor:
+        table = weight(f"{role}_unified_item")
+        out = []
+        for v in ids.tolist():
+            pieces = rows[offsets[v - FIRST_ID]:offsets[v - FIRST_ID + 1]].tolist() if v >= FIRST_ID else [0]
+            out.append(table[hashed(pieces, "item", 23)].sum(0))
+        return torch.stack(out)
+
+    b = batch("din", data, size=2 * HALF, ds=ds)
+    kjt = b.sparse_features
+    tokens = {}
+    for role in ("att", "rep"):
+        hist = [item_rows(kjt["hist_item"].values(), role), weight(f"{role}_category")[kjt["hist_cat"].values()],
+                weight(f"{role}_position")[kjt["hist_pos"].values()]]
+        target = [item_rows(kjt["target_item"].values(), role), weight(f"{role}_category")[kjt["target_cat"].values()],
+                  weight(f"{role}_position")[kjt["target_pos"].values()]]
+        tokens[role] = (torch.cat(hist, 1), torch.cat(target, 1))
+    side = weight("unified_side")[hashed(kjt["user"].values().tolist(), "user", 7)]
+    lengths = kjt["hist_item"].lengths()
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    keys, query = tokens["att"]
+    values, target = tokens["rep"]
+    with torch.no_grad():
+        w = din.activation_unit(query[seg], keys)
+        interest = torch.zeros(len(lengths), values.shape[1]).index_add(0, seg, w[:, None] * values)
+        expected = din.mlp(torch.cat([interest, target, side], 1)).squeeze(1)
+        got = din(kjt)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
