@@ -5,8 +5,8 @@ to ``OUT.jsonl``; runs already there are skipped, so the benchmark can be split 
 invocations. Then ``OUT.json`` (all runs + aggregates) and ``OUT.md`` (mean +- std) are rewritten.
 
 Variants:
-  twin      two-stage model, coupled tables (attention = representation), dim D
-  dare_1    two-stage model, DARE tables, attention dim D
+  twin      two-stage model, coupled tables (attention = representation), dim D (no embedding groups)
+  dare_1    two-stage model, DARE tables (embedding group `all`, chain [{dare: {attention_dim: D}}])
   dare_1/2  ... attention dim D/2
   dare_1/4  ... attention dim D/4
   din       DIN with Dice + mini-batch-aware L2 (lambda = --mba-lambda)
@@ -42,16 +42,21 @@ VARIANTS = ("twin", "dare_1", "dare_1/2", "dare_1/4", "din", "din_plain")
 
 
 def model_section(variant: str, dim: int, din_dim: int, mba_lambda: float, top_k: int) -> dict:
-    if variant == "twin":
+    if variant == "twin" or variant.startswith("dare_"):  # DARE differs only in its tables (embedding_section)
         return {"name": "two_stage", "embedding_dim": dim, "two_stage": {"top_k": top_k}}
-    if variant.startswith("dare_"):
-        frac = {"dare_1": 1, "dare_1/2": 2, "dare_1/4": 4}[variant]
-        return {"name": "two_stage", "embedding_dim": dim, "decoupled": True, "attention_dim": dim // frac, "two_stage": {"top_k": top_k}}
     if variant == "din":
         return {"name": "din", "embedding_dim": din_dim, "din": {"attention_activation": "dice", "mlp_activation": "dice", "mba_lambda": mba_lambda}}
     if variant == "din_plain":
         return {"name": "din", "embedding_dim": din_dim, "din": {"attention_activation": "prelu", "mlp_activation": "prelu", "mba_lambda": 0.0}}
     raise ValueError(f"unknown variant {variant} (choose from {VARIANTS})")
+
+
+def embedding_section(variant: str, dim: int) -> dict:
+    """The ``embedding:`` section: DARE (attention dim ``dim / frac``) on every field for ``dare_*``, else plain tables."""
+    if variant.startswith("dare_"):
+        frac = {"dare_1": 1, "dare_1/2": 2, "dare_1/4": 4}[variant]
+        return {"groups": [{"name": "all", "chain": [{"dare": {"attention_dim": dim // frac}}]}]}
+    return {"groups": []}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = from_dict(SequenceExperimentConfig, {
                     "task": "sequence", "name": f"{dataset}_{variant}", "data": data,
                     "model": model_section(variant, args.dim, args.din_dim, args.mba_lambda, args.top_k),
+                    "embedding": embedding_section(variant, args.dim),
                     "train": {"epochs": args.epochs, "batch_size": args.batch_size, "eval_batch_size": 4096, "seed": seed,
                               "early_stopping_patience": 1, "tensorboard": False, "progress": False, "num_threads": args.threads},
                 })

@@ -4,6 +4,8 @@ For each data set and history cap L, the first ``--batch`` test rows are looked 
 search stage (scaled dot product of every behaviour with its target + jagged top-k) is timed
 ``--repeats`` times per attention dim. The MINIMUM over repeats is reported (robust to other jobs on
 a shared machine) with the median. Training is not needed: the cost depends only on the shapes.
+The tables are those of the embedding spec's ``dare`` chain entry on every field
+(``embedding: {groups: [{name: all, chain: [{dare: {attention_dim: A}}]}]}``), representation dim ``--dim``.
 
     python benchmarks/din_dare_search.py --amazon-path ../shared/datasets/amazon_seq_s3rec \
         --movielens-path ../shared/datasets/movielens_100k
@@ -22,14 +24,20 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from recsys_emb.config.embedding import EmbeddingSpec, TableGroup  # noqa: E402
 from recsys_emb.config.io import from_dict  # noqa: E402
-from recsys_emb.data.sequences import SequenceDataConfig, SequenceDataset, load_raw  # noqa: E402
+from recsys_emb.config.sequence import SequenceModelConfig  # noqa: E402
+from recsys_emb.data.sequences import FIELDS, SequenceDataConfig, SequenceDataset, load_raw  # noqa: E402
 from recsys_emb.models.din import sequence_tokens  # noqa: E402
-from recsys_emb.models.long_sequence import TwoStageConfig, TwoStageModel  # noqa: E402
-from recsys_emb.modules.dare import DecoupledEmbeddingCollection, dare_table_configs  # noqa: E402
+from recsys_emb.models.long_sequence import TwoStageConfig  # noqa: E402
+from recsys_emb.models.sequence import build_sequence_model  # noqa: E402
+from recsys_emb.train.tasks.sequence import sequence_facts  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 
-GROUPS = ("item", "category", "position")
+
+def dare_spec(attention_dim: int) -> EmbeddingSpec:
+    """DARE on every field (item, category, position): ``[{name: all, chain: [{dare: {attention_dim: A}}]}]``."""
+    return EmbeddingSpec(groups=[TableGroup(name="all", chain=[{"dare": {"attention_dim": attention_dim}}])])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,20 +66,22 @@ def main(argv: list[str] | None = None) -> int:
         ex = ds.examples("test")
         batch = ds.make_batch(ex.take(torch.arange(min(args.batch, len(ex))).numpy()))
         lengths = batch.sparse_features["hist_item"].lengths()
+        facts = sequence_facts(ds)
+        model_cfg = SequenceModelConfig(name="two_stage", embedding_dim=args.dim, fields=list(FIELDS),
+                                        two_stage=TwoStageConfig(top_k=args.top_k))
         for att_dim in (args.dim, args.dim // 2, args.dim // 4):
             torch.manual_seed(0)
-            att, rep = dare_table_configs(ds.table_sizes(), att_dim, args.dim)
-            model = TwoStageModel(DecoupledEmbeddingCollection(att, rep), GROUPS, TwoStageConfig(top_k=args.top_k)).eval()
+            model = build_sequence_model(model_cfg, dare_spec(att_dim), facts).eval()
             with torch.no_grad():
-                a, _ = model.embedding(batch.sparse_features)
-                keys, lens, query = sequence_tokens(a, GROUPS)
+                a, _, _ = model.embedding(batch.sparse_features)
+                keys, lens, query = sequence_tokens(a, model.fields)
                 times = []
                 for _ in range(args.repeats):
                     tick = time.perf_counter()
                     model.search(query, keys, lens)
                     times.append((time.perf_counter() - tick) * 1000)
             rows.append({"dataset": dataset, "max_history": L, "batch": int(lengths.numel()), "behaviours": int(lengths.sum()),
-                         "attention_dim": att_dim, "token_dim": att_dim * len(GROUPS), "min_ms": min(times),
+                         "attention_dim": att_dim, "token_dim": model.embedding.attention_dim, "min_ms": min(times),
                          "median_ms": statistics.median(times)})
             print(rows[-1], file=sys.stderr)
     atomic_save_json(Path(args.out).with_suffix(".json"), {"rows": rows, "threads": args.threads, "repeats": args.repeats, "top_k": args.top_k})

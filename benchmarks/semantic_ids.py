@@ -9,13 +9,23 @@ behaviours before it), with 4 negatives drawn uniformly from the held-out items 
 sequence. Reported on the test split of the best-validation epoch (validation: known items only):
 AUC overall (known-item and new-item test examples pooled), on known ("warm") items, and on new items.
 
-Item features of DIN (all else equal: same data, split, optimiser, epochs, early stopping, seed):
+Item features of DIN (all else equal: same data, split, optimiser, epochs, early stopping, seed). Each
+variant is the chain of the config's ``item`` table group (``embedding.groups``; the other groups,
+e.g. ``rest`` = position, are kept as the config has them):
 
-* ``hash``: random-hash item ids (salted hash into 1,585 rows, the catalogue size);
-* ``unigram`` / ``prefix_ngram`` / ``sentencepiece``: the item embedding is the sum of the embeddings
-  of the pieces of its semantic ID (3 RQ-VAE levels x 64 codes + collision suffix); the piece table
-  holds only pieces seen on training items (unseen pieces -> one shared row), and SentencePiece is
-  trained on the training items' IDs weighted by their training counts.
+* ``hash``: random-hash item ids: the config's own item chain, ``[{hash: {num_rows: 1585}}]`` (salted
+  hash into 1,585 rows, the catalogue size), with ``hash_seed`` = the run's seed;
+* ``id``: vocabulary item ids, one row per item (chain ``[]``);
+* ``unigram`` / ``bigram`` / ``prefix_ngram`` / ``sentencepiece``: chain ``[{semantic_ids: {...}}]``:
+  the item embedding is the sum of the embeddings of the pieces of its semantic ID (3 RQ-VAE levels x
+  64 codes + collision suffix); the piece table holds only pieces seen on training items (``mapping:
+  vocab``, unseen pieces -> one shared row), and SentencePiece (vocabulary 512) is trained on the
+  training items' IDs weighted by their training counts;
+* ``id+prefix_ngram``: ``semantic_ids`` with ``with_id: true``: vocabulary id row + pooled pieces.
+
+The former ``hash+prefix_ngram`` variant (random-HASHED id row + SID pieces, the old
+``item_features: id+sid`` with ``item_hash_buckets``) has no embedding-spec form: a ``hash`` layout after
+``semantic_ids`` would hash the pieces too. Its committed results stay in the report; it cannot be rerun.
 
 The RQ-VAE (``recsys-emb sid train``, configs/sid_scientific.yaml) is trained on the MiniLM content
 vectors of ALL catalogue items, held-out ones included: it sees their TEXT only, never an interaction
@@ -41,6 +51,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from recsys_emb.config.embedding import EmbeddingSpec, TableGroup, technique_entry  # noqa: E402
 from recsys_emb.config.io import load_config  # noqa: E402
 from recsys_emb.data.cold_start import make_sequence_dataset  # noqa: E402
 from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
@@ -48,7 +59,7 @@ from recsys_emb.train.tasks.sequence import SequenceTask  # noqa: E402
 from recsys_emb.train.trainer import fit  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 
-# variant -> (item_features, item_hash_buckets from the config?, tokenizer)
+# variant -> (item features: id | sid | id+sid, hashed item ids?, tokenizer)
 VARIANTS = {
     "hash": ("id", True, None),
     "id": ("id", False, None),
@@ -56,26 +67,61 @@ VARIANTS = {
     "bigram": ("sid", False, "bigram"),
     "prefix_ngram": ("sid", False, "prefix_ngram"),
     "sentencepiece": ("sid", False, "sentencepiece"),
-    "hash+prefix_ngram": ("id+sid", True, "prefix_ngram"),
+    "id+prefix_ngram": ("id+sid", False, "prefix_ngram"),
+    "hash+prefix_ngram": ("id+sid", True, "prefix_ngram"),  # no embedding-spec form: kept to report old runs
 }
+RUNNABLE = [v for v in VARIANTS if v != "hash+prefix_ngram"]
 BASELINE = "hash"
 GOAL_NEW, GOAL_OVERALL = 0.02, 0.005
+# semantic_ids options of the SID variants (the tokenizer, codes and seed are set per run); a `semantic_ids`
+# entry in the config's item chain (e.g. set with --set) takes precedence over these
+SID_OPTIONS = {"mapping": "vocab", "sentencepiece_vocab_size": 512, "raw_id_offset": 0}
+
+
+def item_group(cfg: SequenceExperimentConfig) -> int:
+    """Index of the embedding group that holds the ``item`` field."""
+    for i, g in enumerate(cfg.embedding.groups):
+        if g.features is not None and "item" in g.features:
+            return i
+    raise SystemExit(f"{cfg.name}: the config needs an embedding group with features: [item] "
+                     "(see configs/amazon_scientific_coldstart.yaml)")
+
+
+def chain_entry(chain: list, technique: str) -> dict | None:
+    """Options of ``technique`` in ``chain`` (None when absent)."""
+    for e in chain:
+        name, options = technique_entry(e, "item")
+        if name == technique:
+            return options
+    return None
 
 
 def variant_config(base: SequenceExperimentConfig, variant: str, seed: int, codes: str) -> SequenceExperimentConfig:
+    if variant not in RUNNABLE:
+        raise SystemExit(f"variant '{variant}' (a hashed item id row + SID pieces) has no embedding-spec form: "
+                         "a hash layout after semantic_ids would hash the pieces too; run 'id+prefix_ngram' "
+                         "(vocabulary id row + pieces) instead")
     cfg = copy.deepcopy(base)
     features, hashed, tokenizer = VARIANTS[variant]
     cfg.name = f"{base.name}:{variant}:seed{seed}"
-    cfg.model.item_features = features
-    if not hashed:
-        cfg.model.item_hash_buckets = None
-    if tokenizer is not None:
-        cfg.model.sid.tokenizer = tokenizer
-        cfg.model.sid.codes = codes
+    i = item_group(cfg)
+    group = cfg.embedding.groups[i]
+    if hashed:
+        options = chain_entry(group.chain, "hash")
+        if options is None:
+            raise SystemExit(f"variant 'hash' uses the config's item chain, which has no hash entry: {group.chain}")
+        chain: list = [{"hash": {**options, "hash_seed": seed}}]
+    elif features == "id":
+        chain = []
+    else:
+        sid = {**SID_OPTIONS, **(chain_entry(group.chain, "semantic_ids") or {}), "codes": codes, "tokenizer": tokenizer, "seed": seed}
+        chain = [{"semantic_ids": {**sid, "with_id": features == "id+sid"}}]
+    groups = list(cfg.embedding.groups)
+    groups[i] = TableGroup(name=group.name, features=group.features, chain=chain, dim=group.dim)
+    cfg.embedding = EmbeddingSpec(groups=groups)
     cfg.train.seed = seed
     cfg.data.seed = seed
     cfg.data.holdout_seed = seed
-    cfg.model.sid.seed = seed
     cfg.train.progress = False
     return cfg
 
@@ -170,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=REPO / "configs" / "amazon_scientific_coldstart.yaml")
     p.add_argument("--codes", default="runs/sid_scientific/sids.npz", help="SID file of `recsys-emb sid assign` for the Scientific items")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=["hash", "unigram", "prefix_ngram", "sentencepiece"], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["hash", "unigram", "prefix_ngram", "sentencepiece"], choices=RUNNABLE)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "semantic_ids")
     p.add_argument("--append", action="store_true", help="keep the runs already in OUT.json and add the missing (variant, seed) runs")

@@ -11,8 +11,10 @@ real Amazon files (see datasets/amazon_seq/README.md).
 What it shows:
 * the same jagged KJT batch (histories of item / category / recency-position ids, no padding) feeds
   every model;
-* ``decoupled: true`` swaps the one-table-per-feature layout for DARE's attention + representation
-  tables (``attention_dim`` may be smaller than ``embedding_dim``); nothing else changes;
+* the tables come from the ``embedding:`` section: no groups = one table per field (item, category,
+  position) serving attention and representation; a group whose chain has the ``dare`` technique,
+  ``{name: all, chain: [{dare: {attention_dim: 4}}]}``, swaps them for DARE's attention +
+  representation tables (``attention_dim`` may be smaller than ``embedding_dim``); nothing else changes;
 * test AUC / GAUC per model and the search-stage time of the two-stage models.
 """
 
@@ -32,11 +34,21 @@ from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
 from recsys_emb.train.tasks.sequence import SequenceTask  # noqa: E402
 from recsys_emb.train.trainer import fit  # noqa: E402
 
+TWO_STAGE = {"name": "two_stage", "embedding_dim": 16, "two_stage": {"top_k": 20, "mlp": [64, 32]}}
+PLAIN: dict = {"groups": []}  # one table per field, shared by attention and representation
+
+
+def dare(attention_dim: int) -> dict:
+    """DARE on every field: the ``dare`` chain entry builds attention and representation tables."""
+    return {"groups": [{"name": "all", "chain": [{"dare": {"attention_dim": attention_dim}}]}]}
+
+
+# label -> (model section, embedding section)
 MODELS = {
-    "DIN (Dice + MBA L2)": {"name": "din", "embedding_dim": 8, "din": {"attention_hidden": [32], "mlp": [64, 32], "mba_lambda": 0.01}},
-    "two-stage, coupled": {"name": "two_stage", "embedding_dim": 16, "two_stage": {"top_k": 20, "mlp": [64, 32]}},
-    "DARE, attention dim 16": {"name": "two_stage", "embedding_dim": 16, "decoupled": True, "attention_dim": 16, "two_stage": {"top_k": 20, "mlp": [64, 32]}},
-    "DARE, attention dim 4": {"name": "two_stage", "embedding_dim": 16, "decoupled": True, "attention_dim": 4, "two_stage": {"top_k": 20, "mlp": [64, 32]}},
+    "DIN (Dice + MBA L2)": ({"name": "din", "embedding_dim": 8, "din": {"attention_hidden": [32], "mlp": [64, 32], "mba_lambda": 0.01}}, PLAIN),
+    "two-stage, coupled": (TWO_STAGE, PLAIN),
+    "DARE, attention dim 16": (TWO_STAGE, dare(16)),
+    "DARE, attention dim 4": (TWO_STAGE, dare(4)),
 }
 
 
@@ -65,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         dataset = SequenceDataset(load_raw(data_cfg), data_cfg)  # parsed once, shared by every model
         print(f"data: {dataset.summary()}")
         rows = []
-        for label, model in MODELS.items():
+        for label, (model, embedding) in MODELS.items():
             cfg = from_dict(SequenceExperimentConfig, {
-                "task": "sequence", "name": label, "data": data, "model": model,
+                "task": "sequence", "name": label, "data": data, "model": model, "embedding": embedding,
                 "train": {"epochs": args.epochs, "batch_size": 256, "eval_batch_size": 2048, "seed": args.seed, "tensorboard": False,
                           "num_threads": 1, "progress": not args.no_progress},
             })

@@ -6,8 +6,10 @@
 
 1. item text -> content vectors -> RQ-VAE -> unique semantic IDs (skipped with ``--codes``);
 2. 15% of the items are held out: they never occur in training (recsys_emb/data/cold_start.py);
-3. DIN is trained twice on the same split: item feature = random-hash id, then = sum of the item's SID
-   pieces (``--tokenizer``); both report test AUC overall, on known items and on the new items.
+3. DIN is trained twice on the same split: item feature = random-hash id (the config's item table
+   group, ``chain: [{hash: {num_rows: 1585}}]``), then = sum of the item's SID pieces (the item group's
+   chain replaced by ``[{semantic_ids: {codes: ..., tokenizer: ...}}]``, ``--tokenizer``); both report
+   test AUC overall, on known items and on the new items.
 
 The full, multi-seed comparison is benchmarks/semantic_ids.py (docs/techniques/semantic_ids.md).
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from recsys_emb.config.embedding import EmbeddingSpec, TableGroup  # noqa: E402
 from recsys_emb.config.io import load_config  # noqa: E402
 from recsys_emb.data.cold_start import make_sequence_dataset  # noqa: E402
 from recsys_emb.semantic_ids.config import EmbedConfig, RQVAEConfig, RQVAETrainConfig  # noqa: E402
@@ -72,17 +75,20 @@ def main(argv: list[str] | None = None) -> int:
         codes = args.codes or make_codes(args, Path(tmp) / "sids.npz")
         base = load_config(SequenceExperimentConfig, REPO / "configs" / "amazon_scientific_coldstart.yaml", [
             f"data.path={args.data}", f"train.epochs={args.epochs}", f"train.seed={args.seed}", "train.progress=false",
-            f"model.sid.codes={codes}", f"model.sid.tokenizer={args.tokenizer}",
         ])
         if args.max_users:
             base.data.max_users = args.max_users
         ds = make_sequence_dataset(base.data)
         print("data:", json.dumps(ds.summary()))
-        for label, features, buckets in (("random-hash item id", "id", base.model.item_hash_buckets),
-                                         (f"SID pieces ({args.tokenizer})", "sid", None)):
+        # the config's groups: item (random-hash ids) and rest (position); the SID model swaps the item chain
+        sid_item = TableGroup(name="item", features=["item"], chain=[{"semantic_ids": {
+            "codes": str(codes), "tokenizer": args.tokenizer, "mapping": "vocab", "sentencepiece_vocab_size": 512}}])
+        rest = [g for g in base.embedding.groups if g.name != "item"]
+        for label, name, embedding in (("random-hash item id", "hash", base.embedding),
+                                       (f"SID pieces ({args.tokenizer})", "sid", EmbeddingSpec(groups=[sid_item, *rest]))):
             cfg = copy.deepcopy(base)
-            cfg.model.item_features, cfg.model.item_hash_buckets = features, buckets
-            test = fit(SequenceTask(cfg, dataset=ds), cfg, Path(tmp) / features)["test"]
+            cfg.embedding = embedding
+            test = fit(SequenceTask(cfg, dataset=ds), cfg, Path(tmp) / name)["test"]
             print(f"{label:28s} test AUC overall {test['auc']:.4f} | known items {test['warm']['auc']:.4f} "
                   f"| new items {test['new_items']['auc']:.4f}")
     return 0

@@ -480,8 +480,11 @@ class RoleLookup(nn.Module):
         return self.representation is not None
 
     def field_dims(self, role: str) -> dict[str, int]:
-        lookup = self.representation if role == "representation" and self.representation is not None else self.attention
-        return dict(lookup.dims)
+        """Field -> dim of its rows in ``role`` (fields without ``dare`` serve both roles with one table)."""
+        dims = dict(self.attention.dims)
+        if role == "representation" and self.representation is not None:
+            dims.update(self.representation.dims)
+        return dims
 
     def forward(self, features: KeyedJaggedTensor) -> tuple[dict[str, JaggedTensor], dict[str, JaggedTensor]]:
         att = self.attention(features)

@@ -373,3 +373,17 @@ def test_din_composition_equals_an_independent_composition(data: dict[str, str])
         expected = din.mlp(torch.cat([interest, target, side], 1)).squeeze(1)
         got = din(kjt)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dare_on_some_fields_only(data: dict[str, str]) -> None:
+    """Fields without ``dare`` serve both roles with one table; the others get attention + representation tables."""
+    spec = EmbeddingSpec(groups=[TableGroup("item", ["item"], [{"dare": {"attention_dim": 4}}]),
+                                 TableGroup("rest", ["category", "position"]), TableGroup("side", ["user"])])
+    train = build("two_stage", spec, data)
+    emb = train.model.embedding
+    assert emb.attention_dim == 4 + 8 + 8 and emb.representation_dim == 8 + 8 + 8
+    att, rep, _ = emb(batch("two_stage", data).sparse_features)
+    assert att["hist_item"].values().shape[1] == 4 and rep["hist_item"].values().shape[1] == 8
+    assert att["hist_cat"] is rep["hist_cat"]  # one table serves both roles
+    loss, _ = train(batch("two_stage", data))
+    loss.backward()

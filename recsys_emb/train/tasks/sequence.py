@@ -8,8 +8,8 @@
 3. Training negatives are redrawn every epoch (``(seed, epoch)``); each global batch of
    ``train.batch_size`` examples (order from ``(train.seed, epoch)``) is split into equal parts, one
    per rank (the at most ``world_size - 1`` leftover examples of a batch are not used).
-4. Selection: validation AUC; metrics AUC, GAUC (per-user, impression-weighted) and logloss. Every
-   rank scores the whole split (evaluation is not split over ranks yet: the same result on each).
+4. Selection: validation AUC; metrics AUC, GAUC (per-user, impression-weighted) and logloss. Each
+   rank scores its share of the rows (:func:`evaluate_sequence`); the metrics are the same on each.
    The test metrics (of the restored best model) add the cold-start ``warm`` / ``new`` splits when the
    data set has them, and the search-stage time per batch of two-stage models.
 """
