@@ -38,6 +38,14 @@ class TableGroup:
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"embedding.groups: every group needs a name, got {self.name!r}")
+        from torch import nn
+
+        if "." in self.name or hasattr(nn.ModuleDict(), self.name):
+            raise ValueError(
+                f"embedding group name '{self.name}' cannot name a submodule (the group's modules are kept by name in a "
+                "torch ModuleDict, where it is a method or has a '.'); choose another, e.g. "
+                f"'{self.name.replace('.', '_')}_group'"
+            )
         if self.features is not None and not self.features:
             raise ValueError(f"embedding group '{self.name}': features is empty (null = every remaining feature)")
         if self.dim is not None and self.dim < 1:

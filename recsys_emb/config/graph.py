@@ -12,6 +12,9 @@ Example (configs/gowalla_lightgcn_tiny.yaml)::
     sharding: {type: data_parallel}       # CPU: Adam needs unfused (data-parallel) tables
     evaluation: {ks: [10, 20, 50], select_metric: recall@20}
 
+``embedding:`` builds the user/item tables (features ``user`` and ``item``) from table groups and
+technique chains, as in every family (docs/techniques/graph_cf.md: LightGCN with ``unified`` items).
+
 ``train:`` and ``sharding:`` are the shared sections of every family
 (:class:`recsys_emb.config.experiment.TrainConfig`, :class:`ShardingConfig`); only their defaults
 are the papers' here (:class:`GraphTrainConfig`: seed 2020, Adam lr 1e-3 for tables and NGCF layers,
@@ -23,8 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recsys_emb.config.embedding import EmbeddingSpec
 from recsys_emb.config.experiment import OptimizerConfig, ShardingConfig, TrainConfig
-from recsys_emb.models.graph import GraphModelConfig
+from recsys_emb.models.graph import GraphModelConfig, check_propagation
 
 
 @dataclass
@@ -87,6 +91,9 @@ class GraphExperimentConfig:
     data: GraphDataConfig = field(default_factory=GraphDataConfig)
     model: GraphModelConfig = field(default_factory=GraphModelConfig)
     train: GraphTrainConfig = field(default_factory=GraphTrainConfig)
+    # the user/item tables (features `user`, `item`): table groups + technique chains (config/embedding.py);
+    # no groups / plain chains = the papers' tables; a technique needs model.propagation: lookup
+    embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
     # data_parallel: full replicas trained by the regular torch optimizer (Adam, as the papers; FBGEMM's
     # fused CPU kernels have no Adam); row_wise / table_wise / column_wise shard the tables (fused optimizers)
     sharding: ShardingConfig = field(default_factory=lambda: ShardingConfig(type="data_parallel"))
@@ -102,3 +109,4 @@ class GraphExperimentConfig:
                 "or neighbor; all modes give the same numbers (tested). full is for an unsharded GraphCF used "
                 "directly, e.g. examples/graph_cf.py"
             )
+        check_propagation(self.embedding, self.model.propagation)

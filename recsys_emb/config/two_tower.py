@@ -13,13 +13,15 @@ Example (configs/ml1m_two_tower_tiny.yaml)::
 The data and evaluation sections are the graph family's (:class:`GraphDataConfig`,
 :class:`GraphEvalConfig`: an NGCF/LightGCN-format folder, recall@K / NDCG@K over all items);
 ``train:`` and ``sharding:`` are the shared sections, with the old two-tower trainer's defaults
-(:class:`TwoTowerTrainConfig`).
+(:class:`TwoTowerTrainConfig`). ``embedding:`` builds the user/item tables (features ``user`` and
+``item``) from table groups and technique chains, as in every family.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recsys_emb.config.embedding import EmbeddingSpec
 from recsys_emb.config.experiment import OptimizerConfig, ShardingConfig, TrainConfig
 from recsys_emb.config.graph import GraphDataConfig, GraphEvalConfig
 from recsys_emb.models.two_tower import TwoTowerConfig
@@ -47,6 +49,9 @@ class TwoTowerExperimentConfig:
     data: GraphDataConfig = field(default_factory=GraphDataConfig)
     model: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     train: TwoTowerTrainConfig = field(default_factory=TwoTowerTrainConfig)
+    # the user/item tables (features `user`, `item`): table groups + technique chains (config/embedding.py);
+    # no groups / plain chains = the two stock tables `user` and `item`
+    embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
     # data_parallel: replicas trained by torch's Adam (FBGEMM's fused CPU kernels have no Adam); row_wise /
     # table_wise / column_wise shard the two tables (fused optimizers: rowwise_adagrad / adagrad / sgd on CPU)
     sharding: ShardingConfig = field(default_factory=lambda: ShardingConfig(type="data_parallel"))

@@ -36,6 +36,13 @@ two tables, ``user`` (features ``user_id``, ``item_nbrs``) and ``item`` (feature
   step than ``lookup`` (ML-1M LightGCN); what it buys is hop-1 pooling done by the table owners.
   All modes give the same numbers for the same weights (tested).
 
+The ``embedding:`` spec (recsys_emb/modules/spec.py; features ``user`` and ``item``) may replace the
+plain tables by any technique chain, e.g. ``unified`` item rows at half the bytes. A plain spec (no
+groups, or plain chains only) is the weighted EBC above, unchanged. Otherwise the layer-0 tables are
+the spec's module and ``E0`` is ONE call of it on an unweighted KJT (keys ``user``, ``item``: each bag
+holds the node itself), then the hops as in ``lookup``; only ``lookup`` propagation serves them
+(``neighbor`` pools plain weighted neighbour bags). A technique's ``aux_loss()`` joins the BPR loss.
+
 Deviations: dropout of the adjacency ("node dropout") is available in two variants: ``edge``
 (the reference code: every non-zero of ``P``, self-loops included, kept with prob ``1-p`` and
 rescaled) and ``node`` (the paper: all messages sent by a dropped node). Biases of NGCF layers are
@@ -47,15 +54,18 @@ Shapes: U users, I items, N = U + I nodes, D embedding dim, D' output dim.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 
+from recsys_emb.config.embedding import EmbeddingSpec
 from recsys_emb.data.graphs import ADJACENCY_KINDS, SYMMETRIC_KINDS, BPRBatch, NormalizedAdjacency
+from recsys_emb.models.id_tables import build_id_tables, chain_techniques, embedding_aux_loss, plain_spec
 
 USER_TABLE, ITEM_TABLE = "user", "item"
 PROPAGATION_MODES = ("lookup", "neighbor", "full")
@@ -119,16 +129,40 @@ class GraphEmbeddings(NamedTuple):
     ego: torch.Tensor
 
 
+def table_init_fn(cfg: GraphModelConfig) -> Callable[[torch.Tensor], Any]:
+    """The papers' table init: normal(0, ``init_std``) for LightGCN / MF, Xavier uniform for NGCF."""
+    init = cfg.init or ("xavier" if cfg.name == "ngcf" else "normal")
+    return functools.partial(nn.init.normal_, std=cfg.init_std) if init == "normal" else nn.init.xavier_uniform_
+
+
 def graph_tables(num_users: int, num_items: int, cfg: GraphModelConfig) -> list[EmbeddingBagConfig]:
     """The two stock tables (init per paper: normal(std) for LightGCN, Xavier uniform for NGCF)."""
-    init = cfg.init or ("xavier" if cfg.name == "ngcf" else "normal")
-    init_fn = functools.partial(nn.init.normal_, std=cfg.init_std) if init == "normal" else nn.init.xavier_uniform_
+    init_fn = table_init_fn(cfg)
     return [
         EmbeddingBagConfig(name=USER_TABLE, embedding_dim=cfg.embedding_dim, num_embeddings=num_users,
                            feature_names=["user_id", "item_nbrs"], init_fn=init_fn),
         EmbeddingBagConfig(name=ITEM_TABLE, embedding_dim=cfg.embedding_dim, num_embeddings=num_items,
                            feature_names=["item_id", "user_nbrs"], init_fn=init_fn),
     ]
+
+
+def check_propagation(spec: EmbeddingSpec, propagation: str) -> None:
+    """Refuse a technique chain with a propagation mode that needs the plain weighted tables.
+
+    Raises:
+        ValueError: ``neighbor`` (hop 1 pools plain weighted neighbour bags) or ``full`` (reads the raw
+            table weights) with any non-plain chain entry; names the group and the technique.
+    """
+    techniques = chain_techniques(spec)
+    if propagation == "lookup" or not techniques:
+        return
+    group, technique = techniques[0]
+    why = ("pools hop 1 over weighted neighbour bags of the plain user/item tables" if propagation == "neighbor"
+           else "reads the plain table weights directly")
+    raise ValueError(
+        f"model.propagation: {propagation} {why}, but embedding group '{group}' uses technique '{technique}'; "
+        "use model.propagation: lookup (the default: E0 by one lookup through any technique chain, then the same hops)"
+    )
 
 
 class GraphPropagation(nn.Module):
@@ -240,6 +274,22 @@ class GraphPropagation(nn.Module):
         return KeyedJaggedTensor(keys=list(FEATURES), values=ids, lengths=lengths,
                                  weights=torch.ones(U + I, device=dev), stride=B)
 
+    def node_kjt(self) -> KeyedJaggedTensor:
+        """The input of spec-built tables: keys ``user``, ``item``, unweighted; ``user`` bag ``u`` = [u],
+        ``item`` bag ``i`` = [i]; stride max(U, I) (bags past U or I are empty)."""
+        U, I = self.num_users, self.num_items
+        B = max(U, I)
+        dev = self.indptr.device
+        one, zero = torch.ones(1, dtype=torch.int64, device=dev), torch.zeros(1, dtype=torch.int64, device=dev)
+        lengths = torch.cat([one.expand(U), zero.expand(B - U), one.expand(I), zero.expand(B - I)])
+        ids = torch.cat([torch.arange(U, device=dev), torch.arange(I, device=dev)])
+        return KeyedJaggedTensor(keys=["user", "item"], values=ids, lengths=lengths, stride=B)
+
+    def spec_ego(self, tables: nn.Module) -> torch.Tensor:
+        """E0 (N, D) from spec-built tables (any technique chain): one call on :meth:`node_kjt`, users first."""
+        pooled = tables(self.node_kjt()).to_dict()  # user, item -> (max(U, I), D)
+        return torch.cat([pooled["user"][: self.num_users], pooled["item"][: self.num_items]])
+
     def ego(self, tables: nn.Module) -> torch.Tensor:
         """E0 (N, D): the layer-0 rows of all nodes, users first (raw weights in ``full`` mode, else a lookup)."""
         U, I = self.num_users, self.num_items
@@ -295,6 +345,10 @@ class GraphCF(nn.Module):
         cfg: the model config.
         adj: the normalised adjacency of the training graph (kind ``cfg.adjacency_kind``).
         device: where tables and buffers live (``meta`` is allowed for DMP).
+        embedding: the ``embedding:`` spec over the features ``user`` and ``item`` (None or plain: the
+            weighted EBC of :func:`graph_tables`; else the spec's tables, ``lookup`` propagation only).
+        context: data facts for the techniques, e.g. ``{"counts": {"user": (U,), "item": (I,)}}``
+            training interactions per id (``dnis: {frequency: data}``).
 
     Example::
 
@@ -304,14 +358,23 @@ class GraphCF(nn.Module):
         user_emb, item_emb = model.user_item_embeddings()  # (3, 8), (4, 8)
     """
 
-    def __init__(self, cfg: GraphModelConfig, adj: NormalizedAdjacency, device: torch.device | str | None = None) -> None:
+    def __init__(self, cfg: GraphModelConfig, adj: NormalizedAdjacency, device: torch.device | str | None = None,
+                 embedding: EmbeddingSpec | None = None, context: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         if adj.kind != cfg.adjacency_kind:
             raise ValueError(f"adjacency kind '{adj.kind}' does not match the config's '{cfg.adjacency_kind}'")
         self.cfg = cfg
         self.num_users, self.num_items = adj.num_users, adj.num_items
-        self.tables = EmbeddingBagCollection(tables=graph_tables(adj.num_users, adj.num_items, cfg),
-                                             is_weighted=True, device=torch.device(device) if device else None)
+        spec = embedding if embedding is not None else EmbeddingSpec()
+        self.plain = plain_spec(spec, cfg.embedding_dim, family=cfg.name)
+        if self.plain:
+            self.tables = EmbeddingBagCollection(tables=graph_tables(adj.num_users, adj.num_items, cfg),
+                                                 is_weighted=True, device=torch.device(device) if device else None)
+        else:
+            check_propagation(spec, cfg.propagation)
+            self.tables = build_id_tables(spec, {"user": adj.num_users, "item": adj.num_items}, cfg.embedding_dim,
+                                          family=cfg.name, init={"init_fn": table_init_fn(cfg)}, context=context,
+                                          device=device)
         self.propagation = GraphPropagation(adj, cfg.propagation)
         if device is not None and torch.device(device).type != "meta":
             self.propagation.to(device)
@@ -336,10 +399,16 @@ class GraphCF(nn.Module):
             values, diag = prop.dropped(self.cfg.node_dropout, self.cfg.node_dropout_mode)
         else:
             values, diag = prop.values, prop.diag
-        if self.cfg.num_layers == 0:  # MF: no propagation at all
+        if not self.plain:  # spec-built tables: E0 by one lookup, every hop a sparse matmul
+            e0 = prop.spec_ego(self.tables)  # (N, D)
+            if self.cfg.num_layers == 0:
+                return GraphEmbeddings(e0, e0)
+            side = prop.hop(e0, values, diag)  # (N, D)
+        elif self.cfg.num_layers == 0:  # MF: no propagation at all
             e0 = prop.first_hop(self.tables, values, diag)[0] if prop.mode == "neighbor" else prop.ego(self.tables)
             return GraphEmbeddings(e0, e0)
-        e0, side = prop.first_hop(self.tables, values, diag)  # (N, D) each
+        else:
+            e0, side = prop.first_hop(self.tables, values, diag)  # (N, D) each
         if self.cfg.name == "ngcf":
             return GraphEmbeddings(self._ngcf(e0, side, values, diag), e0)
         layers = [e0, side]
@@ -356,6 +425,10 @@ class GraphCF(nn.Module):
             ego = drop(layer(ego, side))  # (N, D_{k+1})
             outs.append(F.normalize(ego, p=2, dim=1))
         return torch.cat(outs, dim=1)  # (N, D')
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """The embedding technique's auxiliary loss (scalar; e.g. OptEmbed's threshold regulariser), or None."""
+        return embedding_aux_loss(self.tables)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, D) -> users (U, D), items (I, D)."""
@@ -410,7 +483,8 @@ class GraphBPRTrain(nn.Module):
 
     ``bpr = mean(softplus(s_neg - s_pos))`` with ``s = <final user, final item>``;
     ``reg = l2 * 0.5 * (|u|^2 + |p|^2 + |n|^2) / B`` summed over the batch rows of the layer-0
-    (``l2_on="ego"``, LightGCN's code) or final (``"final"``, NGCF's reference code) embeddings.
+    (``l2_on="ego"``, LightGCN's code) or final (``"final"``, NGCF's reference code) embeddings;
+    ``aux`` = the embedding technique's ``aux_loss()`` (0 when it has none).
 
     Example::
 
@@ -430,7 +504,7 @@ class GraphBPRTrain(nn.Module):
         batch: (B,) user ids, positive and negative item ids (item-table ids, not node ids).
 
         Returns:
-            ``(loss, (bpr.detach(), reg.detach()))``, scalars; ``loss = bpr + reg``.
+            ``(loss, (bpr.detach(), reg.detach()))``, scalars; ``loss = bpr + reg + aux``.
         """
         users, pos, neg = batch.users, batch.pos, batch.neg
         out = self.model()
@@ -442,4 +516,6 @@ class GraphBPRTrain(nn.Module):
         else:
             ru, rp, rn = out.ego[users], out.ego[U + pos], out.ego[U + neg]  # (B, D) each
         reg = self.l2 * 0.5 * (ru.pow(2).sum() + rp.pow(2).sum() + rn.pow(2).sum()) / users.numel()
-        return bpr + reg, (bpr.detach(), reg.detach())
+        loss = bpr + reg
+        aux = embedding_aux_loss(self.model)  # after the forward: a technique may use what it just stored
+        return (loss if aux is None else loss + aux), (bpr.detach(), reg.detach())

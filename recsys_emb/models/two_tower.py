@@ -6,6 +6,9 @@ User and item ids are looked up in one stock ``torchrec.EmbeddingBagCollection``
 (``user`` and ``item``, one id per bag), so the big parameters are ordinary TorchRec tables that a
 planner could shard. An optional MLP per tower maps the table rows to the final embedding; with
 ``tower_layers: []`` the score is the plain dot product of the two rows (matrix factorisation).
+The ``embedding:`` spec (recsys_emb/modules/spec.py; features ``user`` and ``item``) may build the
+tables through any technique chain instead (e.g. ``unified`` item rows); a plain spec is exactly the
+stock EBC, and a technique's ``aux_loss()`` joins the loss.
 
 Loss: in-batch sampled softmax (Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large
 Corpus Item Recommendations", RecSys 2019): for each user in the batch the other positives are the
@@ -27,15 +30,18 @@ Reduction: with ``tower_layers: []``, ``normalize: false`` the model is exactly 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys_emb.config.embedding import EmbeddingSpec
+from recsys_emb.models.id_tables import build_id_tables, embedding_aux_loss, plain_spec
 
 
 @dataclass
@@ -82,6 +88,11 @@ class TwoTower(nn.Module):
         num_users: U.
         num_items: N.
         config: model options.
+        device: table device (``meta`` for DMP).
+        embedding: the ``embedding:`` spec over the features ``user`` and ``item`` (None or plain: the
+            stock EBC with tables ``user`` and ``item``).
+        context: data facts for the techniques, e.g. ``{"counts": {"user": (U,), "item": (N,)}}``
+            training interactions per id (``dnis: {frequency: data}``).
 
     Example::
 
@@ -90,18 +101,17 @@ class TwoTower(nn.Module):
         users = model.user_embeddings()  # (100, 16)
     """
 
-    def __init__(self, num_users: int, num_items: int, config: TwoTowerConfig, device: torch.device | str | None = None) -> None:
+    def __init__(self, num_users: int, num_items: int, config: TwoTowerConfig, device: torch.device | str | None = None,
+                 embedding: EmbeddingSpec | None = None, context: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
         self.num_users, self.num_items = num_users, num_items
-        init = partial(nn.init.normal_, std=config.init_std)
-        tables = [
-            EmbeddingBagConfig(name="user", embedding_dim=config.embedding_dim, num_embeddings=num_users,
-                               feature_names=["user"], pooling=PoolingType.SUM, init_fn=init),
-            EmbeddingBagConfig(name="item", embedding_dim=config.embedding_dim, num_embeddings=num_items,
-                               feature_names=["item"], pooling=PoolingType.SUM, init_fn=init),
-        ]
-        self.embedding = EmbeddingBagCollection(tables, device=device)
+        spec = embedding if embedding is not None else EmbeddingSpec()
+        if plain_spec(spec, config.embedding_dim, family="two_tower"):
+            spec = EmbeddingSpec()  # one plain group: the stock EBC, tables `user` and `item` (SUM pooling)
+        self.embedding = build_id_tables(spec, {"user": num_users, "item": num_items}, config.embedding_dim,
+                                         family="two_tower", init={"init_fn": partial(nn.init.normal_, std=config.init_std)},
+                                         context=context, device=device)
         self.user_tower = _tower(config.embedding_dim, list(config.tower_layers))
         self.item_tower = _tower(config.embedding_dim, list(config.tower_layers))
         # log item frequency; a buffer is never built on meta (DMP would zero it), so it starts on the CPU there
@@ -154,7 +164,7 @@ class TwoTower(nn.Module):
         return (self._finish(u, self.user_tower) * self._finish(i, self.item_tower)).sum(-1)
 
     def loss(self, users: Tensor, items: Tensor) -> Tensor:
-        """In-batch softmax loss of (B,) positive pairs (mean over the batch)."""
+        """In-batch softmax loss of (B,) positive pairs (mean over the batch), plus the embedding's ``aux_loss()``."""
         u_raw, i_raw = self._lookup(users, items)
         u, i = self._finish(u_raw, self.user_tower), self._finish(i_raw, self.item_tower)
         logits = u @ i.T / self.config.temperature  # (B, B)
@@ -167,7 +177,8 @@ class TwoTower(nn.Module):
         loss = F.cross_entropy(logits, target)
         if self.config.weight_decay:
             loss = loss + self.config.weight_decay * (u_raw.pow(2).sum(-1) + i_raw.pow(2).sum(-1)).mean()
-        return loss
+        aux = embedding_aux_loss(self.embedding)  # a technique's regulariser (e.g. OptEmbed's thresholds)
+        return loss if aux is None else loss + aux
 
     @torch.no_grad()
     def user_embeddings(self, batch_size: int = 65536) -> Tensor:

@@ -43,6 +43,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "optembed": {}, "dare": {"attention_dim": 4},
 }
 TESTED = [(m, c) for m, c in cells() if FAMILIES[m] in ("ctr", "sequence")]
+# graph / two-tower cells train and reduce in tests/train/tasks/test_graph_techniques.py; all cells shard here
+SHARDED = cells()
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -97,9 +99,39 @@ def spec_for(model: str, chain_name: str, paths: dict[str, str], **override: dic
     return EmbeddingSpec(groups=[TableGroup("fields", ["item", "category", "position"], entries(chain, codes, **override)), side])
 
 
+def graph_spec(chain_name: str) -> EmbeddingSpec:
+    """A graph / two-tower cell's spec: the chain on both id tables."""
+    options = {"unified": {"num_rows": 5, "budget_fraction": None}, "hash": {"num_rows": 5, "budget_fraction": None}}
+    return EmbeddingSpec(groups=[TableGroup("ids", None, entries(CHAINS[chain_name], "", **options))])
+
+
+def build_graph_cell(model: str, spec: EmbeddingSpec, device: str = "cpu") -> nn.Module:
+    """``GraphBPRTrain`` / ``TwoTowerTrain`` of a graph / two-tower cell on a tiny graph, seeded."""
+    from recsys_emb.config.two_tower import TwoTowerExperimentConfig
+    from recsys_emb.models.graph import GraphBPRTrain, GraphModelConfig
+    from recsys_emb.models.two_tower import TwoTowerConfig, TwoTowerTrain
+    from recsys_emb.train.tasks.graph import build_graph_model
+    from recsys_emb.train.tasks.two_tower import build_two_tower
+    from tests.train.tasks.test_graph_techniques import tiny_graph
+
+    graph = tiny_graph()
+    if model == "two_tower":
+        cfg = TwoTowerExperimentConfig(model=TwoTowerConfig(embedding_dim=8, tower_layers=[8]), embedding=spec)
+        tower = build_two_tower(cfg, graph, device)
+        if device == "meta":
+            tower.log_q = tower.log_q.to("cpu")
+        return TwoTowerTrain(tower)
+    mcfg = GraphModelConfig(name=model, embedding_dim=8, num_layers=2, message_dropout=[0.0])  # type: ignore[arg-type]
+    gcf = build_graph_model(mcfg, graph, seed=0, device=device, embedding=spec)
+    gcf.propagation.to("cpu")  # buffers (the adjacency), never on meta
+    return GraphBPRTrain(gcf, l2=1e-3)
+
+
 def build(model: str, spec: EmbeddingSpec, paths: dict[str, str], device: str = "cpu", ds: SequenceDataset | None = None) -> nn.Module:
-    """The training module (``CTRTrain`` / ``SequenceTrain``) of a cell, seeded."""
+    """The training module (``CTRTrain`` / ``SequenceTrain`` / ``GraphBPRTrain`` / ``TwoTowerTrain``) of a cell, seeded."""
     torch.manual_seed(0)
+    if FAMILIES[model] in ("graph", "two_tower"):
+        return build_graph_cell(model, spec, device)
     if FAMILIES[model] == "ctr":
         mcfg = ModelConfig(name=model, embedding_dim=8, dlrm=DLRMConfig([8], [8]), dcnv2=DCNv2Config(1, deep_layer_sizes=[8]),
                            deepfm=DeepFMConfig([8], dropout=0.0))
@@ -113,6 +145,12 @@ def build(model: str, spec: EmbeddingSpec, paths: dict[str, str], device: str = 
 
 def batch(model: str, paths: dict[str, str], rank: int = 0, size: int = HALF, ds: SequenceDataset | None = None) -> Any:
     """Rows ``[rank * size, (rank + 1) * size)`` of a fixed batch."""
+    if FAMILIES[model] in ("graph", "two_tower"):
+        from recsys_emb.data.graphs import BPRBatch
+
+        users, pos, neg = torch.tensor([0, 1, 2, 5, 3, 4, 0, 2]), torch.tensor([1, 3, 4, 8, 2, 5, 6, 7]), torch.tensor([0, 2, 7, 6, 1, 8, 3, 4])
+        half = slice(rank * 4, (rank + 1) * 4)
+        return BPRBatch(users[half], pos[half], neg[half])
     if FAMILIES[model] == "ctr":
         return PreparedCTRData.open(paths["ctr"]).batch(slice(rank * size, (rank + 1) * size))
     ds = ds or sequence_dataset(paths)
@@ -258,13 +296,14 @@ def _parity(rank: int, world_size: int, paths: dict[str, str], done: str) -> Non
     env = DistEnv(rank=rank, world_size=world_size, local_rank=rank, device=torch.device("cpu"), backend="gloo", owns_group=False)
     ds = sequence_dataset(paths)
     sgd = OptimizerConfig(name="sgd", lr=LR)
-    for model, chain in TESTED:
-        spec = spec_for(model, chain, paths)
+    for model, chain in SHARDED:
+        retrieval = FAMILIES[model] in ("graph", "two_tower")
+        spec = graph_spec(chain) if retrieval else spec_for(model, chain, paths)
         reference = build(model, spec, paths, ds=ds)
         start = {k: v.detach().clone() for k, v in reference.state_dict().items()}
         batches = [batch(model, paths, r, ds=ds) for r in range(world_size)]
         torch.manual_seed(7)
-        ref_logits = reference(batches[rank])[1][1]
+        ref_loss, ref_aux = reference(batches[rank])
         stepped = build(model, spec, paths, ds=ds)
         stepped.load_state_dict(start)
         losses = []
@@ -279,11 +318,14 @@ def _parity(rank: int, world_size: int, paths: dict[str, str], done: str) -> Non
                                    TrainConfig(embedding_optimizer=sgd, dense_optimizer=sgd), ShardingConfig(type="row_wise"))
         copy_into_shards(dmp, start)
         torch.manual_seed(7)
-        loss, (_, logits, _) = dmp(batches[rank])
-        torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6, msg=lambda m: f"{model}/{chain} forward: {m}")
+        loss, aux = dmp(batches[rank])
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6, msg=lambda m: f"{model}/{chain} loss: {m}")
+        if not retrieval:  # CTR / sequence: the logits too
+            torch.testing.assert_close(aux[1], ref_aux[1], rtol=1e-5, atol=1e-6, msg=lambda m: f"{model}/{chain} forward: {m}")
         loss.backward()  # fused SGD on the sharded tables; dense gradients are averaged by DDP
         dense = [p for n, p in dmp.named_parameters() if p.grad is not None]
-        torch.optim.SGD(dense, lr=LR).step()
+        if dense:  # LightGCN / MF with plain tables have no dense parameters
+            torch.optim.SGD(dense, lr=LR).step()
         got = dmp.state_dict()
         for key, value in expected.items():
             if "running_" in key or key not in got:
@@ -310,7 +352,7 @@ def parity_run(data: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
     return done, None
 
 
-@pytest.mark.parametrize("model,chain", TESTED)
+@pytest.mark.parametrize("model,chain", SHARDED)
 def test_sharded_cell_equals_unsharded_two_ranks(model: str, chain: str, parity_run: tuple[Path, BaseException | None]) -> None:
     done, error = parity_run
     if not all((done / f"{model}-{chain}.rank{r}").exists() for r in range(2)):

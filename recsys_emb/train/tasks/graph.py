@@ -9,6 +9,8 @@ Papers: LightGCN (He et al., SIGIR 2020), NGCF (Wang et al., SIGIR 2019); models
   ``DistributedModelParallel`` (``model.propagation: neighbor``: hop 1 is a call of the table EBC, so
   the tables may be sharded or data-parallel). The whole graph is propagated at every step on every
   rank (as the papers do); the BPR batch only picks the rows the loss reads.
+- Tables: ``embedding:`` (features ``user`` and ``item``; plain = the papers' tables), with the
+  training interactions per user / item as the techniques' ``counts`` (:func:`graph_context`).
 - Initial weights: the papers' init (normal(0, ``init_std``) for LightGCN/MF, Xavier for NGCF tables
   and layers), drawn from ``torch.manual_seed(train.seed)`` on one unsharded model and copied into
   every rank's shards, so any world size starts from the same weights.
@@ -37,12 +39,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from recsys_emb.config.embedding import EmbeddingSpec
 from recsys_emb.config.graph import GraphEvalConfig, GraphExperimentConfig
 from recsys_emb.config.io import save_config
 from recsys_emb.data.graphs import (
     BPRBatch, BPRSampler, GraphDataset, NormalizedAdjacency, load_graph_dataset, normalized_adjacency,
 )
 from recsys_emb.models.graph import GraphBPRTrain, GraphCF, GraphModelConfig
+from recsys_emb.models.id_tables import id_counts
 from recsys_emb.train.env import DistEnv
 from recsys_emb.train.parallel import inner_model
 from recsys_emb.train.ranking_metrics import full_ranking_metrics
@@ -61,11 +65,18 @@ def load_graph(cfg: GraphExperimentConfig) -> GraphDataset:
     return graph
 
 
+def graph_context(graph: GraphDataset) -> dict[str, Any]:
+    """Data facts for embedding techniques: ``counts`` = training interactions per user (U,) and item (I,)."""
+    return {"counts": id_counts(graph.train.indptr, graph.train.indices, graph.num_items)}
+
+
 def build_graph_model(cfg: GraphModelConfig, graph: GraphDataset, seed: int, adj: NormalizedAdjacency | None = None,
-                      device: torch.device | str | None = None) -> GraphCF:
-    """The unsharded model with the papers' init (tables and NGCF layers), drawn from ``torch.manual_seed(seed)``."""
+                      device: torch.device | str | None = None, embedding: EmbeddingSpec | None = None) -> GraphCF:
+    """The unsharded model with the papers' init (tables and NGCF layers), drawn from ``torch.manual_seed(seed)``;
+    its user/item tables from ``embedding`` (None = the plain tables)."""
     torch.manual_seed(seed)
-    return GraphCF(cfg, adj if adj is not None else normalized_adjacency(graph, cfg.adjacency_kind), device)
+    return GraphCF(cfg, adj if adj is not None else normalized_adjacency(graph, cfg.adjacency_kind), device,
+                   embedding=embedding, context=graph_context(graph))
 
 
 def split_exclusions(graph: GraphDataset, split: str) -> list[Any]:
@@ -161,14 +172,17 @@ class GraphTask(Task):
 
     # ---------------------------------------------------------------------------------- model
     def build_model(self) -> nn.Module:
-        model = GraphCF(self.cfg.model, self.adj, device="meta")
+        assert self.graph is not None
+        model = GraphCF(self.cfg.model, self.adj, device="meta", embedding=self.cfg.embedding,
+                        context=graph_context(self.graph))
         model.propagation.to(self.env.device)  # buffers (the adjacency), never on meta
         return GraphBPRTrain(model, self.cfg.model.l2, self.cfg.model.l2_on)
 
     def initial_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Tables and NGCF layers of an unsharded model seeded by ``train.seed`` (the papers' init:
         normal / Xavier via ``graph_tables``' ``init_fn``, Xavier layers), keyed like the DMP state dict."""
-        reference = build_graph_model(self.cfg.model, self.graph, self.cfg.train.seed, self.adj, device="cpu")  # type: ignore[arg-type]
+        reference = build_graph_model(self.cfg.model, self.graph, self.cfg.train.seed, self.adj, device="cpu",  # type: ignore[arg-type]
+                                      embedding=self.cfg.embedding)
         return {f"model.{key}": value for key, value in reference.state_dict().items()}
 
     # ---------------------------------------------------------------------------------- batches

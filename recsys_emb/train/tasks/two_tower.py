@@ -6,6 +6,8 @@ like every family. Data, evaluation and files are the graph task's (:mod:`.graph
 NGCF/LightGCN-format folder, full-ranking recall@K / NDCG@K with training (and validation) items
 excluded, ``embeddings.pt`` with the final user and item embeddings for candidate retrieval.
 
+- Tables: ``embedding:`` (features ``user`` and ``item``; plain = the two stock tables), with the
+  training interactions per user / item as the techniques' ``counts``.
 - Initial weights: tables normal(0, ``model.init_std``) and default ``nn.Linear`` towers, drawn from
   ``torch.manual_seed(train.seed)`` on one unsharded model and copied into every rank's shards.
 - Batches: every training (user, item) pair once per epoch in an order fixed by ``(seed, epoch)``
@@ -32,7 +34,7 @@ from recsys_emb.config.two_tower import TwoTowerExperimentConfig
 from recsys_emb.data.graphs import BPRSampler, GraphDataset
 from recsys_emb.models.two_tower import TwoTower, TwoTowerTrain
 from recsys_emb.train.parallel import inner_model
-from recsys_emb.train.tasks.graph import GraphTask
+from recsys_emb.train.tasks.graph import GraphTask, graph_context
 from recsys_emb.train.trainer import eval_mode
 
 
@@ -44,7 +46,8 @@ def item_counts(graph: GraphDataset) -> torch.Tensor:
 def build_two_tower(cfg: TwoTowerExperimentConfig, graph: GraphDataset, device: torch.device | str | None = None) -> TwoTower:
     """The unsharded model with its init drawn from ``torch.manual_seed(cfg.train.seed)`` and the item frequencies set."""
     torch.manual_seed(cfg.train.seed)
-    model = TwoTower(graph.num_users, graph.num_items, cfg.model, device)
+    model = TwoTower(graph.num_users, graph.num_items, cfg.model, device, embedding=cfg.embedding,
+                     context=graph_context(graph))
     model.set_item_frequency(item_counts(graph))
     return model
 
@@ -64,7 +67,8 @@ class TwoTowerTask(GraphTask):
 
     def build_model(self) -> nn.Module:
         assert self.graph is not None
-        model = TwoTower(self.graph.num_users, self.graph.num_items, self.cfg.model, device="meta")  # type: ignore[arg-type]
+        model = TwoTower(self.graph.num_users, self.graph.num_items, self.cfg.model, device="meta",  # type: ignore[arg-type]
+                         embedding=self.cfg.embedding, context=graph_context(self.graph))
         model.log_q = model.log_q.to(self.env.device)
         model.set_item_frequency(item_counts(self.graph))
         return TwoTowerTrain(model)
