@@ -16,7 +16,6 @@ Example (configs/criteo_dcnv2_tiny.yaml)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from recsys_emb.config.embedding import EmbeddingSpec
 from recsys_emb.config.model import ModelConfig
