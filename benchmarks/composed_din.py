@@ -10,7 +10,9 @@ ranks, CPU, row-wise sharded tables), seeds 0..2. Variants (all else equal):
 * ``unified``: category, position and the user id multiplexed into shared tables at a quarter of
   their bytes (Coleman et al. 2023);
 * ``composed``: all three at once: item = SID pieces with DARE roles, category + position = one
-  multiplexed table with DARE roles, user = a multiplexed table.
+  multiplexed table with DARE roles, user = a multiplexed table;
+* ``composed+id``: the same, but the item is its id row + its SID pieces (``with_id``), multiplexed
+  into a quarter-size shared table (the ``semantic_ids`` -> ``unified`` chain) before the DARE roles.
 
 Semantic IDs need item content. The Beauty files carry no item text, only attribute ids (category and
 brand, ``Beauty_item2attributes.json``): each item's "text" is its attribute ids, embedded by the
@@ -91,6 +93,11 @@ def variants(codes: Path, dim: int) -> dict[str, dict[str, Any]]:
         "composed": {"groups": [{"name": "item", "features": ["item"], "chain": [sid, {"dare": half}]},
                                 {"name": "context", "features": ["category", "position"], "chain": [quarter, {"dare": half}]},
                                 {"name": "side", "features": ["user"], "chain": [quarter]}]},
+        # the item id row kept next to its pieces (with_id), both multiplexed into a quarter-size table
+        "composed+id": {"groups": [{"name": "item", "features": ["item"],
+                                    "chain": [{"semantic_ids": {**sid["semantic_ids"], "with_id": True}}, quarter, {"dare": half}]},
+                                   {"name": "context", "features": ["category", "position"], "chain": [quarter, {"dare": half}]},
+                                   {"name": "side", "features": ["user"], "chain": [quarter]}]},
     }
 
 
@@ -152,13 +159,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['variant']} | {r['seeds']} | {r['test_auc'][0]:.4f} ± {r['test_auc'][1]:.4f} | "
                      f"{r['test_gauc'][0]:.4f} ± {r['test_gauc'][1]:.4f} | {r['embedding_bytes']:,} | {ratio} | {r['seconds'][0]:.0f} |")
     singles = [r for r in rows if r["variant"] in ("dare", "sid", "unified")]
-    composed = next((r for r in rows if r["variant"] == "composed"), None)
-    if singles and composed and plain:
+    for composed in [r for r in rows if r["variant"].startswith("composed")]:
+        if not singles or not plain:
+            break
         best = max(singles, key=lambda r: r["test_auc"][0])
         auc_ok = composed["test_auc"][0] >= best["test_auc"][0]
         bytes_ok = composed["embedding_bytes"] <= plain["embedding_bytes"] / 2
-        lines += ["", f"Goal: composed AUC {composed['test_auc'][0]:.4f} vs the best single technique ({best['variant']}) "
-                      f"{best['test_auc'][0]:.4f}: {'holds' if auc_ok else 'FAILS'}; composed bytes "
+        lines += ["", f"Goal ({composed['variant']}): AUC {composed['test_auc'][0]:.4f} vs the best single technique "
+                      f"({best['variant']}) {best['test_auc'][0]:.4f}: {'holds' if auc_ok else 'FAILS'}; bytes "
                       f"{composed['embedding_bytes'] / plain['embedding_bytes']:.3f} x plain: {'holds' if bytes_ok else 'FAILS'} (<= 0.5)."]
     lines += ["", "What this does not show: SIDs from attribute ids (the files have no item text), one RQ-VAE seed, "
                   "a short training budget; CPU times are noisy (a shared 2-core machine)."]
@@ -169,7 +177,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DATA, help="folder with Beauty.txt(.gz) and Beauty_item2attributes.json(.gz)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=["plain", "dare", "sid", "unified", "composed"])
+    p.add_argument("--variants", nargs="+", default=["plain", "dare", "sid", "unified", "composed", "composed+id"])
     p.add_argument("--max-users", type=int, default=None, help="first N users only (quick runs)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--dim", type=int, default=16)
