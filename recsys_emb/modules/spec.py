@@ -173,12 +173,11 @@ class Chain:
         return names + (["dare"] if self.roles is not None else [])
 
 
-# (earlier, later) pairs that cannot stack, and why
+# pairs that cannot stack (in either order), and why
 _REFUSED: dict[tuple[str, str], str] = {
     ("semantic_ids", "dnis"): "a dimension search prices every ID's own row, but semantic-ID pieces are rows shared by many items",
     ("semantic_ids", "optembed"): "row pruning prices every ID's own row, but semantic-ID pieces are rows shared by many items",
     ("dnis", "optembed"): "both search the embedding dims of the same rows; use one search per group",
-    ("optembed", "dnis"): "both search the embedding dims of the same rows; use one search per group",
     ("hash", "dnis"): "hashed rows are shared by many IDs, so a per-ID-frequency dim search has no rows of its own to shrink",
     ("hash", "optembed"): "hashed rows are shared by many IDs, so pruning a row prunes unrelated IDs",
 }
@@ -216,18 +215,19 @@ def resolve_chain(group: TableGroup, *, sequence: bool) -> Chain:
             if reason:
                 raise ConfigError(f"{where}: '{a}' and '{b}' do not stack: {reason}")
     order = {"pre": 0, "layout": 1, "post": 2}
-    last = ("", -1)
+    last_name, last_rank = "", -1
     for tech, _ in raw:
-        if tech.kind == "roles":
+        if tech.kind == "roles":  # dare may stand anywhere: it builds the whole chain once per role
             continue
-        if order[tech.kind] < last[1] or (tech.kind == "layout" and last[1] == 1):
-            if tech.kind == "layout" and last[1] == 1:
-                raise ConfigError(f"{where}: '{last[0]}' and '{tech.name}' are both table layouts; a group has one")
+        rank = order[tech.kind]
+        if tech.kind == "layout" and last_rank == order["layout"]:
+            raise ConfigError(f"{where}: '{last_name}' and '{tech.name}' are both table layouts; a group has one")
+        if rank < last_rank:
             raise ConfigError(
-                f"{where}: '{tech.name}' cannot come after '{last[0]}': a chain is pre-transforms (semantic_ids), then one "
+                f"{where}: '{tech.name}' cannot come after '{last_name}': a chain is pre-transforms (semantic_ids), then one "
                 "table layout (plain, hash, unified), then post-lookup transforms (dnis, optembed)"
             )
-        last = (tech.name, order[tech.kind])
+        last_name, last_rank = tech.name, rank
     parsed = [(tech, from_dict(tech.options, options, where=f"{where}: {tech.name}") if tech.options is not None else None)
               for tech, options in raw]
     layouts = [p for p in parsed if p[0].kind == "layout"]
