@@ -36,6 +36,7 @@ from torch import Tensor
 
 from recsys_emb.config.experiment import ShardingConfig
 from recsys_emb.config.graph import GraphEvalConfig, GraphTrainConfig
+from recsys_emb.config.embedding import EmbeddingSpec
 from recsys_emb.config.two_tower import TwoTowerTrainConfig
 from recsys_emb.models.graph import GraphModelConfig
 from recsys_emb.models.two_tower import TwoTowerConfig
@@ -69,6 +70,7 @@ class GraphBaseConfig:
     are used (``evaluation.select_metric`` is ignored; the trainer still scores every epoch)."""
 
     model: GraphModelConfig = field(default_factory=GraphModelConfig)
+    embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)  # user/item table groups (config/embedding.py)
     train: GraphTrainConfig = field(default_factory=GraphTrainConfig)
     sharding: ShardingConfig = field(default_factory=lambda: ShardingConfig(type="data_parallel"))
     evaluation: GraphEvalConfig = field(default_factory=lambda: GraphEvalConfig(select_metric=None))
@@ -81,6 +83,7 @@ class TwoTowerBaseConfig:
     selection, as for :class:`GraphBaseConfig`."""
 
     model: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)  # user/item table groups (config/embedding.py)
     train: TwoTowerTrainConfig = field(default_factory=TwoTowerTrainConfig)
     sharding: ShardingConfig = field(default_factory=lambda: ShardingConfig(type="data_parallel"))
     evaluation: GraphEvalConfig = field(default_factory=lambda: GraphEvalConfig(select_metric=None))
@@ -218,7 +221,8 @@ def train_base(cfg: RetrieveConfig, data: InteractionData, run_dir: Path) -> tup
     base = base_section(cfg)
     tc = dataclasses.replace(base.train, early_stopping_patience=0, progress=base.train.progress and cfg.show_progress)
     common = dict(name=f"{cfg.name}_base", data=GraphDataConfig(path=data.source, valid="valid" in splits), train=tc,
-                  sharding=base.sharding, evaluation=dataclasses.replace(base.evaluation, select_metric=None))
+                  embedding=base.embedding, sharding=base.sharding,
+                  evaluation=dataclasses.replace(base.evaluation, select_metric=None))
     if cfg.base.type == "two_tower":
         ecfg: Any = TwoTowerExperimentConfig(model=base.model, **common)  # type: ignore[arg-type]
         task: Any = TwoTowerTask(ecfg, graph)

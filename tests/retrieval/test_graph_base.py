@@ -169,6 +169,22 @@ def test_retrieve_graph_base_end_to_end(tmp_path, base_type):
     assert own == pytest.approx(metrics["methods"]["single[exact]"]["recall@10"], abs=1e-6)
 
 
+def test_retrieve_base_model_takes_an_embedding_spec(tmp_path):
+    """``base.graph.embedding``: the base LightGCN's item table is multiplexed (a quarter of the rows)."""
+    pytest.importorskip("faiss")  # k-means
+    data = _write_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    cfg = REPO / "configs" / "retrieval_ml1m_lightgcn.yaml"
+    spec = "base.graph.embedding.groups=[{name: ids, features: [item], chain: [{unified: {num_rows: 15}}]}, {name: rest}]"
+    assert run_retrieve(_args("--config", str(cfg), "--data", str(data), "--run-dir", str(run),
+                              "--set", "base.type=lightgcn", "--set", spec, *TINY_GRAPH)) == 0
+    state = torch.load(run / "base" / "model.pt", weights_only=True)
+    (item_rows,) = [v for k, v in state.items() if k.endswith("unified_ids.weight")]
+    assert item_rows.shape == (15, 8)
+    user, item = load_embeddings(run / "embeddings.pt")
+    assert user.shape == (50, 8) and item.shape == (60, 8)
+
+
 def test_validation_split_never_reads_test_items(tmp_path):
     pytest.importorskip("faiss")
     data = _write_folder(tmp_path / "data", valid=False)
