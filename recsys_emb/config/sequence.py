@@ -13,7 +13,7 @@ Example (configs/amazon_beauty_dare_tiny.yaml)::
 
 The tables come from ``embedding:`` (recsys_emb/config/embedding.py): groups of FIELDS (``item``,
 ``category``, ``position``: a behaviour history and its target share a field's embedding) or of
-SIDE features (``user``: pooled, once per example). Techniques: ``dare`` (attention / representation
+SIDE features (``user``, ``target_attrs``: the target item's attribute ids; pooled, once per example). Techniques: ``dare`` (attention / representation
 tables), ``semantic_ids``, ``hash``, ``unified``, ``dnis``, ``optembed``.
 """
 
@@ -42,7 +42,7 @@ class SequenceModelConfig:
     name: str = "din"  # din | two_stage
     embedding_dim: int = 16  # table dim of every group (a group's `dim` overrides it)
     fields: list[str] = field(default_factory=lambda: list(FIELDS))  # fields forming a token (item first)
-    side_features: list[str] = field(default_factory=list)  # pooled per-example features (e.g. [user])
+    side_features: list[str] = field(default_factory=list)  # pooled per-example features: user, target_attrs
     init_std: float | None = None  # uniform table init with this std (None = torchrec default)
     din: DINConfig = field(default_factory=DINConfig)
     two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)

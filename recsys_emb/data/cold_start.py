@@ -120,7 +120,7 @@ class ColdStartSequenceDataset(SequenceDataset):
         kept_lengths = np.bincount(user_of[~is_held], minlength=len(lengths))
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(kept_lengths, out=offsets[1:])
-        filtered = RawSequences(raw.users, offsets, raw.items[~is_held], raw.item_category, raw.source)
+        filtered = RawSequences(raw.users, offsets, raw.items[~is_held], raw.item_category, raw.source, raw.item_attributes)
         super().__init__(filtered, cfg)
         # ---- vocabulary over the whole catalogue: trained ids first (as the base class), then the rest
         trained = self.item_raw_ids
@@ -134,6 +134,7 @@ class ColdStartSequenceDataset(SequenceDataset):
             return order[np.searchsorted(sorted_ids, values)] + FIRST_ID
 
         self.items = encode(filtered.items)
+        self.set_item_attributes()  # over the whole catalogue (attribute ids seen on training items only)
         train_pos = self._train_mask
         cat_raw = np.array([raw.item_category.get(int(i), -1) for i in self.item_raw_ids], dtype=np.int64)
         self.item_cat = np.zeros(self.num_items, dtype=np.int64)  # 0 = missing, 1 = category never seen in training

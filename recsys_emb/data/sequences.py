@@ -24,9 +24,11 @@ or category never seen at a training position: unseen items at test time), known
 ascending raw-id order. Recency positions: ``1`` = the most recent behaviour, ``L`` = the oldest kept;
 ``0`` is the target's own position.
 
-A batch is a :class:`SequenceBatch` (a ``torchrec`` ``Batch`` with ``users``): its KJT holds seven keys,
+A batch is a :class:`SequenceBatch` (a ``torchrec`` ``Batch`` with ``users``): its KJT holds eight keys,
 ``hist_item, hist_cat, hist_pos`` (jagged, the history, oldest first), ``target_item, target_cat,
-target_pos`` (one id per example) and ``user`` (the user index, a side feature). Nothing is padded.
+target_pos`` (one id per example), and the side features ``user`` (the user index) and ``target_attrs``
+(jagged: every attribute id of the target item, e.g. Amazon category and brand ids, MovieLens genres).
+Nothing is padded.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ OOV_ID = 1
 FIRST_ID = 2
 HISTORY_KEYS = ("hist_item", "hist_cat", "hist_pos")
 TARGET_KEYS = ("target_item", "target_cat", "target_pos")
-SIDE_FEATURES = ("user",)  # pooled per-example features in every batch (user: the user index)
+# pooled per-example features in every batch: the user index, and the target item's attribute ids (a bag:
+# Amazon category + brand ids, MovieLens genres; known = seen on a training item, else OOV; none: empty bag)
+SIDE_FEATURES = ("user", "target_attrs")
 FEATURE_KEYS = HISTORY_KEYS + TARGET_KEYS + SIDE_FEATURES
 # fields: a behaviour-history key and a target key that share one embedding (model.fields picks the token's)
 FIELDS = {"item": ("hist_item", "target_item"), "category": ("hist_cat", "target_cat"), "position": ("hist_pos", "target_pos")}
@@ -106,6 +110,7 @@ class RawSequences:
     items: np.ndarray  # (total,) int64 raw item ids, user-major, oldest first
     item_category: dict[int, int]  # raw item -> raw category (items absent here have no category)
     source: str = ""
+    item_attributes: dict[int, list[int]] = field(default_factory=dict)  # raw item -> all its raw attribute ids
 
     def __post_init__(self) -> None:
         if self.offsets.shape != (len(self.users) + 1,) or int(self.offsets[-1]) != len(self.items):
@@ -115,7 +120,8 @@ class RawSequences:
         """The first ``num_users`` users."""
         n = min(num_users, len(self.users))
         end = int(self.offsets[n])
-        return RawSequences(self.users[:n], self.offsets[: n + 1].copy(), self.items[:end], self.item_category, self.source)
+        return RawSequences(self.users[:n], self.offsets[: n + 1].copy(), self.items[:end], self.item_category, self.source,
+                            self.item_attributes)
 
 
 # ------------------------------------------------------------------------------------------ readers
@@ -158,6 +164,7 @@ def read_s3rec(sequences: str | Path, attributes: str | Path | None) -> RawSeque
             lengths.append(len(ids) - 1)
             items.append(ids[1:])
     categories: dict[int, int] = {}
+    all_attributes: dict[int, list[int]] = {}
     if attributes is not None:
         attributes = Path(attributes)
         with open_text(attributes) as f:
@@ -172,10 +179,11 @@ def read_s3rec(sequences: str | Path, attributes: str | Path | None) -> RawSeque
                 raise SequenceDataError(f"{attributes}: item {key!r}: expected an integer key and a list of integer attribute ids")
             if attrs:
                 categories[int(key)] = int(attrs[0])
+                all_attributes[int(key)] = [int(a) for a in attrs]
     offsets = np.zeros(len(users) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
-    return RawSequences(np.array(users, dtype=np.int64), offsets, flat, categories, str(sequences))
+    return RawSequences(np.array(users, dtype=np.int64), offsets, flat, categories, str(sequences), all_attributes)
 
 
 def read_movielens_100k(folder: str | Path) -> RawSequences:
@@ -192,12 +200,14 @@ def read_movielens_100k(folder: str | Path) -> RawSequences:
     users, counts = np.unique(ratings[:, 0], return_counts=True)
     offsets = np.zeros(len(users) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    categories = {item: genres[0] for item, (_, genres) in read_items(folder).items() if genres}
-    return RawSequences(users, offsets, ratings[:, 1].copy(), categories, str(find_ml(Path(folder), "u.data")))
+    genres_of = {item: list(genres) for item, (_, genres) in read_items(folder).items() if genres}
+    categories = {item: genres[0] for item, genres in genres_of.items()}
+    return RawSequences(users, offsets, ratings[:, 1].copy(), categories, str(find_ml(Path(folder), "u.data")), genres_of)
 
 
-RAW_CACHE_VERSION = 1  # bump when a reader's output changes: older cache entries are then ignored
-_RAW_ARRAYS = ("users", "offsets", "items", "category_items", "category_values")
+RAW_CACHE_VERSION = 2  # bump when a reader's output changes: older cache entries are then ignored
+_RAW_ARRAYS = ("users", "offsets", "items", "category_items", "category_values", "attribute_items", "attribute_offsets",
+               "attribute_values")
 
 
 def load_raw(cfg: SequenceDataConfig) -> RawSequences:
@@ -218,8 +228,10 @@ def load_raw(cfg: SequenceDataConfig) -> RawSequences:
         key = {"version": RAW_CACHE_VERSION, "dataset": cfg.dataset, "stem": cfg.stem,
                "files": file_fingerprints(p for p in folder.iterdir() if p.is_file())}
         arrays, meta = cached_arrays("sequences", cfg.dataset, key, lambda: _raw_arrays(_read_raw(cfg, folder)), cfg.cache_dir)
-        users, offsets, items, keys, values = (arrays[name] for name in _RAW_ARRAYS)
-        raw = RawSequences(users, np.asarray(offsets), items, dict(zip(keys.tolist(), values.tolist())), meta["source"])
+        users, offsets, items, keys, values, attr_items, attr_offsets, attr_values = (arrays[name] for name in _RAW_ARRAYS)
+        attr_offsets, attr_values = np.asarray(attr_offsets), np.asarray(attr_values)
+        attributes = {int(item): attr_values[attr_offsets[i]:attr_offsets[i + 1]].tolist() for i, item in enumerate(attr_items.tolist())}
+        raw = RawSequences(users, np.asarray(offsets), items, dict(zip(keys.tolist(), values.tolist())), meta["source"], attributes)
     else:
         raw = _read_raw(cfg, folder)
     return raw.head(cfg.max_users) if cfg.max_users is not None else raw
@@ -228,7 +240,11 @@ def load_raw(cfg: SequenceDataConfig) -> RawSequences:
 def _raw_arrays(raw: RawSequences) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     keys = np.fromiter(raw.item_category.keys(), dtype=np.int64, count=len(raw.item_category))
     values = np.fromiter(raw.item_category.values(), dtype=np.int64, count=len(raw.item_category))
-    arrays = dict(zip(_RAW_ARRAYS, (np.asarray(raw.users), raw.offsets, raw.items, keys, values)))
+    attr_items = np.fromiter(raw.item_attributes.keys(), dtype=np.int64, count=len(raw.item_attributes))
+    attr_offsets = np.zeros(len(attr_items) + 1, dtype=np.int64)
+    np.cumsum([len(v) for v in raw.item_attributes.values()], out=attr_offsets[1:])
+    attr_values = np.array([a for v in raw.item_attributes.values() for a in v], dtype=np.int64)
+    arrays = dict(zip(_RAW_ARRAYS, (np.asarray(raw.users), raw.offsets, raw.items, keys, values, attr_items, attr_offsets, attr_values)))
     return arrays, {"source": raw.source}
 
 
@@ -349,11 +365,25 @@ class SequenceDataset:
         self.item_cat[self.items[train_pos]] = self.categories[train_pos]
         self.popularity = np.bincount(self.items[train_pos], minlength=self.num_items).astype(np.float64)
         self.popularity[:FIRST_ID] = 0.0
+        self.raw_item_attributes = raw.item_attributes
+        trained_attrs = [a for i in known_items.tolist() for a in raw.item_attributes.get(int(i), ())]
+        self.attribute_raw_ids = np.unique(np.asarray(trained_attrs, dtype=np.int64))
+        self.num_attributes = len(self.attribute_raw_ids) + FIRST_ID
+        self.set_item_attributes()
         self.lengths = lengths
         self._user_item_keys = np.unique(user_of * self.num_items + self.items)  # (user, item) pairs, sorted
         self._train_mask = train_pos
         self._user_of = user_of
         self._pos_in_user = pos_in_user
+
+    def set_item_attributes(self) -> None:
+        """The encoded attribute ids of every encoded item (CSR over ``item_raw_ids``; ids 0/1 have none)."""
+        per_item = [self.raw_item_attributes.get(int(i), []) for i in self.item_raw_ids]
+        counts = np.array([0] * FIRST_ID + [len(a) for a in per_item], dtype=np.int64)
+        self.item_attr_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.item_attr_offsets[1:])
+        flat = np.array([a for attrs in per_item for a in attrs], dtype=np.int64)
+        self.item_attr_values = self._encode(flat, self.attribute_raw_ids)
 
     @staticmethod
     def _encode(values: np.ndarray, known: np.ndarray) -> np.ndarray:
@@ -426,10 +456,15 @@ class SequenceDataset:
         flat = np.repeat(start - row_start, lens) + np.arange(total)  # (total,) interaction indices
         recency = np.repeat(end, lens) - flat  # 1 = most recent
         ones = np.ones(len(lens), dtype=np.int64)
+        a_start, a_len = self.item_attr_offsets[ex.target_item], np.diff(self.item_attr_offsets)[ex.target_item]  # (B,)
+        a_row = np.zeros(len(a_len), dtype=np.int64)
+        np.cumsum(a_len[:-1], out=a_row[1:])
+        attrs = self.item_attr_values[np.repeat(a_start - a_row, a_len) + np.arange(int(a_len.sum()))]
         values = np.concatenate(
-            [self.items[flat], self.categories[flat], recency, ex.target_item, ex.target_cat, np.zeros(len(lens), dtype=np.int64), ex.user]
+            [self.items[flat], self.categories[flat], recency, ex.target_item, ex.target_cat, np.zeros(len(lens), dtype=np.int64), ex.user,
+             attrs]
         )
-        lengths = np.concatenate([lens, lens, lens, ones, ones, ones, ones])
+        lengths = np.concatenate([lens, lens, lens, ones, ones, ones, ones, a_len])
         kjt = KeyedJaggedTensor(
             keys=list(FEATURE_KEYS), values=torch.from_numpy(values.astype(np.int64)), lengths=torch.from_numpy(lengths.astype(np.int32))
         )
@@ -451,8 +486,9 @@ class SequenceDataset:
 
     # -------------------------------------------------------------------------------- statistics
     def table_sizes(self) -> dict[str, int]:
-        """Rows per field (item, category, position) and side feature (user)."""
-        return {"item": self.num_items, "category": self.num_categories, "position": self.num_positions, "user": self.num_users}
+        """Rows per field (item, category, position) and side feature (user, target_attrs)."""
+        return {"item": self.num_items, "category": self.num_categories, "position": self.num_positions, "user": self.num_users,
+                "target_attrs": self.num_attributes}
 
     def feature_frequencies(self) -> dict[str, np.ndarray]:
         """n_j per table row: occurrences in the POSITIVE training examples (as target or behaviour).

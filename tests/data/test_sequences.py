@@ -103,6 +103,22 @@ def test_kjt_is_jagged_without_padding(tmp_path: Path) -> None:
     assert batch.users.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
+def test_side_features_user_and_target_attributes(tmp_path: Path) -> None:
+    """``user`` = the user index; ``target_attrs`` = every attribute of the target item, encoded by the attributes
+    seen on TRAINING items (10 -> [5, 6], 11 -> [6], 12 -> [5]; 99's attribute 7 is never trained: OOV)."""
+    ds = _dataset(tmp_path, max_history=3, num_negatives=1)
+    known = {int(a): i + 2 for i, a in enumerate(ds.attribute_raw_ids)}
+    assert sorted(known) == [5, 6] and ds.table_sizes()["target_attrs"] == 4
+    for split in ("train", "test"):
+        ex = ds.examples(split)
+        kjt = ds.make_batch(ex).sparse_features
+        assert kjt["user"].values().tolist() == ex.user.tolist()
+        bags = [v.tolist() for v in kjt["target_attrs"].to_dense()]
+        for item, bag in zip(_raw_items(ds, ex.target_item), bags):
+            expected = [known.get(a, OOV_ID) for a in ATTRS.get(str(item), [])] if item >= 2 else []
+            assert bag == expected, (split, item)
+
+
 def test_negatives_exclude_history_follow_popularity_and_are_seeded(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     lines = [" ".join(map(str, [u + 1, *rng.choice(np.arange(1, 41), size=8, replace=False)])) for u in range(60)]

@@ -12,7 +12,7 @@ from recsys_emb.config.sequence import SequenceModelConfig
 from recsys_emb.data.sequences import FEATURE_KEYS, FIELDS
 from recsys_emb.models.sequence import SequenceEmbedding, SequenceFacts, build_sequence_embedding
 
-SIZES = {"item": 30, "category": 6, "position": 12, "user": 5}
+SIZES = {"item": 30, "category": 6, "position": 12, "user": 5, "target_attrs": 9}
 GROUPS = ("item", "category", "position")
 MAX_HISTORY = 15
 
@@ -25,11 +25,12 @@ def make_kjt(histories: list[list[int]], targets: list[int], users: list[int] | 
     pos = [len(h) - j for h in histories for j in range(len(h))]
     tcat = [i % SIZES["category"] for i in targets]
     users = users if users is not None else [b % SIZES["user"] for b in range(len(targets))]
-    values = items + cats + pos + targets + tcat + [0] * len(targets) + users
+    attrs = [[t % SIZES["target_attrs"], (t + 3) % SIZES["target_attrs"]][: t % 3] for t in targets]  # 0-2 per target
+    values = items + cats + pos + targets + tcat + [0] * len(targets) + users + [a for row in attrs for a in row]
     ones = [1] * len(targets)
     return KeyedJaggedTensor(
         keys=list(FEATURE_KEYS), values=torch.tensor(values, dtype=torch.long),
-        lengths=torch.tensor(lengths * 3 + ones * 4, dtype=torch.int32),
+        lengths=torch.tensor(lengths * 3 + ones * 4 + [len(row) for row in attrs], dtype=torch.int32),
     )
 
 

@@ -82,8 +82,8 @@ def entries(chain: tuple[str, ...], codes: str, drop: tuple[str, ...] = (), **ov
 
 
 def spec_for(model: str, chain_name: str, paths: dict[str, str], **override: dict[str, Any]) -> EmbeddingSpec:
-    """The cell's spec: the chain on every feature (semantic_ids on the item feature only; side features
-    of sequence models get the chain without semantic_ids and dare)."""
+    """The cell's spec: the chain on every feature (semantic_ids on the item feature only; the side features
+    of sequence models, user and target_attrs, get the chain's layout only)."""
     chain = CHAINS[chain_name]
     if FAMILIES[model] == "ctr":
         codes = paths["ctr_codes"]
@@ -92,7 +92,9 @@ def spec_for(model: str, chain_name: str, paths: dict[str, str], **override: dic
                                          TableGroup("rest", None, entries(chain, codes, ("semantic_ids",), **override))])
         return EmbeddingSpec(groups=[TableGroup("all", None, entries(chain, codes, **override))])
     codes = paths["seq_codes"]
-    side = TableGroup("side", ["user"], entries(chain, codes, ("semantic_ids", "dare"), **override))
+    # the side features (user id, target item's attribute bag) multiplexed by the chain's layout; post-lookup
+    # searches need one id per bag and dare needs a sequence, so the side group drops them
+    side = TableGroup("side", ["user", "target_attrs"], entries(chain, codes, ("semantic_ids", "dare", "dnis", "optembed"), **override))
     if "semantic_ids" in chain:
         return EmbeddingSpec(groups=[TableGroup("item", ["item"], entries(chain, codes, **override)),
                                      TableGroup("rest", ["category", "position"], entries(chain, codes, ("semantic_ids",), **override)), side])
@@ -137,7 +139,7 @@ def build(model: str, spec: EmbeddingSpec, paths: dict[str, str], device: str = 
                            deepfm=DeepFMConfig([8], dropout=0.0))
         return build_ctr_model(ExperimentConfig(model=mcfg, embedding=spec), PreparedCTRData.open(paths["ctr"]), device)
     ds = ds or sequence_dataset(paths)
-    mcfg = SequenceModelConfig(name=model, embedding_dim=8, side_features=["user"],
+    mcfg = SequenceModelConfig(name=model, embedding_dim=8, side_features=["user", "target_attrs"],
                                din=DINConfig(attention_hidden=[8], mlp=[8], attention_activation="prelu", mlp_activation="prelu"),
                                two_stage=TwoStageConfig(top_k=3, mlp=[8]))
     return SequenceTrain(build_sequence_model(mcfg, spec, sequence_facts(ds), device=device))
@@ -361,7 +363,8 @@ def test_sharded_cell_equals_unsharded_two_ranks(model: str, chain: str, parity_
 
 # ------------------------------------------------------------------------------------------ independent composition
 def test_din_composition_equals_an_independent_composition(data: dict[str, str]) -> None:
-    """DIN with item = semantic IDs -> unified -> dare, category + position = dare, user = unified side feature:
+    """DIN with item = semantic IDs -> unified -> dare, category + position = dare, user + target attributes =
+    multiplexed side features:
     the forward equals the same embeddings composed by hand from the tables (pieces, salted hash rows, sums)."""
     from recsys_emb.modules.semantic_ids import ItemIds, SemanticIdOptions, item_piece_rows
     from recsys_emb.modules.unified import hash_coefficients, salted_hash
@@ -371,7 +374,7 @@ def test_din_composition_equals_an_independent_composition(data: dict[str, str])
     spec = EmbeddingSpec(groups=[
         TableGroup("item", ["item"], [{"semantic_ids": sid}, {"unified": {"num_rows": 23}}, {"dare": {"attention_dim": 4}}]),
         TableGroup("rest", ["category", "position"], [{"dare": {"attention_dim": 4}}]),
-        TableGroup("side", ["user"], [{"unified": {"num_rows": 7}}]),
+        TableGroup("side", ["user", "target_attrs"], [{"unified": {"num_rows": 7}}]),
     ])
     train = build("din", spec, data, ds=ds).eval()
     din = train.model
@@ -404,7 +407,11 @@ def test_din_composition_equals_an_independent_composition(data: dict[str, str])
         target = [item_rows(kjt["target_item"].values(), role), weight(f"{role}_category")[kjt["target_cat"].values()],
                   weight(f"{role}_position")[kjt["target_pos"].values()]]
         tokens[role] = (torch.cat(hist, 1), torch.cat(target, 1))
-    side = weight("unified_side")[hashed(kjt["user"].values().tolist(), "user", 7)]
+    shared = weight("unified_side")  # user id and the target's attribute bag multiplexed into one table
+    attrs = kjt["target_attrs"]
+    bag_sums = [shared[hashed(bag.tolist(), "target_attrs", 7)].sum(0) if len(bag) else torch.zeros(8)
+                for bag in torch.split(attrs.values(), attrs.lengths().tolist())]
+    side = torch.cat([shared[hashed(kjt["user"].values().tolist(), "user", 7)], torch.stack(bag_sums)], 1)
     lengths = kjt["hist_item"].lengths()
     seg = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
     keys, query = tokens["att"]
@@ -420,7 +427,7 @@ def test_din_composition_equals_an_independent_composition(data: dict[str, str])
 def test_dare_on_some_fields_only(data: dict[str, str]) -> None:
     """Fields without ``dare`` serve both roles with one table; the others get attention + representation tables."""
     spec = EmbeddingSpec(groups=[TableGroup("item", ["item"], [{"dare": {"attention_dim": 4}}]),
-                                 TableGroup("rest", ["category", "position"]), TableGroup("side", ["user"])])
+                                 TableGroup("rest", ["category", "position"]), TableGroup("side", ["user", "target_attrs"])])
     train = build("two_stage", spec, data)
     emb = train.model.embedding
     assert emb.attention_dim == 4 + 8 + 8 and emb.representation_dim == 8 + 8 + 8
