@@ -1,7 +1,7 @@
 """LightGCN under a memory budget: multiplexed user/item tables (``unified``) vs per-feature hashing (``hash``).
 
 ML-1M (LightGCN++ split, ../shared/datasets/lightgcnpp_ml1m_lastfm/ml-1m), LightGCN (dim 64, 3 layers,
-Adam, batch 2048, the graph config's defaults), every run a real ``recsys-emb train`` of a
+Adam lr 3e-3, batch 2048: the settings of benchmarks/results/graph_cf_ml1m_compare), every run a real ``recsys-emb train`` of a
 ``task: graph`` experiment through the one trainer. Variants at the same bytes (a fraction of the
 full user + item tables' bytes, optimizer state excluded; both split rows in proportion to the
 vocabularies, ``recsys_emb/modules/unified.py`` ``split_rows``):
@@ -56,6 +56,7 @@ def run_cell(name: str, embedding: dict[str, Any], seed: int, args: argparse.Nam
         "model": {"name": "lightgcn", "embedding_dim": 64, "num_layers": 3},
         "embedding": embedding,
         "train": {"epochs": args.epochs, "seed": seed, "progress": False, "tensorboard": False, "num_threads": args.threads,
+                  "embedding_optimizer": {"name": "adam", "lr": args.lr}, "dense_optimizer": {"name": "adam", "lr": args.lr},
                   **({"max_steps_per_epoch": args.max_steps_per_epoch} if args.max_steps_per_epoch else {})},
         "evaluation": {"ks": [20], "select_metric": None, "max_users": args.max_users},
     }
@@ -88,7 +89,7 @@ def merge(args: argparse.Namespace, order: list[str]) -> dict[str, Any]:
         rows.append({"variant": name, "seeds": sorted(c["seed"] for c in mine), "recall@20": stat("recall@20"),
                      "ndcg@20": stat("ndcg@20"), "embedding_bytes": mine[0]["embedding_bytes"], "seconds": stat("seconds")})
     return {"command": "python benchmarks/graph_budget.py " + " ".join(sys.argv[1:]), "machine": f"{platform.machine()} {os.cpu_count()} cores",
-            "threads": args.threads, "epochs": args.epochs, "data": str(args.data), "cells": cells, "summary": rows}
+            "threads": args.threads, "epochs": args.epochs, "lr": args.lr, "data": str(args.data), "cells": cells, "summary": rows}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -96,7 +97,7 @@ def markdown(result: dict[str, Any]) -> str:
     full = next((r for r in rows if r["variant"] == "full"), None)
     lines = ["# LightGCN under a memory budget: unified vs hash (benchmarks/graph_budget.py)", "",
              f"Command: `{result['command']}`", "",
-             f"ML-1M, LightGCN dim 64, 3 layers, {result['epochs']} epoch(s), test metrics after the last epoch; mean ± std over "
+             f"ML-1M, LightGCN dim 64, 3 layers, Adam lr {result['lr']:g}, {result['epochs']} epoch(s), test metrics after the last epoch; mean ± std over "
              f"seeds. Machine: {result['machine']}, {result['threads']} torch thread(s).", "",
              "| variant | seeds | recall@20 | NDCG@20 | embedding bytes | bytes vs full | seconds/run |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -113,6 +114,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25, 0.125])
     p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam lr (3e-3: the best LightGCN lr of benchmarks/results/graph_cf_ml1m_compare)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="quick runs only")
     p.add_argument("--max-users", type=int, default=None, help="score only the first N users (quick runs only)")
