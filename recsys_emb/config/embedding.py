@@ -86,9 +86,11 @@ class EmbeddingSpec:
         options = data.get("options") or {}
         chain = ["plain"] if technique == "ebc" else [technique if not options else {technique: dict(options)}]
         new = yaml.safe_dump({"embedding": {"groups": [{"name": "all", "chain": chain}]}}, sort_keys=False).rstrip()
+        note = ("" if technique != "semantic_ids" else "\n(semantic_ids: put the item features in a group of their own, "
+                "`features: [...]`; id_offset is now raw_id_offset; keep_item_id is now with_id: true, which ADDS the id row)")
         raise ValueError(
             "`type`/`options` is the old single-technique form; the embedding section is now a list of table groups. "
-            f"The same model is:\n{new}"
+            f"The closest new form is:\n{new}{note}"
         )
 
     def __post_init__(self) -> None:

@@ -54,7 +54,9 @@ class SequenceModelConfig:
         if not old:
             return
         raise ValueError(f"{old} chose the tables in the old form; tables now come from the `embedding:` section "
-                         f"(and `model.groups` is `model.fields`). The same model is:\n{legacy_embedding(data)}")
+                         f"(and `model.groups` is `model.fields`). The closest new form is:\n{legacy_embedding(data)}\n"
+                         "(hash now hashes the missing / unknown ids 0 and 1 too; a hashed id row next to SID pieces has "
+                         "no new form: semantic_ids with_id keeps the vocabulary id row)")
 
     def __post_init__(self) -> None:
         if self.name not in MODELS:
@@ -77,7 +79,7 @@ def legacy_embedding(model: dict[str, Any]) -> str:
     how = model.get("item_features", "id")
     if how in ("sid", "id+sid"):
         item.append({"semantic_ids": {**sid, **({"with_id": True} if how == "id+sid" else {})}})
-    if model.get("item_hash_buckets"):
+    if model.get("item_hash_buckets") and how == "id":
         item.append({"hash": {"num_rows": int(model["item_hash_buckets"]) + 2}})
     groups: list[dict[str, Any]] = [{"name": "item", "features": ["item"], "chain": item + dare}]
     rest = [f for f in fields if f != "item"]

@@ -19,8 +19,8 @@ Faithful to the paper:
   embeddings (one per distinct id), so it works with sharded tables and fused optimizers;
 * GAUC / RelaImpr: recsys_emb/train/ranking_metrics.py.
 
-Deviations: user-profile / context features are the optional pooled side features (the user id on
-our data sets) concatenated to the MLP input; the behaviour and target tokens also carry a
+Deviations: user-profile / context features are the optional pooled side features (the user id and
+the target item's attribute bag on our data sets) concatenated to the MLP input; the behaviour and target tokens also carry a
 recency-position embedding (target position 0), and the MLP has no input BatchNorm. The histories
 stay jagged end to end: the activation unit runs on the ``(N, .)`` values of the behaviours (``N`` =
 total history length of the batch) and pooling is a segment sum. With ``dare`` in the embedding spec
@@ -197,9 +197,11 @@ class MiniBatchAwareL2(nn.Module):
         for g in self.groups:
             self.register_buffer(f"inv_freq_{g}", 1.0 / torch.as_tensor(frequencies[g], dtype=torch.float32).clamp(min=1.0), persistent=False)
 
-    def forward(self, features: KeyedJaggedTensor, embeddings: Mapping[str, JaggedTensor]) -> Tensor:
+    def forward(self, features: KeyedJaggedTensor, embeddings: Mapping[str, JaggedTensor],
+                fields: Sequence[str] | None = None) -> Tensor:
+        """The penalty of the rows looked up for ``fields`` (default: every regularised field)."""
         total = torch.zeros((), device=features.values().device)
-        for g in self.groups:
+        for g in self.groups if fields is None else [f for f in self.groups if f in fields]:
             keys = self.fields[g]
             ids = torch.cat([features[k].values() for k in keys]).long()  # (M,)
             rows = torch.cat([embeddings[k].values() for k in keys])  # (M, D)
@@ -281,8 +283,10 @@ class DIN(nn.Module):
             return None
         features, att, rep = self._last
         penalty = self.mba(features, att)
-        if rep is not att:
-            penalty = penalty + self.mba(features, rep)
+        # fields with their own representation tables (dare); the others' one table is penalised once
+        own = [f for f, (h, _) in self.fields.items() if rep[h] is not att[h]]
+        if own:
+            penalty = penalty + self.mba(features, rep, own)
         return penalty
 
 

@@ -15,6 +15,7 @@ The data set's key names reach the techniques only through :class:`SequenceFacts
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from recsys_emb.config.embedding import EmbeddingSpec, TableGroup
+from recsys_emb.config.embedding import EmbeddingSpec, TableGroup, technique_entry
 from recsys_emb.config.io import ConfigError
 from recsys_emb.config.sequence import SequenceModelConfig
 from recsys_emb.data.sequences import SequenceBatch
@@ -40,13 +41,14 @@ class SequenceFacts:
     Attributes:
         field_keys: field -> its (history key, target key) in the batch KJT.
         vocab: field or side feature -> table rows.
-        bags_per_example: the most ids one example has in a field (history length + 1).
+        bags_per_example: the most ids one example has in a field (history length + 1), the padding of
+            the one-id bags under several ranks; None = no padding (one process).
         context: data facts for techniques (``items`` for semantic IDs, ``counts`` for DNIS).
     """
 
     field_keys: dict[str, tuple[str, str]]
     vocab: dict[str, int]
-    bags_per_example: int
+    bags_per_example: int | None
     context: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,8 +106,15 @@ def build_sequence_embedding(cfg: SequenceModelConfig, spec: EmbeddingSpec, fact
                               "put them in separate groups")
         if fields:
             seq_groups.append((group, fields))
-        if side:
-            side_groups.append((group if not fields else TableGroup(name=f"{group.name}_side", chain=group.chain), side))
+        if side and fields:  # a features: null group covering both: its side part without dare, as '<name>_side'
+            name = f"{group.name}_side"
+            if any(g.name == name for g, _ in assigned):
+                raise ConfigError(f"embedding group '{group.name}' (features: null) covers side features {side} as "
+                                  f"'{name}', which is also a group's name: list the side features in a group of their own")
+            chain = [e for e in group.chain if technique_entry(e, group.name)[0] != "dare"]
+            side_groups.append((dataclasses.replace(group, name=name, chain=chain), side))
+        elif side:
+            side_groups.append((group, side))
     if cfg.name == "din" and cfg.din.mba_lambda > 0:
         for group, _ in seq_groups:
             chain = resolve_chain(group, sequence=True)

@@ -22,7 +22,7 @@ SUM pooling is required for this to be exact (checked).
 
 The layout (``feature_dims``, ``parts``, per-feature int32 ``codes``) is saved by :func:`save_layout`
 to a ``.pt`` file read with ``torch.load(weights_only=True)``; an experiment selects it with
-``embedding: {type: dnis|optembed, options: {compact_layout: PATH}}``, so a derived model is rebuilt
+the chain entry ``{dnis|optembed: {compact_layout: PATH}}``, so a derived model is rebuilt
 in a fresh process from its config + layout and then loads its ``model.pt``.
 
 It lives in ``recsys_emb.modules`` (not ``recsys_emb.search``) because the technique modules build it

@@ -48,7 +48,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -239,16 +238,30 @@ def resolve_chain(group: TableGroup, *, sequence: bool) -> Chain:
 
 # ------------------------------------------------------------------------------------ pooled modules
 def build_chain(chain: Chain, tables: Tables, *, post: bool = True) -> nn.Module:
-    """The pooled module of one group (and role): pre-transforms, layout, post-transforms."""
+    """The pooled module of one group (and role): pre-transforms, layout, post-transforms.
+
+    Raises:
+        ConfigError: a technique cannot build on these tables (e.g. a budget below one row); names the
+            group and the technique.
+    """
     raw = dataclasses.replace(tables, pre=[], vocab=dict(tables.vocab))
     state = raw
-    for tech, opts in chain.pre:
-        state = tech.build(opts, state)
-    layout, opts = chain.layout
-    module = layout.build(opts, state)
-    if post:
-        for tech, opts in chain.post:
-            module = tech.build(opts, module, raw)
+    current = ""
+    try:
+        for tech, opts in chain.pre:
+            current = tech.name
+            state = tech.build(opts, state)
+        layout, opts = chain.layout
+        current = layout.name
+        module = layout.build(opts, state)
+        if post:
+            for tech, opts in chain.post:
+                current = tech.name
+                module = tech.build(opts, module, raw)
+    except (ValueError, KeyError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"embedding group '{tables.group}': {current}: {e}") from e
     return module
 
 
@@ -537,11 +550,6 @@ def build_sequence(
 def uniform_init(bound: float | None) -> dict[str, float]:
     """Table init keyword arguments for uniform(-bound, bound) (``{}`` = TorchRec's default)."""
     return {} if bound is None else {"weight_init_min": -float(bound), "weight_init_max": float(bound)}
-
-
-def table_counts(counts: Mapping[str, np.ndarray] | None, feature: str) -> np.ndarray | None:
-    """The id counts of ``feature`` from a context's ``counts`` (None when absent)."""
-    return None if counts is None or feature not in counts else np.asarray(counts[feature])
 
 
 def build_embedding(

@@ -562,7 +562,7 @@ def _dtype_bytes(data_type: DataType) -> int:
 # ------------------------------------------------------------------------------------ config + build
 @dataclass
 class UnifiedOptions:
-    """``embedding: {type: unified, options: ...}``. Size by exactly one of num_rows, budget_bytes, budget_fraction."""
+    """Options of the chain entry ``unified: {...}``. Size by exactly one of num_rows, budget_bytes, budget_fraction."""
 
     layout: str = "multiplexed"  # multiplexed | per_feature_hashing | collisionless (the baselines)
     groups: list[list[str]] | None = None  # multiplexing groups (multiplexed only); None = all features in one
@@ -744,6 +744,11 @@ class HashOptions:
     budget_bytes: int | None = None  # total bytes, split over the features in proportion to vocabulary
     budget_fraction: float | None = None  # budget as a fraction of the plain tables' bytes
     hash_seed: int = 0  # seeds the per-feature hash coefficients
+
+    def __post_init__(self) -> None:
+        sizing = [n for n in ("num_rows", "budget_bytes", "budget_fraction") if getattr(self, n) is not None]
+        if len(sizing) != 1:
+            raise ValueError(f"hash needs exactly one of num_rows, budget_bytes, budget_fraction (got {sizing or 'none'})")
 
 
 @register_technique("hash", "layout", HashOptions, doc="per-feature hashing into fewer rows (the budget baseline)")

@@ -63,7 +63,8 @@ def search_config(cfg: ExperimentConfig, technique: str) -> tuple[ExperimentConf
     from recsys_emb.config.embedding import EmbeddingSpec, TableGroup, technique_entry
 
     groups = cfg.embedding.groups
-    if not groups or (len(groups) == 1 and groups[0].features is None and not groups[0].chain):
+    if not groups or (len(groups) == 1 and groups[0].features is None
+                      and all(technique_entry(e, groups[0].name)[0] == "plain" for e in groups[0].chain)):
         cfg = dataclasses.replace(cfg, embedding=EmbeddingSpec(groups=[TableGroup(name="all", chain=[technique])]))
     entries = [technique_entry(e, g.name) for g in cfg.embedding.groups for e in g.chain]
     group = cfg.embedding.groups[0]
@@ -77,11 +78,6 @@ def search_config(cfg: ExperimentConfig, technique: str) -> tuple[ExperimentConf
     if options.compact_layout is not None:
         raise ValueError(f"search: {technique}.compact_layout is set; that config is already a derived model")
     return cfg, options
-
-
-def technique_options_key(cfg: ExperimentConfig, technique: str) -> str:
-    """The dotted override prefix of ``technique``'s options in a search config (for ``--set``)."""
-    return f"embedding.groups.0.chain.0.{technique}"
 
 
 def run_search_experiment(cfg: ExperimentConfig, technique: str, run_dir: str | Path, *, resume: bool = False,

@@ -224,3 +224,25 @@ def test_tiny_end_to_end_training(tmp_path: Path, config: str, capsys: pytest.Ca
     assert metrics["test"]["auc"] > 0.6  # the synthetic users prefer two categories: learnable
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert any("embedding_bags" in k for k in state)
+
+
+def test_mba_with_dare_on_some_fields_penalises_each_table_once() -> None:
+    """dare on item only: the attention tables of every field and the item's representation table are each
+    regularised once (category / position serve both roles with ONE table)."""
+    from recsys_emb.config.embedding import TableGroup
+
+    lam = 0.7
+    torch.manual_seed(0)
+    emb = seq_embedding(4, groups=[TableGroup("item", ["item"], ["dare"]), TableGroup("rest", ["category", "position"])])
+    freqs = {g: torch.arange(n, dtype=torch.float32) + 1 for g, n in SIZES.items()}
+    model = DIN(emb, DINConfig(attention_hidden=[4], mlp=[4], mba_lambda=lam), freqs)
+    kjt = make_kjt([[1, 2, 2], [3]], [4, 1])
+    model.train()
+    model(kjt)
+    tables = [("item", table(emb, "att_item", "attention", "item")), ("item", table(emb, "rep_item", "representation", "item")),
+              ("category", table(emb, "category", group="rest")), ("position", table(emb, "position", group="rest"))]
+    expected = torch.zeros(())
+    for field, weight in tables:
+        ids = torch.unique(torch.cat([kjt[k].values() for k in FIELDS[field]]))
+        expected = expected + 0.5 * lam * (weight[ids].pow(2).sum(1) / freqs[field][ids]).sum()
+    torch.testing.assert_close(model.aux_loss(), expected)

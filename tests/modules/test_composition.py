@@ -329,8 +329,10 @@ def _parity(rank: int, world_size: int, paths: dict[str, str], done: str) -> Non
         if dense:  # LightGCN / MF with plain tables have no dense parameters
             torch.optim.SGD(dense, lr=LR).step()
         got = dmp.state_dict()
+        missing = [k for k in expected if k not in got and "running_" not in k]
+        assert not missing, f"{model}/{chain}: the sharded model lacks state-dict keys {missing[:5]}"
         for key, value in expected.items():
-            if "running_" in key or key not in got:
+            if "running_" in key:
                 continue
             target = got[key]
             if hasattr(target, "local_shards"):

@@ -70,11 +70,22 @@ def build_ctr_model(cfg: ExperimentConfig, data: PreparedCTRData, device: str | 
                 raise ConfigError(f"embedding group '{group.name}': '{post[0]}' searches embedding dims, but 'lr' has "
                                   "one weight per id; use it with dlrm, dcnv2 or deepfm")
     if m.name in ("lr", "deepfm"):
+        first = [(dataclasses.replace(g, chain=[first_order_entry(e, g.name) for e in g.chain]), fs) for g, fs in groups]
         first_order = build_pooled(cfg.embedding, vocab, m.first_order_dim, family=m.name, prefix="t_", suffix=FIRST_ORDER_SUFFIX,
                                    init={"weight_init_min": 0.0, "weight_init_max": 0.0}, context=context, device=dev,
-                                   post=False, groups=groups)
-    tables = table_configs(data, m.embedding_dim, m.embedding_init_bound)
-    return CTRTrain(build_model(m, embedding, tables, len(data.dense_features), device=dev, first_order=first_order))
+                                   post=False, groups=first)
+    return CTRTrain(build_model(m, embedding, [], len(data.dense_features), device=dev, first_order=first_order))
+
+
+def first_order_entry(entry: Any, group: str) -> Any:
+    """A chain entry for the per-id weight tables: ``unified`` with one probe of the full width (a weight is one
+    scalar per id: probes and chunk widths of the embedding do not apply), other entries unchanged."""
+    from recsys_emb.config.embedding import technique_entry
+
+    name, options = technique_entry(entry, group)
+    if name != "unified":
+        return entry
+    return {name: {**options, "probes": 1, "probes_per_feature": {}, "chunk_dim": None, "combine": "concat"}}
 
 
 @torch.no_grad()

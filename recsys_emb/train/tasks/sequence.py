@@ -91,12 +91,16 @@ def absolute_chain_paths(spec: EmbeddingSpec) -> EmbeddingSpec:
     return dataclasses.replace(spec, groups=[dataclasses.replace(g, chain=[entry(e) for e in g.chain]) for g in spec.groups])
 
 
-def sequence_facts(ds: SequenceDataset) -> SequenceFacts:
-    """What the tables need to know about ``ds``: fields, rows, bags per example, SID item ids, id counts."""
+def sequence_facts(ds: SequenceDataset, world_size: int = 2) -> SequenceFacts:
+    """What the tables need to know about ``ds``: fields, rows, bags per example, SID item ids, id counts.
+
+    The one-id bags of a field are padded to ``max_history + 1`` per example only when several ranks run
+    (TorchRec's sharded pooled tables need equal batch sizes); one process pads nothing."""
     counts = ds.feature_frequencies()
     counts["user"] = np.bincount(ds.positives("train").user, minlength=ds.num_users).astype(np.float64)
     items = {"item": ItemIds(raw_ids=ds.item_raw_ids, first_id=FIRST_ID, counts=ds.popularity[FIRST_ID:])}
-    return SequenceFacts(dict(FIELDS), ds.table_sizes(), int(ds.cfg.max_history) + 1, {"items": items, "counts": counts})
+    bags = int(ds.cfg.max_history) + 1 if world_size > 1 else None
+    return SequenceFacts(dict(FIELDS), ds.table_sizes(), bags, {"items": items, "counts": counts})
 
 
 class SequenceTask(Task):
@@ -117,6 +121,7 @@ class SequenceTask(Task):
     def prepare(self, env: DistEnv) -> None:
         if self.ds is None:
             self.ds = main_first(env, lambda: make_sequence_dataset(self.cfg.data))  # rank 0 fills the parse cache
+        self._world_size = env.world_size
 
     def write_run_files(self, run_dir: Path) -> None:
         save_config(self.cfg, run_dir / "config.yaml")
@@ -124,7 +129,7 @@ class SequenceTask(Task):
     def build_model(self) -> nn.Module:
         model = self.cfg.model
         freqs = self.ds.feature_frequencies() if model.name == "din" and model.din.mba_lambda > 0 else None
-        return SequenceTrain(build_sequence_model(model, self.cfg.embedding, sequence_facts(self.ds), freqs, device="meta"))
+        return SequenceTrain(build_sequence_model(model, self.cfg.embedding, sequence_facts(self.ds, self._world_size), freqs, device="meta"))
 
     def _examples(self, epoch: int) -> Examples:
         if self._epoch_examples is None or self._epoch_examples[0] != epoch:
