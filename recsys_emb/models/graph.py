@@ -65,7 +65,8 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 
 from recsys_emb.config.embedding import EmbeddingSpec
 from recsys_emb.data.graphs import ADJACENCY_KINDS, SYMMETRIC_KINDS, BPRBatch, NormalizedAdjacency
-from recsys_emb.models.id_tables import build_id_tables, chain_techniques, embedding_aux_loss, plain_spec
+from recsys_emb.modules.spec import sum_aux_losses
+from recsys_emb.models.id_tables import build_id_tables, chain_techniques, plain_spec
 
 USER_TABLE, ITEM_TABLE = "user", "item"
 PROPAGATION_MODES = ("lookup", "neighbor", "full")
@@ -428,7 +429,7 @@ class GraphCF(nn.Module):
 
     def aux_loss(self) -> torch.Tensor | None:
         """The embedding technique's auxiliary loss (scalar; e.g. OptEmbed's threshold regulariser), or None."""
-        return embedding_aux_loss(self.tables)
+        return sum_aux_losses([self.tables])
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, D) -> users (U, D), items (I, D)."""
@@ -517,5 +518,5 @@ class GraphBPRTrain(nn.Module):
             ru, rp, rn = out.ego[users], out.ego[U + pos], out.ego[U + neg]  # (B, D) each
         reg = self.l2 * 0.5 * (ru.pow(2).sum() + rp.pow(2).sum() + rn.pow(2).sum()) / users.numel()
         loss = bpr + reg
-        aux = embedding_aux_loss(self.model)  # after the forward: a technique may use what it just stored
+        aux = sum_aux_losses([self.model])  # after the forward: a technique may use what it just stored
         return (loss if aux is None else loss + aux), (bpr.detach(), reg.detach())

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from recsys_emb.config.embedding import EmbeddingSpec, technique_entry
 from recsys_emb.config.io import ConfigError
@@ -87,8 +87,3 @@ def id_counts(indptr: np.ndarray, items: np.ndarray, num_items: int) -> dict[str
     return {"user": np.diff(np.asarray(indptr)).astype(np.int64),
             "item": np.bincount(np.asarray(items, dtype=np.int64), minlength=num_items).astype(np.int64)}
 
-
-def embedding_aux_loss(module: nn.Module) -> Tensor | None:
-    """The ``aux_loss()`` of an embedding module (a technique's regulariser), or None when it has none."""
-    fn = getattr(module, "aux_loss", None)
-    return fn() if callable(fn) else None

@@ -31,7 +31,9 @@ from recsys_emb.data.sequences import SequenceBatch
 from recsys_emb.models.din import DIN, bce
 from recsys_emb.models.long_sequence import TwoStageModel
 from recsys_emb.modules.contract import output_feature_dims
-from recsys_emb.modules.spec import RoleLookup, assign_groups, build_pooled, build_sequence, resolve_chain, sum_aux_losses
+from recsys_emb.modules.spec import (
+    RoleLookup, assign_groups, build_pooled, build_sequence, resolve_chain, sum_aux_losses, uniform_init,
+)
 
 
 @dataclass
@@ -121,7 +123,7 @@ def build_sequence_embedding(cfg: SequenceModelConfig, spec: EmbeddingSpec, fact
             if chain.pre or chain.layout[0].name != "plain" or chain.post:
                 raise ConfigError(f"model.din.mba_lambda > 0 regularises each id's own row, but group '{group.name}' "
                                   f"uses {chain.names()}: use it with plain (or dare-only) chains")
-    init = {} if cfg.init_std is None else {"weight_init_min": -cfg.init_std * 3**0.5, "weight_init_max": cfg.init_std * 3**0.5}
+    init = uniform_init(None if cfg.init_std is None else cfg.init_std * 3**0.5)  # uniform with std init_std
     lookup = build_sequence(seq_groups, facts.vocab, cfg.embedding_dim,
                             {f: facts.field_keys[f] for f in cfg.fields}, bags_per_example=facts.bags_per_example,
                             init=init, context=facts.context, device=device)

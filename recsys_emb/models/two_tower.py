@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_emb.config.embedding import EmbeddingSpec
-from recsys_emb.models.id_tables import build_id_tables, embedding_aux_loss, plain_spec
+from recsys_emb.modules.spec import sum_aux_losses
+from recsys_emb.models.id_tables import build_id_tables, plain_spec
 
 
 @dataclass
@@ -177,7 +178,7 @@ class TwoTower(nn.Module):
         loss = F.cross_entropy(logits, target)
         if self.config.weight_decay:
             loss = loss + self.config.weight_decay * (u_raw.pow(2).sum(-1) + i_raw.pow(2).sum(-1)).mean()
-        aux = embedding_aux_loss(self.embedding)  # a technique's regulariser (e.g. OptEmbed's thresholds)
+        aux = sum_aux_losses([self.embedding])  # a technique's regulariser (e.g. OptEmbed's thresholds)
         return loss if aux is None else loss + aux
 
     @torch.no_grad()

@@ -296,8 +296,12 @@ def compact_from_layout(path: str, module: nn.Module, tables: Sequence[Embedding
     if type(module) is not EmbeddingBagCollection:
         raise ValueError(f"{technique}.compact_layout: derived compact tables replace plain tables, not "
                          f"{type(module).__name__}; derive over a chain whose layout is plain")
+    layout = load_layout(path)
+    derived, group = sorted(f for f, _ in layout.feature_dims), sorted(f for t in tables for f in t.feature_names)
+    if derived != group:
+        raise ValueError(f"{technique}.compact_layout {path} was derived for features {derived}, not this group's {group}")
     init = tables[0].weight_init_max if tables and tables[0].weight_init_max is not None else None
-    return CompactEmbeddingBagCollection(load_layout(path), device=tables_device(module), init_bound=init)
+    return CompactEmbeddingBagCollection(layout, device=tables_device(module), init_bound=init)
 
 
 def tables_device(module: nn.Module) -> torch.device | None:

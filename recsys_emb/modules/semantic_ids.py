@@ -279,7 +279,8 @@ def with_id_rows(offsets: np.ndarray, rows: np.ndarray, num_rows: int) -> tuple[
 
 @register_technique("semantic_ids", "pre", SemanticIdOptions, doc="item id -> semantic-ID pieces (Singh et al. 2024)")
 def build_semantic_ids(options: SemanticIdOptions, tables: Tables) -> Tables:
-    """Chain pre-transform: the group's item-id features become bags of their SID pieces (one piece table).
+    """Chain pre-transform: the group's item-id features become bags of their SID pieces (the
+    layout after it decides the tables: per feature for ``plain``, shared for ``unified``).
 
     Every feature of the group must hold ids of the same items (``context["items"]`` of the first
     feature, if the family gives one). The layout after it sees ``num_rows`` (+ items with ``with_id``)

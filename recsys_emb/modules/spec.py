@@ -574,11 +574,16 @@ def build_embedding(
     dims = {t.embedding_dim for t in tables}
     if len(dims) != 1:
         raise ValueError(f"build_embedding: the base tables must share one dim, got {sorted(dims)}")
+    if any(t.pooling != PoolingType.SUM for t in tables):
+        raise ValueError("build_embedding: the techniques pool with SUM; the base tables use "
+                         f"{sorted({t.pooling.name for t in tables})}")
     prefixes = {t.name[: len(t.name) - len(t.feature_names[0])] if t.name.endswith(t.feature_names[0]) else None for t in tables}
     prefix = prefixes.pop() if len(prefixes) == 1 else None
     prefix = "" if prefix is None else prefix  # names that are not prefix + feature: plain tables get the feature's name
     first = tables[0]
     init = {k: getattr(first, k) for k in ("weight_init_min", "weight_init_max") if getattr(first, k) is not None}
+    if first.init_fn is not None and not init:
+        init = {"init_fn": first.init_fn}
     spec = EmbeddingSpec(groups=[TableGroup(name=group, chain=list(chain))])
     return build_pooled(spec, {f: int(t.num_embeddings) for f, t in zip(features, tables)}, dims.pop(), family="model",
                         prefix=prefix, init=init, context=context, device=device)

@@ -39,9 +39,11 @@ TRAIN_EVAL_ROWS = 100_000  # rows of the training split re-scored at the end for
 
 def table_configs(data: PreparedCTRData, embedding_dim: int, init_bound: float | None = None) -> list[EmbeddingBagConfig]:
     """One table per sparse feature, sized by the training vocabulary (init uniform(+-init_bound) if given)."""
-    init = {} if init_bound is None else {"weight_init_min": -init_bound, "weight_init_max": init_bound}
+    from recsys_emb.modules.spec import uniform_init
+
     return [
-        EmbeddingBagConfig(name=f"t_{name}", embedding_dim=embedding_dim, num_embeddings=size, feature_names=[name], **init)
+        EmbeddingBagConfig(name=f"t_{name}", embedding_dim=embedding_dim, num_embeddings=size, feature_names=[name],
+                           **uniform_init(init_bound))
         for name, size in zip(data.sparse_features, data.vocab_sizes)
     ]
 
