@@ -11,6 +11,8 @@ Sub-commands::
     recsys-emb search dnis|optembed --config CFG ...           (learned embedding dimensions)
     recsys-emb sid embed|train|assign ...                      (semantic IDs)
     recsys-emb retrieve --config CFG ...                       (exact/FAISS + kNN-Embed)
+    recsys-emb export --run-dir RUN --out DIR [--quantize none|fp16|int8|int4] [--aoti]
+    recsys-emb predict --model DIR --data FILE... --out FILE [--batch-size N] [--top-k K]
     recsys-emb doctor [--json]
 
 Heavy imports happen inside each command so ``recsys-emb --help`` and ``doctor`` stay fast and
@@ -71,6 +73,10 @@ TECHNIQUE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
             "semantic IDs: embed item text, train the RQ-VAE, assign IDs"),
     "retrieve": ("recsys_emb.retrieval.driver", "add_retrieve_arguments", "run_retrieve",
                  "candidate retrieval: exact/FAISS single-vector vs kNN-Embed"),
+    "export": ("recsys_emb.inference.cli", "add_export_arguments", "run_export",
+               "a trained run -> a torch.export artefact for serving (unsharded, optionally quantised tables)"),
+    "predict": ("recsys_emb.inference.cli", "add_predict_arguments", "run_predict",
+                "score raw rows (Criteo TSV, sequences, user ids) with an exported artefact"),
 }
 
 

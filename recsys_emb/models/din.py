@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
+from recsys_emb.modules.tracing import assert_all, tracing
+
 ACTIVATIONS = ("dice", "prelu", "relu", "sigmoid")
 
 
@@ -128,22 +130,31 @@ class ActivationMLP(nn.Sequential):
 # ----------------------------------------------------------------------------------- jagged helpers
 
 
-def segment_ids(lengths: Tensor) -> Tensor:
-    """(N,) row index of every jagged value: ``[0]*lengths[0] + [1]*lengths[1] + ...``."""
-    return torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths.long())
+def segment_ids(lengths: Tensor, total: int | None = None) -> Tensor:
+    """(N,) row index of every jagged value: ``[0]*lengths[0] + [1]*lengths[1] + ...``.
+
+    ``total`` = N (``lengths.sum()``) when the caller knows it from a shape: the output size is then not
+    read from the data (no device-to-host sync; under ``torch.export`` the size is data-dependent).
+    """
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths.long(), output_size=total)
 
 
 def jagged_softmax(logits: Tensor, lengths: Tensor) -> Tensor:
-    """Softmax of ``(N,)`` logits within each jagged row (FBGEMM's kernel for float32; else torch segment ops)."""
-    if logits.numel() == 0:
+    """Softmax of ``(N,)`` logits within each jagged row (FBGEMM's kernel for float32; else torch segment ops).
+
+    Traced (``torch.export``), always the torch segment ops: FBGEMM's kernel takes the longest row as a
+    plain ``int``, which is data-dependent there.
+    """
+    traced = tracing()
+    if not traced and logits.numel() == 0:
         return logits
     lengths = lengths.long()
-    if logits.dtype == torch.float32:
+    if logits.dtype == torch.float32 and not traced:
         offsets = torch.zeros(lengths.numel() + 1, dtype=torch.long, device=lengths.device)
         torch.cumsum(lengths, 0, out=offsets[1:])
         out, _ = torch.ops.fbgemm.jagged_softmax(logits.unsqueeze(1), offsets, int(lengths.max()))
         return out.squeeze(1)
-    seg = segment_ids(lengths)
+    seg = segment_ids(lengths, logits.shape[0])
     peak = torch.full((lengths.numel(),), -torch.inf, dtype=logits.dtype, device=logits.device)
     peak = peak.scatter_reduce(0, seg, logits.detach(), "amax")  # softmax is shift invariant: no gradient needed
     e = torch.exp(logits - peak[seg])
@@ -153,7 +164,7 @@ def jagged_softmax(logits: Tensor, lengths: Tensor) -> Tensor:
 
 def jagged_weighted_sum(weights: Tensor, values: Tensor, lengths: Tensor) -> Tensor:
     """``out[b] = sum_i weights_i values_i`` over row ``b``'s values: (N,), (N, D) -> (B, D); empty rows give 0."""
-    seg = segment_ids(lengths)
+    seg = segment_ids(lengths, values.shape[0])
     out = torch.zeros(lengths.numel(), values.shape[1], dtype=values.dtype, device=values.device)
     return out.index_add(0, seg, weights.unsqueeze(1) * values)
 
@@ -168,12 +179,33 @@ def sequence_tokens(embeddings: Mapping[str, JaggedTensor], fields: Mapping[str,
     Returns:
         ``(behaviours (N, E), lengths (B,), targets (B, E))``, E = the sum of the fields' dims.
     """
+    if tracing():
+        return _traced_sequence_tokens(embeddings, fields)
     hist = [embeddings[h] for h, _ in fields.values()]
     lengths = hist[0].lengths()
     behaviours = torch.cat([jt.values() for jt in hist], dim=1)  # (N, E)
     targets = torch.cat([embeddings[t].values() for _, t in fields.values()], dim=1)  # (B, E)
     if targets.shape[0] != lengths.numel():
         raise ValueError(f"every example needs exactly one target id per feature: {targets.shape[0]} targets for {lengths.numel()} rows")
+    return behaviours, lengths, targets
+
+
+def _traced_sequence_tokens(embeddings: Mapping[str, JaggedTensor], fields: Mapping[str, tuple[str, str]]) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`sequence_tokens` while traced (torch.export): the value counts are data-dependent there.
+
+    The histories are asserted parallel (as many values each: the tracer then knows the shapes match).
+    The targets are asserted one per example (runtime assert on their lengths) and their ``B`` rows are
+    selected by index: equating the data-dependent count with the batch size instead would make the
+    tracer assume ``B >= 2`` (it specialises the sizes 0 and 1 of a dynamic batch dim).
+    """
+    hist = [embeddings[h] for h, _ in fields.values()]
+    lengths = hist[0].lengths()  # (B,)
+    rows = torch.arange(lengths.numel(), device=lengths.device)  # (B,)
+    for (h, t), jt in zip(fields.values(), hist):
+        torch._check(jt.values().shape[0] == hist[0].values().shape[0], lambda h=h: f"history {h!r}: another length than the first field's")
+        assert_all(embeddings[t].lengths() == 1, f"every example needs exactly one target id per feature ({t!r})")
+    behaviours = torch.cat([jt.values() for jt in hist], dim=1)  # (N, E)
+    targets = torch.cat([embeddings[t].values().index_select(0, rows) for _, t in fields.values()], dim=1)  # (B, E)
     return behaviours, lengths, targets
 
 
@@ -268,7 +300,7 @@ class DIN(nn.Module):
         att, rep, side = self.embedding(features)
         keys, lengths, query = sequence_tokens(att, self.fields)  # (N, E_a), (B,), (B, E_a)
         values, _, target = sequence_tokens(rep, self.fields) if rep is not att else (keys, lengths, query)
-        seg = segment_ids(lengths)  # (N,)
+        seg = segment_ids(lengths, keys.shape[0])  # (N,)
         weights = self.activation_unit(query[seg], keys)  # (N,)
         if self.config.softmax:
             weights = jagged_softmax(weights, lengths)

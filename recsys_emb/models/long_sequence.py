@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_emb.models.din import ACTIVATIONS, ActivationMLP, bce, jagged_softmax, jagged_weighted_sum, segment_ids, sequence_tokens
+from recsys_emb.modules.tracing import tracing
 
 
 @dataclass
@@ -69,21 +70,25 @@ def jagged_topk(scores: Tensor, lengths: Tensor, k: int) -> tuple[Tensor, Tensor
         ``(index (M,), new_lengths (B,))``: increasing indices into ``scores`` of the kept values (so
         grouped by row, in the original order within a row); ``new_lengths = min(lengths, k)``. Among
         equal scores the earlier value is kept.
+
+    Traced (``torch.export``) the data-dependent shortcuts (empty batch, no long row) are not taken: the
+    general path gives the same result there.
     """
+    traced = tracing()
     lengths = lengths.long()
     kept = lengths.clamp(max=k)
-    if scores.numel() == 0:
+    if not traced and scores.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device), kept
-    seg = segment_ids(lengths)  # (N,)
+    seg = segment_ids(lengths, scores.shape[0])  # (N,)
     long_rows = lengths > k  # (B,)
     keep = ~long_rows[seg]  # (N,) values of short rows are all kept
-    if bool(long_rows.any()):
+    if traced or bool(long_rows.any()):
         candidates = torch.nonzero(~keep).squeeze(1)  # (N_long,) increasing
         by_score = torch.sort(scores.detach()[candidates], descending=True, stable=True).indices
         order = by_score[torch.sort(seg[candidates][by_score], stable=True).indices]  # by row, then score desc
         row = seg[candidates][order]
-        start_in_candidates = torch.zeros_like(lengths)
-        start_in_candidates[long_rows] = torch.cumsum(lengths[long_rows], 0) - lengths[long_rows]
+        long_lengths = torch.where(long_rows, lengths, torch.zeros_like(lengths))  # (B,)
+        start_in_candidates = torch.cumsum(long_lengths, 0) - long_lengths  # (B,) first candidate of each long row
         rank = torch.arange(candidates.numel(), device=scores.device) - start_in_candidates[row]
         keep[candidates[order[rank < k]]] = True
     return torch.nonzero(keep).squeeze(1), kept
@@ -124,7 +129,7 @@ class TwoStageModel(nn.Module):
 
     def search(self, query: Tensor, keys: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Stage 1: ``(scores (N,), kept index (M,), kept lengths (B,))``."""
-        seg = segment_ids(lengths)
+        seg = segment_ids(lengths, keys.shape[0])
         scores = (query[seg] * keys).sum(1) * self.scale  # (N,)
         index, kept = jagged_topk(scores, lengths, self.config.top_k)
         return scores, index, kept

@@ -41,6 +41,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys_emb.modules.spec import Tables, register_technique
+from recsys_emb.modules.tracing import assert_all, tracing
 
 
 @dataclass
@@ -88,19 +89,25 @@ class DNISOptions:
 def single_ids(features: KeyedJaggedTensor, technique: str) -> dict[str, tuple[Tensor, Tensor]]:
     """Per feature ``(ids (B,), present (B,) bool)`` of a KJT whose bags hold at most one id each.
 
-    Empty bags get id 0 and ``present == False`` (their pooled output is zero anyway).
+    Empty bags get id 0 and ``present == False`` (their pooled output is zero anyway). Every id is
+    copied to its bag's slot (``repeat_interleave`` with the known output size, not a boolean-mask
+    assignment, whose size is data-dependent: this traces under ``torch.export``).
     """
     out: dict[str, tuple[Tensor, Tensor]] = {}
     for key, jt in features.to_dict().items():
-        lengths = jt.lengths()  # (B,)
-        if lengths.numel() and int(lengths.max()) > 1:
+        lengths, values = jt.lengths(), jt.values()  # (B,), (N,)
+        if tracing():  # export: the check is a runtime assert of the exported program
+            assert_all(lengths <= 1, f"{technique}: feature {key!r} has bags with several ids; the per-id post-lookup "
+                       "mask needs at most one id per bag (CTR data); use the plain EBC for multi-id features")
+        elif lengths.numel() and int(lengths.max()) > 1:
             raise ValueError(
                 f"{technique}: feature {key!r} has bags with {int(lengths.max())} ids; the per-id post-lookup mask "
                 "needs at most one id per bag (CTR data); use the plain EBC for multi-id features"
             )
+        batch = lengths.numel()
         present = lengths.to(torch.bool)
-        ids = torch.zeros(lengths.numel(), dtype=torch.int64, device=lengths.device)
-        ids[present] = jt.values().to(torch.int64)
+        bag = torch.repeat_interleave(torch.arange(batch, device=lengths.device), lengths.long(), output_size=values.numel())  # (N,)
+        ids = torch.zeros(batch, dtype=torch.int64, device=lengths.device).index_copy(0, bag, values.to(torch.int64))  # (B,)
         out[key] = (ids, present)
     return out
 

@@ -57,6 +57,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, Keyed
 from recsys_emb.config.embedding import EmbeddingSpec, TableGroup, technique_entry
 from recsys_emb.config.io import ConfigError, from_dict
 from recsys_emb.modules.contract import output_feature_dims
+from recsys_emb.modules.tracing import tracing
 from recsys_emb.modules.wrapper import TransformedEmbeddingBagCollection
 
 KINDS = ("pre", "layout", "post", "roles")
@@ -422,6 +423,7 @@ class SequenceLookup(nn.Module):
     are split back into JaggedTensors with the keys' lengths. Nothing is padded inside the model's
     jagged tensors; only the bags handed to the pooled module are padded with empty bags to
     ``bags_per_example x B`` per field, so that every rank's pooled lookup has the same batch size.
+    Under ``torch.export`` the ids counts are data-dependent: see :meth:`_traced_stride`.
 
     Args:
         modules: group name -> pooled module whose features are that group's field names.
@@ -447,28 +449,60 @@ class SequenceLookup(nn.Module):
         for name, module in self.groups.items():
             fields = self.group_fields[name]
             ids = [torch.cat([jts[k].values() for k in self.fields[f]]).long() for f in fields]  # (N_f,) each
-            stride = max(int(i.numel()) for i in ids)
-            if self.bags_per_example is not None:
-                bound = features.stride() * self.bags_per_example
-                if stride > bound:
-                    raise ValueError(f"{stride} ids of one field in a batch of {features.stride()} examples: more than "
-                                     f"bags_per_example={self.bags_per_example} per example")
-                stride = bound
-            stride = max(stride, 1)
+            if tracing():
+                stride = self._traced_stride(features, fields, ids, jts)
+            else:
+                stride = max(int(i.numel()) for i in ids)
+                if self.bags_per_example is not None:
+                    bound = features.stride() * self.bags_per_example
+                    if stride > bound:
+                        raise ValueError(f"{stride} ids of one field in a batch of {features.stride()} examples: more than "
+                                         f"bags_per_example={self.bags_per_example} per example")
+                    stride = bound
+                stride = max(stride, 1)
             lengths = torch.cat([
                 torch.cat([torch.ones_like(i, dtype=torch.int32), torch.zeros(stride - i.numel(), dtype=torch.int32, device=i.device)])
                 for i in ids
             ])
-            bags = KeyedJaggedTensor(keys=fields, values=torch.cat(ids), lengths=lengths, stride=stride)
+            # length_per_key given: the KJT needs no device-to-host read of it (and a traced one keeps the sizes' symbols)
+            bags = KeyedJaggedTensor(keys=fields, values=torch.cat(ids), lengths=lengths, stride=stride,
+                                     length_per_key=[i.numel() for i in ids])
             pooled = module(bags).to_dict()  # field -> (stride, D_f)
             for f, n in zip(fields, ids):
                 rows, start = pooled[f], 0
                 for k in self.fields[f]:
                     jt = jts[k]
                     size = jt.values().numel()
-                    out[k] = JaggedTensor(values=rows[start:start + size], lengths=jt.lengths())
+                    out[k] = JaggedTensor(values=rows.narrow(0, start, size), lengths=jt.lengths())
                     start += size
         return out
+
+    def _traced_stride(self, features: KeyedJaggedTensor, fields: list[str], ids: list[Tensor],
+                       jts: Mapping[str, JaggedTensor]) -> int:
+        """The bags per field while traced (torch.export): the ids counts are unknown there, so the eager
+        ``max`` over them cannot be taken; the eager checks become runtime asserts of the program.
+
+        With ``bags_per_example`` the stride is ``bags_per_example x B`` (asserted: no field has more ids).
+        Without, the fields of a group are asserted parallel (key by key as many ids, as the sequence models
+        require to concatenate them into tokens), and the first field's count is the stride.
+        """
+        if self.bags_per_example is not None:
+            bound = features.stride() * self.bags_per_example
+            for f, i in zip(fields, ids):
+                torch._check(i.numel() <= bound, lambda f=f: f"field {f!r}: more than bags_per_example="
+                             f"{self.bags_per_example} ids per example")
+            return bound
+        first = self.fields[fields[0]]
+        for f in fields[1:]:
+            if len(self.fields[f]) != len(first):
+                raise ValueError(f"export of a sequence lookup without bags_per_example needs parallel fields: "
+                                 f"{f!r} has keys {self.fields[f]}, {fields[0]!r} has {first}")
+            for k, k0 in zip(self.fields[f], first):
+                torch._check(jts[k].values().numel() == jts[k0].values().numel(),
+                             lambda k=k, k0=k0: f"keys {k!r} and {k0!r} must hold as many ids (parallel fields)")
+        stride = ids[0].numel()
+        torch._check(stride >= 1, lambda: f"field {fields[0]!r} has no ids")
+        return stride
 
     def aux_loss(self) -> Tensor | None:
         return sum_aux_losses(self.groups.values())

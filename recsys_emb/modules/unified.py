@@ -68,9 +68,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType, data_type_to_dtype
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys_emb.modules.spec import Tables, register_technique
+from recsys_emb.modules.tracing import assert_all, tracing
 from recsys_emb.ops import has_compiled_kernel, hashed_embedding_bag, multi_probe_hash
 from recsys_emb.modules.wrapper import TransformedEmbeddingBagCollection
 
@@ -253,7 +255,10 @@ class MultiProbeHash(nn.Module):
         if self.hashing == "identity":
             vocab = self.vocab_sizes.to(device)[feature_index]  # (N,)
             bad = (values < 0) | (values >= vocab)
-            if bool(bad.any()):
+            if tracing():  # export: the check is a runtime assert of the exported program
+                assert_all(~bad, "identity hashing: an id is outside its feature's vocabulary; use hashing='salted' "
+                           "or a larger vocab size")
+            elif bool(bad.any()):
                 i = int(bad.nonzero()[0, 0])
                 name = self.features[int(feature_index[i])]
                 raise ValueError(
@@ -286,7 +291,8 @@ class MultiProbeHash(nn.Module):
         starts_ext = torch.cat([per_key.new_zeros(1), torch.cumsum(per_key, 0)])  # (F_in + 1,); [-1] unused
         seg_counts = counts_ext[src_t]  # (S,)
         seg_starts = starts_ext[src_t]  # (S,)
-        total = int(seg_counts.sum())
+        total = seg_counts.sum().item()  # an int; a size-like SymInt under torch.export
+        torch._check(total >= 0)
         seg = torch.repeat_interleave(torch.arange(len(src), device=device), seg_counts, output_size=total)  # (T,)
         seg_begin = torch.cumsum(seg_counts, 0) - seg_counts  # (S,)
         within = torch.arange(total, device=device) - seg_begin[seg]  # (T,)
@@ -477,7 +483,8 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         compiled when ``recsys_emb._C`` is built) per group instead of transform + EBC. Used only where it
         is bit-identical with that stock path (salted hash, FP32 tables, SUM pooling, unweighted KJT with
         every feature, fixed stride: float32 rows added in bag order, as ``nn.EmbeddingBag`` does) and
-        while ``lookup`` is the plain module (a sharded lookup runs the stock path). The weight gradient
+        while ``lookup`` is the plain module over a stock float EBC (a sharded lookup, or one quantised by
+        ``recsys_emb.inference.quantize``, runs the stock path). The weight gradient
         is the same sum, reduced in another order (equal up to float rounding). Only where the op has a
         compiled kernel for the input's device: its torch reference is slower than the stock path
         (docs/kernels.md, "The modules use the ops").
@@ -486,6 +493,7 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         if (
             not has_compiled_kernel("hashed_embedding_bag", features.values().device.type)
             or not isinstance(lookup, TransformedEmbeddingBagCollection)
+            or type(lookup.ebc) is not EmbeddingBagCollection  # e.g. quantised: its weights are packed bytes
             or self.has_pre
             or self.hashing != "salted"
             or self.data_type != DataType.FP32

@@ -1,0 +1,158 @@
+"""Load an exported artefact and score with it: :class:`Predictor` (``recsys-emb predict``).
+
+Needs torch, fbgemm_gpu (the quantised tables' kernels and TorchRec's jagged ops) and our op library
+``recsys_emb.ops`` (the technique pre-transforms) at load time, never the training code
+(``recsys_emb.train`` / ``models`` / ``modules``) nor TorchRec: the artefact's inputs are plain tensors.
+
+Example::
+
+    predictor = Predictor.load("artefacts/dcn")
+    logits = predictor(dense, values, lengths)            # the exported program, as-is
+    predictor.predict_file(["day_23.tsv"], "scores.tsv")  # raw rows -> one score per row
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from recsys_emb.data.criteo_reader import SkipLog
+from recsys_emb.inference.manifest import ArtefactError, read_manifest
+
+
+def _load_op_libraries() -> None:
+    """Register the ops an exported program may call: fbgemm's (tables, jagged ops) and ours (pre-transforms)."""
+    import importlib
+
+    for library in ("fbgemm_gpu", "recsys_emb.ops"):  # torch.ops.fbgemm.*, torch.ops.recsys_emb.*
+        importlib.import_module(library)
+
+
+class Predictor:
+    """A loaded artefact: ``predictor(*inputs)`` runs the exported program (see ``manifest['inputs']``).
+
+    Args (use :meth:`load`):
+        folder: the artefact folder.
+        manifest: its manifest.
+        program: the callable exported module.
+    """
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], program: Any) -> None:
+        self.folder, self.manifest, self.program = folder, manifest, program
+        self.kind: str = manifest["inputs"]["kind"]
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], *, verify: bool = True, check_versions: bool = True,
+             aoti: bool | None = None) -> Predictor:
+        """Load ``folder`` (written by ``recsys-emb export``).
+
+        Args:
+            folder: the artefact folder.
+            verify: check every file's sha256 against the manifest.
+            check_versions: refuse an artefact of another torch / fbgemm minor version.
+            aoti: run the AOTInductor package (None = when the folder has one).
+
+        Raises:
+            ArtefactError: missing, corrupted or incompatible artefact, naming the file and the problem.
+        """
+        folder = Path(folder)
+        manifest = read_manifest(folder, verify=verify, check_versions=check_versions)
+        _load_op_libraries()
+        use_aoti = manifest.get("aoti") is not None if aoti is None else aoti
+        if use_aoti and manifest.get("aoti") is None:
+            raise ArtefactError(f"{folder} has no AOTInductor package ({manifest.get('aoti_error')})")
+        path = folder / (manifest["aoti"] if use_aoti else manifest["artefact"])
+        try:
+            if use_aoti:
+                program = torch._inductor.aoti_load_package(str(path))
+            else:
+                program = torch.export.load(str(path)).module()
+        except Exception as e:  # noqa: BLE001 (a damaged or foreign file: say which and why)
+            raise ArtefactError(f"{path} could not be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                                "export the run again") from e
+        return cls(folder, manifest, program)
+
+    def __call__(self, *inputs: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.program(*inputs)
+
+    # ------------------------------------------------------------------------------------ files
+    def batches(self, paths: list[Path], batch_size: int, log: SkipLog) -> Iterator[Any]:
+        """Raw rows of ``paths`` as the artefact's input batches (see :mod:`recsys_emb.inference.raw`)."""
+        from recsys_emb.inference import raw
+
+        spec, inputs_dir = self.manifest["inputs"], self.folder / "inputs"
+        if self.kind == "ctr":
+            return raw.ctr_batches(paths, inputs_dir, spec, batch_size, log)
+        if self.kind == "sequence":
+            return raw.sequence_batches(paths, inputs_dir, spec, batch_size, log)
+        return raw.user_batches(paths, spec, batch_size, log)
+
+    def predict_file(self, data: list[str | os.PathLike[str]] | str | os.PathLike[str], out: str | os.PathLike[str],
+                     batch_size: int = 4096, top_k: int = 20, progress: bool = True) -> dict[str, Any]:
+        """Score raw rows and write one line per row to ``out`` (written atomically); returns counts.
+
+        CTR and sequence artefacts write ``row<TAB>score[<TAB>label]`` (``score`` = click probability;
+        ``row`` = the index among the valid rows for Criteo TSV, ``file:line`` for JSON lines);
+        graph / two-tower artefacts write ``user<TAB>item,item,...<TAB>score,score,...`` (top ``top_k``).
+        Malformed rows are skipped and counted (``skipped``, ``examples``); with labels the result
+        has the ``auc`` of the scored rows.
+        """
+        from tqdm import tqdm
+
+        from recsys_emb.inference import raw
+        from recsys_emb.utils import atomic_write_text
+
+        paths = raw.check_paths([data] if isinstance(data, (str, os.PathLike)) else list(data))
+        log = SkipLog()
+        lines: list[str] = []
+        scores_all: list[np.ndarray] = []
+        labels_all: list[np.ndarray] = []
+        bar = tqdm(desc="predict", unit="row", disable=not progress, leave=False)
+        for batch in self.batches(paths, batch_size, log):
+            out_t = self(*batch.inputs)
+            if self.kind == "retrieval":
+                k = min(top_k, out_t.shape[1])
+                top = torch.topk(out_t, k, dim=1)
+                for user, items, scores in zip(batch.keys, top.indices.tolist(), top.values.tolist()):
+                    lines.append(f"{user}\t{','.join(map(str, items))}\t{','.join(f'{s:.6g}' for s in scores)}")
+            else:
+                prob = torch.sigmoid(out_t).numpy()
+                scores_all.append(prob)
+                if batch.labels is not None:
+                    labels_all.append(batch.labels)
+                    lines.extend(f"{key}\t{p:.6g}\t{y:g}" for key, p, y in zip(batch.keys, prob, batch.labels))
+                else:
+                    lines.extend(f"{key}\t{p:.6g}" for key, p in zip(batch.keys, prob))
+            bar.update(len(batch.keys))
+        bar.close()
+        atomic_write_text(out, "".join(line + "\n" for line in lines))
+        result: dict[str, Any] = {"rows_read": log.rows_read, "scored": len(lines), "skipped": log.skipped,
+                                  "examples": list(log.examples), "summary": log.summary()}
+        if labels_all and sum(len(y) for y in labels_all) == len(lines):
+            result["auc"] = auc(np.concatenate(labels_all), np.concatenate(scores_all))
+        return result
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC AUC by the rank-sum formula (ties get their average rank); None when one class is absent."""
+    labels = np.asarray(labels) > 0.5
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if pos == 0 or neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = np.asarray(scores)[order]
+    # average rank of every run of equal scores
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    avg = (starts + ends + 1) / 2.0  # 1-based mean rank of each run
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
