@@ -32,6 +32,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="the artefact folder to create")
     p.add_argument("--quantize", type=_quantize, default="none", metavar="DTYPE",
                    help="table dtype: none (fp32), fp16, int8 or int4; or per table, e.g. t_C1=int4,*=int8 (default: none)")
+    p.add_argument("--row-alignment", type=int, choices=[16, 1], default=16,
+                   help="quantised rows padded to 16 bytes (default; GPU kernels need it) or 1 (unpadded, CPU serving only)")
     p.add_argument("--format", choices=["pt2"], default="pt2",
                    help="pt2: torch.export program (the only format for now; see docs/serving.md for TorchScript)")
     p.add_argument("--aoti", action="store_true", help="also compile an AOTInductor package (model.aoti.pt2) where the model allows")
@@ -44,7 +46,7 @@ def run_export(args: argparse.Namespace) -> int:
     from recsys_emb.inference.export import export_run
 
     manifest = export_run(args.run_dir, args.out, quantize=args.quantize, checkpoint=args.checkpoint, aoti=args.aoti,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, row_alignment=args.row_alignment)
     total = sum(manifest["bytes"].values())
     print(f"[export] {manifest['task']}/{manifest['model']} -> {args.out} ({total / 2**20:.2f} MiB, tables "
           f"{manifest['quantize']}, export == eager within {manifest['export_parity_max_abs']:.2g})", file=sys.stderr)

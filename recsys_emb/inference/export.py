@@ -112,14 +112,14 @@ def unshard(run_dir: str | Path, checkpoint: str = "best", task: Any = None) -> 
     Args:
         run_dir: a ``recsys-emb train`` folder (``config.yaml`` + ``best/`` or ``checkpoint/``), written
             by any number of ranks: the DCP shards are consolidated here, no process group needed.
-        checkpoint: ``best`` (the selected model; falls back to the last complete version) or
-            ``checkpoint`` (the last training state).
+        checkpoint: ``best`` (the selected model; falls back to the last complete version, and for a run
+            without a selection metric to its final ``model.pt``) or ``checkpoint`` (the last training state).
         task: an already prepared task for the run's config (tests reuse one); None = prepare it.
 
     Returns:
         :class:`Unsharded`: the config, the prepared task and the loaded training module.
     """
-    from recsys_emb.train.checkpoint import MODEL_MARKER, STATE_FILE, resolve_checkpoint
+    from recsys_emb.train.checkpoint import MODEL_MARKER, STATE_FILE, load_model_state, resolve_checkpoint
     from recsys_emb.train.env import DistEnv
     from recsys_emb.train.tasks import load_experiment, make_task
 
@@ -129,22 +129,24 @@ def unshard(run_dir: str | Path, checkpoint: str = "best", task: Any = None) -> 
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir / 'config.yaml'} is missing: is {run_dir} a `recsys-emb train` run folder?")
     folder = resolve_checkpoint(run_dir / checkpoint, MODEL_MARKER if checkpoint == "best" else STATE_FILE)
-    if folder is None:
+    final = run_dir / "model.pt"  # a run without a selection metric keeps its final weights there only
+    if folder is None and not (checkpoint == "best" and final.is_file()):
         raise FileNotFoundError(f"{run_dir / checkpoint} holds no complete checkpoint (did the run finish?)")
     cfg = load_experiment(run_dir / "config.yaml")
     if task is None:
         task = make_task(cfg)
         task.prepare(DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="none", owns_group=False))
     module = build_unsharded(task)
-    state = _consolidate(folder)
+    state = _consolidate(folder) if folder is not None else load_model_state(final)
+    source = folder if folder is not None else final
     expected = set(module.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise ValueError(f"{folder} does not match the model of {run_dir / 'config.yaml'}: "
+        raise ValueError(f"{source} does not match the model of {run_dir / 'config.yaml'}: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     module.load_state_dict(state)
     module.eval()
-    return Unsharded(cfg, task, module, str(folder))
+    return Unsharded(cfg, task, module, str(source))
 
 
 # ------------------------------------------------------------------------------ serving modules
@@ -325,7 +327,8 @@ def _aoti(program: Any, path: Path) -> str | None:
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str, str] = "none", checkpoint: str = "best",
-               aoti: bool = False, overwrite: bool = False, unsharded: Unsharded | None = None) -> dict[str, Any]:
+               aoti: bool = False, overwrite: bool = False, row_alignment: int = 16,
+               unsharded: Unsharded | None = None) -> dict[str, Any]:
     """Export a finished run to ``out`` (see the module docstring); returns the manifest.
 
     Args:
@@ -335,6 +338,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str
         checkpoint: ``best`` or ``checkpoint`` (see :func:`unshard`).
         aoti: also package the program with AOTInductor (``model.aoti.pt2``).
         overwrite: replace an existing ``out``.
+        row_alignment: bytes a quantised table row is padded to: 16 (TorchRec's default; the CUDA kernels
+            need it) or 1 (unpadded rows, CPU serving only: dim-16 int8 rows take 20 bytes instead of 32).
         unsharded: an already unsharded run (tests reuse one); None = :func:`unshard` it.
     """
     from recsys_emb.inference.quantize import quantize_tables, table_bytes
@@ -349,7 +354,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str
         eager = serving(*sample)
     dtype = "fp32" if quantize in ("none", None) else quantize
     if dtype != "fp32":  # on a copy: the unsharded model stays fp32 (callers export several dtypes from one)
-        serving = quantize_tables(copy.deepcopy(serving), dtype)
+        serving = quantize_tables(copy.deepcopy(serving), dtype, row_alignment=row_alignment)
         with torch.no_grad():
             eager = serving(*sample)
     program, parity = export_program(serving, sample, inputs["kind"], eager)
@@ -371,7 +376,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str
             "techniques": _techniques(unsharded.cfg),
             "inputs": {**inputs, **input_entry},
             "outputs": "scores (B, num_items)" if inputs["kind"] == "retrieval" else "logits (B,)",
-            "quantize": dtype, "tables": table_bytes(serving),
+            "quantize": dtype, "row_alignment": row_alignment if dtype != "fp32" else None, "tables": table_bytes(serving),
             "artefact": ARTEFACT, "aoti": None if aoti_error else "model.aoti.pt2", "aoti_error": aoti_error,
             "bytes": {str(p.relative_to(tmp)): p.stat().st_size for p in files},
             "sha256": {str(p.relative_to(tmp)): sha256(p) for p in files},

@@ -188,3 +188,17 @@ def test_auc_reference() -> None:
     neg = [s for s, y in zip(scores, labels) if not y]
     brute = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
     assert auc(labels, scores) == pytest.approx(brute)
+
+
+@pytest.mark.slow
+def test_aoti_package_equals_the_program(run: dict[str, Path], tmp_path: Path) -> None:
+    """``--aoti``: the AOTInductor package (about a minute of compilation) scores like the exported program."""
+    manifest = export_run(run["run"], tmp_path / "aoti", aoti=True)
+    assert manifest["aoti"] == "model.aoti.pt2", manifest["aoti_error"]
+    packaged, program = Predictor.load(tmp_path / "aoti"), Predictor.load(tmp_path / "aoti", aoti=False)
+    data = unshard(run["run"]).task.splits["test"].open()[0]
+    for size in (1, 300):
+        batch = data.batch(slice(0, size))
+        kjt = batch.sparse_features
+        inputs = (batch.dense_features, kjt.values(), kjt.lengths().reshape(len(kjt.keys()), -1))
+        assert (packaged(*inputs) - program(*inputs)).abs().max() <= 1e-5
