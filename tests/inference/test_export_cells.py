@@ -1,6 +1,10 @@
 """Every cell of the composition matrix exports: the fp32 program, loaded in a FRESH process in which the
 training code and TorchRec cannot be imported, equals the eager model (max abs difference <= 1e-5) at
-batch sizes 1, 7, 8 and 512 and with empty bags, through the same artefact (dynamic shapes)."""
+batch sizes 1, 7, 8 and 512 and with empty bags, through the same artefact (dynamic shapes).
+
+An export takes 1-5 s, so the default suite runs :data:`DEFAULT_CELLS`: every chain at least once per
+family kind (all chains on dlrm, din, lightgcn and two-tower; lr's first-order tables; one two-stage,
+NGCF and MF cell). The other cells run with ``-m slow`` (``make test-all``)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +25,10 @@ from recsys_emb.modules.matrix import FAMILIES, cells
 from tests.modules.test_composition import build, graph_spec, make_data, sequence_dataset, spec_for
 
 TOLERANCE = 1e-5
+DEFAULT_CELLS = [(m, c) for m, c in cells() if m in ("dlrm", "din", "lightgcn", "two_tower")
+                 or (m, c) in {("lr", "plain"), ("lr", "semantic_ids+unified"), ("two_stage", "semantic_ids+unified+dare"),
+                               ("ngcf", "plain"), ("mf", "unified")}]
+OTHER_CELLS = [cell for cell in cells() if cell not in DEFAULT_CELLS]
 SIZES = (1, 7, 8, 512)
 # imports the serving side must not need (a server has torch, fbgemm_gpu and recsys_emb.ops only)
 BLOCKED = ("recsys_emb.train", "recsys_emb.models", "recsys_emb.modules", "recsys_emb.config", "torchrec")
@@ -94,13 +103,12 @@ def _serving(model: str, chain: str, paths: dict[str, str], ds: Any) -> torch.nn
     return retrieval_serving(train)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list[str]]:
-    root = tmp_path_factory.mktemp("export_cells")
+def _export_cells(root: Path, chosen: list[tuple[str, str]]) -> tuple[dict[str, Any], list[str]]:
+    """Export ``chosen`` cells here, load and run them in one fresh process; its result + export errors, names."""
     paths = make_data(root / "data")
     ds = sequence_dataset(paths)
     names, errors = [], {}
-    for model, chain in cells():
+    for model, chain in chosen:
         name = f"{model}-{chain}"
         serving = _serving(model, chain, paths, ds)
         cases = _cases(model, serving, paths, ds)
@@ -115,9 +123,33 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], 
             torch.save([{"inputs": case, "eager": serving(*case)} for case in cases], root / f"{name}.cases.pt")
         names.append(name)
     (root / "cells.json").write_text(json.dumps(names))
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(root)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(root)], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "errors": errors}, names
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list[str]]:
+    return _export_cells(tmp_path_factory.mktemp("export_cells"), DEFAULT_CELLS)
+
+
+@pytest.fixture(scope="module")
+def exported_others(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list[str]]:
+    return _export_cells(tmp_path_factory.mktemp("export_other_cells"), OTHER_CELLS)
+
+
+def _check(model: str, chain: str, exported: tuple[dict[str, Any], list[str]]) -> None:
+    name = f"{model}-{chain}"
+    assert name not in exported[0]["errors"], exported[0]["errors"].get(name)
+    diffs = exported[0]["diffs"][name]
+    labels = [f"batch {s}" for s in SIZES] + (["empty bags"] if len(diffs) > len(SIZES) else [])
+    assert all(d <= TOLERANCE for d in diffs), dict(zip(labels, diffs))
+
+
+def test_default_cells_cover_every_chain_and_family() -> None:
+    assert {c for _, c in DEFAULT_CELLS} == {c for _, c in cells()}
+    assert {FAMILIES[m] for m, _ in DEFAULT_CELLS} == set(FAMILIES.values())
+    assert sorted(DEFAULT_CELLS + OTHER_CELLS) == sorted(cells())
 
 
 def test_serving_side_imports_no_training_code(exported: tuple[dict[str, Any], list[str]]) -> None:
@@ -126,10 +158,13 @@ def test_serving_side_imports_no_training_code(exported: tuple[dict[str, Any], l
     assert sorted(result["diffs"]) == sorted(names)
 
 
-@pytest.mark.parametrize("model,chain", cells())
+@pytest.mark.parametrize("model,chain", DEFAULT_CELLS)
 def test_exported_cell_equals_eager_in_a_fresh_process(model: str, chain: str, exported: tuple[dict[str, Any], list[str]]) -> None:
-    name = f"{model}-{chain}"
-    assert name not in exported[0]["errors"], exported[0]["errors"].get(name)
-    diffs = exported[0]["diffs"][name]
-    labels = [f"batch {s}" for s in SIZES] + (["empty bags"] if len(diffs) > len(SIZES) else [])
-    assert all(d <= TOLERANCE for d in diffs), dict(zip(labels, diffs))
+    _check(model, chain, exported)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,chain", OTHER_CELLS)
+def test_other_exported_cells_equal_eager_in_a_fresh_process(model: str, chain: str,
+                                                             exported_others: tuple[dict[str, Any], list[str]]) -> None:
+    _check(model, chain, exported_others)
