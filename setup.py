@@ -17,6 +17,7 @@ skipped with a message, and the package falls back to the pure-PyTorch reference
 """
 
 import os
+import re
 import sys
 from glob import glob
 
@@ -63,10 +64,14 @@ def _extensions():
 
 
 ext_modules, cmdclass = _extensions()
+_HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(_HERE, "recsys_emb", "__init__.py"), encoding="utf-8") as _f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', _f.read(), re.M).group(1)  # one source of the version
 
 setup(
     name="recsys_emb",
-    version="0.1.0",
+    version=VERSION,
+    license="Apache-2.0",
     description="Embedding techniques for recommender systems on TorchRec and FBGEMM",
     python_requires=">=3.10",
     packages=find_packages(include=["recsys_emb", "recsys_emb.*"]),

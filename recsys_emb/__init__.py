@@ -1,1 +1,3 @@
-"""recsys_emb."""
+"""recsys_emb: embedding techniques for recommender systems on TorchRec and FBGEMM."""
+
+__version__ = "0.1.0"

@@ -81,7 +81,10 @@ TECHNIQUE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from recsys_emb import __version__
+
     parser = argparse.ArgumentParser(prog="recsys-emb", description="Embedding techniques for recommender systems on TorchRec.")
+    parser.add_argument("--version", action="version", version=f"recsys-emb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="generate synthetic data sets").add_subparsers(dest="dataset", required=True)

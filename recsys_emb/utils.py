@@ -61,6 +61,27 @@ def open_text(path: str | os.PathLike[str], mode: str = "r", encoding: str = "ut
     return open(path, mode, encoding=encoding, newline=newline)  # noqa: SIM115 (the caller closes it)
 
 
+_LOG_FILE: tuple[Path, str] | None = None  # (file, tag) that log() also appends to
+
+
+def log_to_file(path: str | os.PathLike[str] | None, tag: str = "") -> None:
+    """Also append every :func:`log` line to ``path`` (None: stop), each prefixed by a UTC time and ``tag``.
+
+    Every rank of a run appends to the same ``RUN_DIR/train.log`` with its own tag (``[rank 1]``); one
+    ``write`` per call on a file opened for appending keeps the ranks' lines whole."""
+    global _LOG_FILE
+    _LOG_FILE = None if path is None else (Path(path), tag)
+
+
 def log(msg: str) -> None:
-    """One status line on stderr (stdout is kept for results, e.g. the JSON line of ``train``)."""
+    """One status line on stderr (stdout is kept for results, e.g. the JSON line of ``train``); also in the
+    run's ``train.log`` while one is set (:func:`log_to_file`)."""
     print(msg, file=sys.stderr, flush=True)
+    if _LOG_FILE is not None:
+        import time
+
+        path, tag = _LOG_FILE
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        text = "".join(f"{stamp} {tag} {line}\n" for line in str(msg).splitlines() or [""])
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)

@@ -286,7 +286,8 @@ def add_movielens_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="the ml-100k folder (u.data[.gz], u.user, u.item)")
     parser.add_argument("--out", required=True, help="output folder: OUT/train, OUT/valid, OUT/test are written")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random 80/10/10 split")
-    parser.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VALID", "TEST"))
+    parser.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VALID", "TEST"),
+                        help="shares of the ratings in the train, valid and test splits (default 0.8 0.1 0.1)")
     parser.add_argument("--zip-prefix", type=int, default=3, help="characters of the zip code kept")
     parser.add_argument("--genres", choices=["bag", "set"], default="bag",
                         help="bag: multi-valued genres (a jagged bag per movie); set: the genre set as one value (one id per bag, for DNIS/OptEmbed)")

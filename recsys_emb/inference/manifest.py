@@ -32,11 +32,13 @@ def library_versions() -> dict[str, str | None]:
     """Versions of the stack an artefact was written (or is loaded) with."""
     import torch
 
+    from recsys_emb import __version__
+
     return {
         "torch": torch.__version__,
         "fbgemm_gpu": _version("fbgemm-gpu-cpu") or _version("fbgemm-gpu"),
         "torchrec": _version("torchrec"),
-        "recsys_emb": _version("recsys-emb") or _version("recsys_emb"),
+        "recsys_emb": __version__,
     }
 
 

@@ -42,10 +42,10 @@ from tqdm import tqdm
 
 from recsys_emb.config.experiment import ShardingConfig, TrainConfig
 from recsys_emb.train.checkpoint import (
-    export_model, load_checkpoint, load_model_shards, resolve_checkpoint, save_checkpoint, save_model_shards,
+    STATE_FILE, export_model, load_checkpoint, load_model_shards, resolve_checkpoint, save_checkpoint, save_model_shards,
 )
 from recsys_emb.train.env import DistEnv, init_distributed, shutdown
-from recsys_emb.utils import atomic_save_json, atomic_write_text, log
+from recsys_emb.utils import atomic_save_json, atomic_write_text, log, log_to_file
 
 T = TypeVar("T")
 
@@ -135,6 +135,8 @@ def fit(task: Task, cfg: Any, run_dir: str | Path, *, resume: bool = False, _int
         raise FileNotFoundError(f"--resume: {checkpoint_dir} holds no checkpoint to resume from")
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run dir {run_dir} is not empty: pass --resume to continue it, or choose another --run-dir")
+    if resume and (finished := _finished_run(run_dir, tc)) is not None:
+        return finished
     threads = torch.get_num_threads()
     if tc.num_threads is not None:
         torch.set_num_threads(tc.num_threads)
@@ -142,8 +144,32 @@ def fit(task: Task, cfg: Any, run_dir: str | Path, *, resume: bool = False, _int
     try:
         return _Fit(task, cfg, run_dir, env, resume, _interrupt_at_step).run()
     finally:
+        log_to_file(None)
         shutdown(env)
         torch.set_num_threads(threads)
+
+
+def _finished_run(run_dir: Path, tc: TrainConfig) -> dict[str, Any] | None:
+    """``metrics.json`` of a run that ``--resume`` has nothing to add to (None: resume it).
+
+    A run is finished when it wrote ``metrics.json`` and its last checkpoint ran all ``train.epochs`` or
+    stopped early; resuming it changes no file. Runs stopped by ``max_steps`` / ``max_minutes`` take the
+    normal path, which extends them when the (new) limit allows."""
+    folder = resolve_checkpoint(run_dir / "checkpoint")
+    metrics = run_dir / "metrics.json"
+    if folder is None or not metrics.is_file():
+        return None
+    state = json.loads((folder / STATE_FILE).read_text())
+    reason = state.get("stop_reason")
+    if reason == "early_stopping" or (reason is None and state.get("epoch", 0) >= tc.epochs):
+        import os
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            why = "it stopped early" if reason else f"it ran all {tc.epochs} epoch(s)"
+            log(f"[train] {run_dir} is finished ({why}); nothing to resume, no file changed. To continue it, raise "
+                "train.epochs (e.g. --set train.epochs=N) or max_steps / max_minutes")
+        return json.loads(metrics.read_text())
+    return None
 
 
 class _Fit:
@@ -169,6 +195,7 @@ class _Fit:
                 task.write_run_files(self.run_dir)
 
         rank0_then_all(env, run_files)
+        log_to_file(self.run_dir / "train.log", f"[rank {env.rank}]")  # the console lines, every rank's
         torch.manual_seed(tc.seed)
         model = task.build_model()
         self.embedding_parameters = embedding_parameter_count(model)

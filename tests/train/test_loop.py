@@ -94,6 +94,33 @@ def test_resume_equals_uninterrupted(data_dirs: tuple[Path, Path], tmp_path: Pat
     assert resumed["steps"] == full["steps"]
 
 
+def _files(run: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_of_a_finished_run_changes_nothing_unless_extended(data_dirs: tuple[Path, Path], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    train_dir, _ = data_dirs
+    run = tmp_path / "run"
+    first = train(tiny_config("dlrm", train_dir, tmp_path, "train.epochs=1"), run)
+    before = _files(run)
+    again = train(load_config(ExperimentConfig, run / "config.yaml"), run, resume=True)
+    assert again == json.loads((run / "metrics.json").read_text()) and again["steps"] == first["steps"]
+    assert _files(run) == before  # not one file written, not even a TensorBoard event file
+    assert "is finished (it ran all 1 epoch(s)); nothing to resume" in capsys.readouterr().err
+    longer = train(tiny_config("dlrm", train_dir, tmp_path, "train.epochs=2"), run, resume=True)
+    assert longer["steps"] == 2 * first["steps"] and longer["epochs_completed"] == 2
+
+
+def test_run_folder_keeps_the_console_lines_in_train_log(data_dirs: tuple[Path, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    train(tiny_config("dlrm", data_dirs[0], tmp_path, "train.epochs=1"), tmp_path / "run")
+    console = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[ctr] ")]
+    logged = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert console and all(" [rank 0] [ctr] " in line for line in logged if "[ctr]" in line)
+    assert [line.split(" [rank 0] ", 1)[1] for line in logged if " [rank 0] [ctr] " in line] == console
+
+
 def test_evaluate_matches_training_test_metrics(data_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     train_dir, test_dir = data_dirs
     results = train(tiny_config("deepfm", train_dir, tmp_path, f"data.test={test_dir}"), tmp_path / "run")
