@@ -131,6 +131,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_experiment(config_path, overrides)
     print(f"[train] {cfg.task} run dir: {run_dir}", file=sys.stderr)
     results = train(cfg, run_dir, resume=args.resume)
+    if "interrupted_at_step" in results:  # Ctrl-C / SIGTERM: stopped after a checkpoint (the trainer said how to resume)
+        return 143 if results.get("signal") == "SIGTERM" else 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results.get("test") or results[results["selected_on"]]), flush=True)  # the best model's test metrics
     return 0

@@ -17,18 +17,23 @@ A :class:`Task` says what is specific to a family (its data, its model, its loss
 - crash-safe distributed checkpoints (``RUN_DIR/checkpoint``, :mod:`recsys_emb.train.checkpoint`)
   every ``train.checkpoint_every_steps`` steps and at every epoch end; ``resume=True`` continues
   mid-epoch and ends with exactly the weights and metrics of an uninterrupted run (the batches of an
-  epoch depend only on ``(seed, epoch)``, dropout on the checkpointed RNG);
+  epoch depend only on ``(seed, epoch)``, dropout on the checkpointed RNG); Ctrl-C / SIGTERM stop
+  after the current step (every rank the same step), with a checkpoint and one line saying how to
+  resume; resuming a finished run changes no file;
 - TensorBoard scalars (``train.tensorboard``, rank 0), progress bars (``train.progress``), and ONE
   ``metrics.json`` schema (:func:`fit`'s return value).
 
 Files of a run: ``config.yaml`` (+ whatever the task writes, e.g. the CTR vocabulary), ``plan.txt``,
-``checkpoint/``, ``best/``, ``model.pt``, ``metrics.json``, ``tensorboard/``.
+``checkpoint/``, ``best/``, ``model.pt``, ``metrics.json``, ``train.log`` (every rank's status lines),
+``tensorboard/``.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -252,6 +257,33 @@ class _Fit:
 
     # ------------------------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
+        self.signal: int | None = None
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            return self._run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Ctrl-C / SIGTERM: finish the current step, checkpoint, stop (a second Ctrl-C stops at once)."""
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank got a stop signal (every rank must agree to stop at the same step)."""
+        flag = self.signal is not None
+        if self.env.world_size > 1:
+            t = torch.tensor([int(flag)], device=self.env.device if self.env.backend == "nccl" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def _run(self) -> dict[str, Any]:
         self._setup()
         tc, env = self.tc, self.env
         self.state = state = _initial_state()
@@ -340,12 +372,22 @@ class _Fit:
                 window_samples = 0
             if tc.max_steps is not None and step >= tc.max_steps and state["stop_reason"] is None:
                 state["stop_reason"] = "max_steps"
-            if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0:
+            saved = bool(tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0)
+            if saved:
                 self._checkpoint(started)
                 if self.interrupt_at is not None and step >= self.interrupt_at:
                     bar.close()
                     return {"interrupted_at_step": step}
                 tick, cpu_tick = time.perf_counter(), time.process_time()
+            if self._stop_requested():
+                if not saved:
+                    self._checkpoint(started)
+                bar.close()
+                name = signal.Signals(self.signal).name if self.signal is not None else "a signal on another rank"
+                if env.is_main:
+                    log(f"{self.tag} interrupted ({name}) at step {step}; checkpoint saved. Resume with: "
+                        f"recsys-emb train --run-dir {self.run_dir} --resume")
+                return {"interrupted_at_step": step, "signal": name}
         bar.close()
         record = {
             "epoch": epoch + 1, "steps": state["epoch_steps"],

@@ -143,3 +143,35 @@ def test_early_stopping_stops(data_dirs: tuple[Path, Path], tmp_path: Path) -> N
     best = max(range(len(aucs)), key=lambda i: aucs[i])
     assert len(aucs) - 1 - best == 2  # stopped exactly `patience` evaluations after the best one
     assert results["valid"]["auc"] == aucs[best]
+
+
+def test_sigterm_stops_after_a_checkpoint_and_resume_ends_like_an_uninterrupted_run(data_dirs: tuple[Path, Path],
+                                                                                     tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    train_dir, test_dir = data_dirs
+    sets = [f"data.test={test_dir}", "train.epochs=3", "train.batch_size=16", "train.checkpoint_every_steps=100000",
+            "train.early_stopping_patience=0", "train.tensorboard=false", "train.progress=false",
+            f"data.cache_dir={tmp_path / 'cache'}"]
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "recsys_emb", "train", "--config", str(REPO / "configs" / "criteo_dlrm_tiny.yaml"),
+               "--train", str(train_dir), "--run-dir", str(run)] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "train.log").is_file() and "data:" in (run / "train.log").read_text()):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGTERM)  # in the first epoch (or setup): stops after the current step, whichever it is
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert "interrupted (SIGTERM) at step" in err and f"recsys-emb train --run-dir {run} --resume" in err
+    assert "Traceback" not in err and not (run / "metrics.json").exists()
+    resumed = train(load_config(ExperimentConfig, run / "config.yaml"), run, resume=True)
+    full = train(tiny_config("dlrm", train_dir, tmp_path, *sets), tmp_path / "full")
+    for split in ("valid", "test", "train"):
+        assert resumed[split] == full[split], split
+    assert resumed["steps"] == full["steps"] and resumed["history"] == full["history"]
