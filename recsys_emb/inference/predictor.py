@@ -96,7 +96,7 @@ class Predictor:
 
     def predict_file(self, data: list[str | os.PathLike[str]] | str | os.PathLike[str], out: str | os.PathLike[str],
                      batch_size: int = 4096, top_k: int = 20, progress: bool = True) -> dict[str, Any]:
-        """Score raw rows and write one line per row to ``out`` (written atomically); returns counts.
+        """Score raw rows and write one line per row to ``out`` (streamed, replaced atomically at the end); returns counts.
 
         CTR and sequence artefacts write ``row<TAB>score[<TAB>label]`` (``score`` = click probability;
         ``row`` = the index among the valid rows for Criteo TSV, ``file:line`` for JSON lines);
@@ -107,35 +107,37 @@ class Predictor:
         from tqdm import tqdm
 
         from recsys_emb.inference import raw
-        from recsys_emb.utils import atomic_write_text
+        from recsys_emb.utils import atomic_open
 
         paths = raw.check_paths([data] if isinstance(data, (str, os.PathLike)) else list(data))
         log = SkipLog()
-        lines: list[str] = []
+        scored = 0
         scores_all: list[np.ndarray] = []
         labels_all: list[np.ndarray] = []
         bar = tqdm(desc="predict", unit="row", disable=not progress, leave=False)
-        for batch in self.batches(paths, batch_size, log):
-            out_t = self(*batch.inputs)
-            if self.kind == "retrieval":
-                k = min(top_k, out_t.shape[1])
-                top = torch.topk(out_t, k, dim=1)
-                for user, items, scores in zip(batch.keys, top.indices.tolist(), top.values.tolist()):
-                    lines.append(f"{user}\t{','.join(map(str, items))}\t{','.join(f'{s:.6g}' for s in scores)}")
-            else:
-                prob = torch.sigmoid(out_t).numpy()
-                scores_all.append(prob)
-                if batch.labels is not None:
-                    labels_all.append(batch.labels)
-                    lines.extend(f"{key}\t{p:.6g}\t{y:g}" for key, p, y in zip(batch.keys, prob, batch.labels))
+        with atomic_open(out, "w", encoding="utf-8") as f:  # streamed: one batch's lines at a time
+            for batch in self.batches(paths, batch_size, log):
+                out_t = self(*batch.inputs)
+                if self.kind == "retrieval":
+                    k = min(top_k, out_t.shape[1])
+                    top = torch.topk(out_t, k, dim=1)
+                    lines = [f"{user}\t{','.join(map(str, items))}\t{','.join(f'{s:.6g}' for s in scores)}"
+                             for user, items, scores in zip(batch.keys, top.indices.tolist(), top.values.tolist())]
                 else:
-                    lines.extend(f"{key}\t{p:.6g}" for key, p in zip(batch.keys, prob))
-            bar.update(len(batch.keys))
+                    prob = torch.sigmoid(out_t).numpy()
+                    scores_all.append(prob)
+                    if batch.labels is not None:
+                        labels_all.append(batch.labels)
+                        lines = [f"{key}\t{p:.6g}\t{y:g}" for key, p, y in zip(batch.keys, prob, batch.labels)]
+                    else:
+                        lines = [f"{key}\t{p:.6g}" for key, p in zip(batch.keys, prob)]
+                f.write("".join(line + "\n" for line in lines))
+                scored += len(lines)
+                bar.update(len(batch.keys))
         bar.close()
-        atomic_write_text(out, "".join(line + "\n" for line in lines))
-        result: dict[str, Any] = {"rows_read": log.rows_read, "scored": len(lines), "skipped": log.skipped,
+        result: dict[str, Any] = {"rows_read": log.rows_read, "scored": scored, "skipped": log.skipped,
                                   "examples": list(log.examples), "summary": log.summary()}
-        if labels_all and sum(len(y) for y in labels_all) == len(lines):
+        if labels_all and sum(len(y) for y in labels_all) == scored:
             result["auc"] = auc(np.concatenate(labels_all), np.concatenate(scores_all))
         return result
 
