@@ -188,7 +188,7 @@ class _Fit:
 
     # ------------------------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        from recsys_emb.distributed.planning import describe_plan, table_dims
+        from recsys_emb.distributed.planning import describe_plan, per_rank_memory, table_dims
         from recsys_emb.train.optim import build_optimizer, dense_parameters
         from recsys_emb.train.parallel import shard_model
 
@@ -213,7 +213,10 @@ class _Fit:
         if env.is_main:
             text, warnings = describe_plan(dims, self.model.plan, env.world_size, tc.embedding_optimizer.name, sharding.memory_budget_gb)
             atomic_write_text(self.run_dir / "plan.txt", text + "\n")
-            log(f"{self.tag} sharding plan ({env.world_size} rank(s), {env.device.type}):\n{text}")
+            memory = per_rank_memory(dims, self.model.plan, env.world_size, tc.embedding_optimizer.name)
+            peak = max(m["weights"] + m["optimizer"] for m in memory) / 2**20
+            log(f"{self.tag} sharding plan: {len(dims)} table(s) on {env.world_size} rank(s) ({env.device.type}), "
+                f"at most {peak:.1f} MiB of tables + optimizer state per rank; details in {self.run_dir / 'plan.txt'}")
             for warning in warnings:
                 log(f"{self.tag} WARNING: {warning}")
             log(f"{self.tag} data: {json.dumps(task.summary())}")

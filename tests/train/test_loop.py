@@ -115,10 +115,15 @@ def test_resume_of_a_finished_run_changes_nothing_unless_extended(data_dirs: tup
 def test_run_folder_keeps_the_console_lines_in_train_log(data_dirs: tuple[Path, Path], tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     train(tiny_config("dlrm", data_dirs[0], tmp_path, "train.epochs=1"), tmp_path / "run")
-    console = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[ctr] ")]
+    err = capsys.readouterr().err
+    console = [line for line in err.splitlines() if line.startswith("[ctr] ")]
     logged = (tmp_path / "run" / "train.log").read_text().splitlines()
     assert console and all(" [rank 0] [ctr] " in line for line in logged if "[ctr]" in line)
     assert [line.split(" [rank 0] ", 1)[1] for line in logged if " [rank 0] [ctr] " in line] == console
+    # the plan is in plan.txt; the console gets one summary line of it
+    plan = [line for line in console if "sharding plan" in line]
+    assert len(plan) == 1 and "4 table(s) on 1 rank(s)" in plan[0] and "plan.txt" in plan[0]
+    assert "t_C1 " not in err and "t_C1" in (tmp_path / "run" / "plan.txt").read_text()
 
 
 def test_evaluate_matches_training_test_metrics(data_dirs: tuple[Path, Path], tmp_path: Path) -> None:
