@@ -117,6 +117,7 @@ def _initial_state() -> dict[str, Any]:
         "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "best_step": None, "best_epoch": None,
         "best_metrics": None, "bad_evals": 0, "history": [], "train_loss": [], "epochs": [], "stop_reason": None,
         "done": False, "last_eval_step": None, "train_seconds": 0.0, "train_samples": 0, "elapsed_seconds": 0.0,
+        "eval_seconds": 0.0, "checkpoint_seconds": 0.0,  # wall time outside the steps (validation, saving)
         # the current epoch's record so far (checkpointed: a resumed epoch's record covers all its steps)
         "epoch_loss_sum": 0.0, "epoch_steps": 0, "epoch_seconds": 0.0, "epoch_cpu_seconds": 0.0,
     }
@@ -233,7 +234,9 @@ class _Fit:
     def _validate(self) -> None:
         """Score the selection split, keep the best weights, and request a stop when patience is exhausted."""
         task, tc, state = self.task, self.tc, self.state
+        t0 = time.perf_counter()
         metrics = task.evaluate(self.model, task.select_split, self.env)
+        state["eval_seconds"] += time.perf_counter() - t0
         step = state["global_step"]
         state["history"].append({"epoch": state["epoch"] + 1, "step": step, **metrics})
         state["last_eval_step"] = step
@@ -306,7 +309,7 @@ class _Fit:
                 log(f"{self.tag} resumed from {self.run_dir / 'checkpoint'} at step {state['global_step']} "
                     f"(epoch {state['epoch'] + 1}, batch {state['step_in_epoch']})")
         self.model.train()
-        started = time.perf_counter() - state["elapsed_seconds"]
+        started = self.started = time.perf_counter() - state["elapsed_seconds"]
         while not state["done"]:
             result = self._epoch(started)
             if result is not None:
@@ -426,8 +429,10 @@ class _Fit:
         return fits
 
     def _checkpoint(self, started: float) -> None:
-        self.state["elapsed_seconds"] = time.perf_counter() - started
+        t0 = time.perf_counter()
+        self.state["elapsed_seconds"] = t0 - started
         save_checkpoint(self.run_dir / "checkpoint", self.model, self.optimizer, self.state)
+        self.state["checkpoint_seconds"] += time.perf_counter() - t0  # this save's own time counts from the next one
 
     # ------------------------------------------------------------------------------------ the end
     def _finish(self) -> dict[str, Any]:
@@ -442,6 +447,7 @@ class _Fit:
             "select_metric": task.select_metric, "selected_on": task.select_split,
             task.select_split: state["best_metrics"],
         }
+        wall = time.perf_counter() - self.started  # the final evaluations are not part of the training loop
         for split in task.final_splits:
             if split not in results:
                 results[split] = task.evaluate(self.model, split, env)
@@ -449,7 +455,10 @@ class _Fit:
         results.update(
             best_step=state["best_step"], best_epoch=state["best_epoch"], steps=state["global_step"],
             epochs_completed=state["epoch"], stop_reason=state["stop_reason"] or "epochs",
-            samples_per_second=state["train_samples"] / max(state["train_seconds"], 1e-9),
+            samples_per_second=state["train_samples"] / max(state["train_seconds"], 1e-9),  # step time only
+            # wall clock of the training loop (steps, validation, checkpoints; resumed runs: all sessions)
+            wall_seconds=wall, train_seconds=state["train_seconds"], eval_seconds=state["eval_seconds"],
+            checkpoint_seconds=state["checkpoint_seconds"], wall_samples_per_second=state["train_samples"] / max(wall, 1e-9),
             embedding_parameters=self.embedding_parameters, history=state["history"], train_loss=state["train_loss"],
             epochs=state["epochs"], data=task.summary(), torch_threads=torch.get_num_threads(),
         )

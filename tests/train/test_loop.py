@@ -112,9 +112,14 @@ def test_resume_of_a_finished_run_changes_nothing_unless_extended(data_dirs: tup
     assert longer["steps"] == 2 * first["steps"] and longer["epochs_completed"] == 2
 
 
-def test_run_folder_keeps_the_console_lines_in_train_log(data_dirs: tuple[Path, Path], tmp_path: Path,
+def test_run_folder_keeps_the_console_lines_in_train_log_and_wall_clock_throughput(data_dirs: tuple[Path, Path], tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    train(tiny_config("dlrm", data_dirs[0], tmp_path, "train.epochs=1"), tmp_path / "run")
+    m = train(tiny_config("dlrm", data_dirs[0], tmp_path, "train.epochs=1"), tmp_path / "run")
+    # throughput on the wall clock too: steps, validation and checkpoints are timed apart
+    parts = m["train_seconds"] + m["eval_seconds"] + m["checkpoint_seconds"]
+    assert m["eval_seconds"] > 0 and m["checkpoint_seconds"] > 0 and m["wall_seconds"] >= parts
+    assert m["wall_samples_per_second"] * m["wall_seconds"] == pytest.approx(m["samples_per_second"] * m["train_seconds"], rel=1e-3)
+    assert m["wall_samples_per_second"] < m["samples_per_second"]
     err = capsys.readouterr().err
     console = [line for line in err.splitlines() if line.startswith("[ctr] ")]
     logged = (tmp_path / "run" / "train.log").read_text().splitlines()
