@@ -104,7 +104,8 @@ def train_run(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> tuple
 
 # --------------------------------------------------------------------------------------- quality
 def sequence_auc(call: Any, task: Any, batch_size: int = 4096) -> float:
-    from recsys_emb.inference.predictor import auc
+    from recsys_emb.inference.export import kjt_inputs
+    from recsys_emb.metrics import roc_auc
 
     ds = task.ds
     ex = ds.examples("test")
@@ -112,9 +113,9 @@ def sequence_auc(call: Any, task: Any, batch_size: int = 4096) -> float:
     for start in range(0, len(ex.label), batch_size):
         kjt = ds.make_batch(ex.take(np.arange(start, min(start + batch_size, len(ex.label))))).sparse_features
         with torch.no_grad():
-            scores.append(call(kjt.values(), kjt.lengths().to(torch.int64).reshape(len(kjt.keys()), -1)).numpy())
+            scores.append(call(*kjt_inputs(kjt)).numpy())
         labels.append(ex.label[start:start + batch_size])
-    return float(auc(np.concatenate(labels), np.concatenate(scores)))
+    return roc_auc(torch.from_numpy(np.concatenate(scores)), torch.from_numpy(np.concatenate(labels)))
 
 
 def graph_recall(serving: Any, task: Any) -> float:
@@ -131,16 +132,18 @@ def graph_recall(serving: Any, task: Any) -> float:
 
 
 def latency_inputs(name: str, unsharded: Any, batch: int) -> tuple[torch.Tensor, ...]:
+    from recsys_emb.inference.export import kjt_inputs
+
     task = unsharded.task
     if name == "dcnv2":
         data = task.splits["test"].open()[0]
         b = data.batch(slice(0, batch))
         kjt = b.sparse_features
-        return (b.dense_features, kjt.values(), kjt.lengths().to(torch.int64).reshape(len(kjt.keys()), -1))
+        return (b.dense_features, *kjt_inputs(kjt))
     if name == "din_dare":
         ex = task.ds.examples("test")
         kjt = task.ds.make_batch(ex.take(np.arange(batch))).sparse_features
-        return (kjt.values(), kjt.lengths().to(torch.int64).reshape(len(kjt.keys()), -1))
+        return kjt_inputs(kjt)
     return (torch.arange(batch, dtype=torch.int64),)
 
 

@@ -86,12 +86,9 @@ def build_unsharded(task: Any) -> nn.Module:
 
         return build_ctr_model(cfg, task.train_data, "cpu")
     if task.name == "sequence":
-        from recsys_emb.models.sequence import SequenceTrain, build_sequence_model
-        from recsys_emb.train.tasks.sequence import sequence_facts
+        from recsys_emb.train.tasks.sequence import build_sequence_train
 
-        m = cfg.model
-        freqs = task.ds.feature_frequencies() if m.name == "din" and m.din.mba_lambda > 0 else None
-        return SequenceTrain(build_sequence_model(m, cfg.embedding, sequence_facts(task.ds, 1), freqs, device="cpu"))
+        return build_sequence_train(cfg, task.ds, world_size=1, device="cpu")
     if task.name == "graph":
         from recsys_emb.models.graph import GraphBPRTrain
         from recsys_emb.train.tasks.graph import build_graph_model
@@ -150,6 +147,12 @@ def unshard(run_dir: str | Path, checkpoint: str = "best", task: Any = None) -> 
 
 
 # ------------------------------------------------------------------------------ serving modules
+def _kjt(keys: list[str], values: Tensor, lengths: Tensor) -> Any:
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths.reshape(-1))
+
+
 class CTRServing(nn.Module):
     """``(dense (B, D) float, values (N,) int64, lengths (F, B) int64) -> logits (B,)`` (keys fixed)."""
 
@@ -158,10 +161,7 @@ class CTRServing(nn.Module):
         self.model, self.keys = model, list(keys)
 
     def forward(self, dense: Tensor, values: Tensor, lengths: Tensor) -> Tensor:
-        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-        kjt = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths.reshape(-1))
-        return self.model(dense, kjt)
+        return self.model(dense, _kjt(self.keys, values, lengths))
 
 
 class SequenceServing(nn.Module):
@@ -172,16 +172,14 @@ class SequenceServing(nn.Module):
         self.model, self.keys = model, list(keys)
 
     def forward(self, values: Tensor, lengths: Tensor) -> Tensor:
-        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-        return self.model(KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths.reshape(-1)))
+        return self.model(_kjt(self.keys, values, lengths))
 
 
 class RetrievalServing(nn.Module):
     """``users (B,) int64 -> scores (B, I)`` = final user row . every final item row.
 
-    Both embedding matrices live in one-id-per-bag TorchRec tables (``user_emb``, ``item_emb``; a ModuleDict cannot hold ``items``) so that
-    table quantisation treats them like every other model's tables."""
+    Both embedding matrices live in one-id-per-bag TorchRec tables (``user_emb``, ``item_emb``: a ModuleDict
+    cannot hold ``items``) so that table quantisation treats them like every other model's tables."""
 
     def __init__(self, users: Tensor, items: Tensor) -> None:
         super().__init__()
@@ -211,34 +209,36 @@ class RetrievalServing(nn.Module):
 
 
 # ------------------------------------------------------------------------------------- samples
-def _ctr_sample(task: Any, rows: int) -> tuple[CTRServing | None, tuple[Tensor, ...], dict[str, Any]]:
+def kjt_inputs(kjt: Any) -> tuple[Tensor, Tensor]:
+    """A KJT as the serving modules' ``(values (N,) int64, lengths (F, B) int64)``."""
+    return kjt.values().to(torch.int64), kjt.lengths().to(torch.int64).reshape(len(kjt.keys()), -1)
+
+
+def _ctr_sample(task: Any, rows: int) -> tuple[tuple[Tensor, ...], dict[str, Any]]:
     data = task.train_data
     batch = data.batch(slice(task.train_start, task.train_start + rows))
     kjt = batch.sparse_features
-    lengths = kjt.lengths().to(torch.int64).reshape(len(kjt.keys()), -1)
-    args = (batch.dense_features.float(), kjt.values().to(torch.int64), lengths)
-    return None, args, {"keys": list(kjt.keys()), "dense_features": list(data.dense_features),
-                        "jagged_features": list(getattr(data, "jagged_features", []) or [])}
+    return (batch.dense_features.float(), *kjt_inputs(kjt)), {
+        "keys": list(kjt.keys()), "dense_features": list(data.dense_features),
+        "jagged_features": list(getattr(data, "jagged_features", []) or [])}
 
 
-def _sequence_sample(task: Any, rows: int) -> tuple[Any, tuple[Tensor, ...], dict[str, Any]]:
+def _sequence_sample(task: Any, rows: int) -> tuple[tuple[Tensor, ...], dict[str, Any]]:
     ds = task.ds
     split = "valid" if len(ds.positives("valid")) else "train"
     ex = ds.examples(split)
-    batch = ds.make_batch(ex.take(np.arange(min(rows, len(ex.label)))))
-    kjt = batch.sparse_features
-    lengths = kjt.lengths().to(torch.int64).reshape(len(kjt.keys()), -1)
-    return None, (kjt.values().to(torch.int64), lengths), {"keys": list(kjt.keys())}
+    kjt = ds.make_batch(ex.take(np.arange(min(rows, len(ex.label))))).sparse_features
+    return kjt_inputs(kjt), {"keys": list(kjt.keys())}
 
 
 def serving_module(unsharded: Unsharded, rows: int = SAMPLE_ROWS) -> tuple[nn.Module, tuple[Tensor, ...], dict[str, Any]]:
     """The serving module of a run, a sample input for it and the input description for the manifest."""
     task, module = unsharded.task, unsharded.train_module
     if task.name == "ctr":
-        _, args, inputs = _ctr_sample(task, rows)
+        args, inputs = _ctr_sample(task, rows)
         return CTRServing(module.model, inputs["keys"]).eval(), args, {"kind": "ctr", **inputs}
     if task.name == "sequence":
-        _, args, inputs = _sequence_sample(task, rows)
+        args, inputs = _sequence_sample(task, rows)
         return SequenceServing(module.model, inputs["keys"]).eval(), args, {"kind": "sequence", **inputs}
     serving = retrieval_serving(module)
     users = serving.tables.embedding_bags["user_emb"].weight

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,23 +139,10 @@ class Predictor:
         result: dict[str, Any] = {"rows_read": log.rows_read, "scored": scored, "skipped": log.skipped,
                                   "examples": list(log.examples), "summary": log.summary()}
         if labels_all and sum(len(y) for y in labels_all) == scored:
-            result["auc"] = auc(np.concatenate(labels_all), np.concatenate(scores_all))
+            from recsys_emb.metrics import roc_auc
+
+            value = roc_auc(torch.from_numpy(np.concatenate(scores_all)), torch.from_numpy(np.concatenate(labels_all)))
+            if not math.isnan(value):  # both classes present
+                result["auc"] = value
         return result
 
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """ROC AUC by the rank-sum formula (ties get their average rank); None when one class is absent."""
-    labels = np.asarray(labels) > 0.5
-    pos, neg = int(labels.sum()), int((~labels).sum())
-    if pos == 0 or neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = np.asarray(scores)[order]
-    # average rank of every run of equal scores
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    avg = (starts + ends + 1) / 2.0  # 1-based mean rank of each run
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[labels].sum() - pos * (pos + 1) / 2.0) / (pos * neg))

@@ -65,29 +65,29 @@ def ctr_batches(paths: list[Path], inputs_dir: Path, spec: dict[str, Any], batch
         raise ValueError(f"{paths[0]}:{first[0]}: {first[1]} tab-separated fields; expected {width + 1} (label, "
                          f"{len(dense_names)} integer, {len(sparse_names)} categorical) or {width} (no label)")
     layout = RowLayout(tuple(dense_names), tuple(sparse_names), first[1] == width + 1)
+
     def encode(chunk: ParsedChunk) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         values, missing = chunk.sparse_arrays()  # (n, F), (n, F)
         return chunk.dense.astype(np.float32), encoder.encode(values, missing), chunk.labels
 
-    buffered: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    pending: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None  # rows not yet in a batch
     row = 0
     for part in iter_parsed_chunks(paths, layout, log, encode, desc="predict"):
-        buffered.append(part)
-        while sum(len(p[0]) for p in buffered) >= batch_size:
-            batch, buffered = _take(buffered, batch_size)
-            yield _ctr_batch(*batch, row)
+        # one concatenation per parsed block (the rest of the last one + this block), then slices
+        joined = part if pending is None else _concat(pending, part)
+        start = 0
+        while len(joined[0]) - start >= batch_size:
+            yield _ctr_batch(*(None if a is None else a[start:start + batch_size] for a in joined), row)
+            start += batch_size
             row += batch_size
-    if buffered:
-        batch, _ = _take(buffered, sum(len(p[0]) for p in buffered))
-        yield _ctr_batch(*batch, row)
+        pending = tuple(None if a is None else a[start:] for a in joined) if start < len(joined[0]) else None
+    if pending is not None:
+        yield _ctr_batch(*pending, row)
 
 
-def _take(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], n: int) -> tuple[tuple[Any, ...], list[Any]]:
-    """The first ``n`` rows of the buffered ``(dense, ids, labels)`` parts, and the rest."""
-    joined = [np.concatenate([p[i] for p in parts]) if parts[0][i] is not None else None for i in range(3)]
-    head = tuple(None if a is None else a[:n] for a in joined)
-    rest = tuple(None if a is None else a[n:] for a in joined)
-    return head, ([rest] if len(rest[0]) else [])
+def _concat(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Row-wise concatenation of two ``(dense, ids, labels | None)`` parts."""
+    return tuple(None if x is None else np.concatenate([x, y]) for x, y in zip(a, b))
 
 
 def _ctr_batch(dense: np.ndarray, ids: np.ndarray, labels: np.ndarray | None, first_row: int) -> RawBatch:

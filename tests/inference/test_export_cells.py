@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from recsys_emb.data.dataset import PreparedCTRData
-from recsys_emb.inference.export import CTRServing, SequenceServing, export_program, retrieval_serving
+from recsys_emb.inference.export import CTRServing, SequenceServing, export_program, kjt_inputs, retrieval_serving
 from recsys_emb.modules.matrix import FAMILIES, cells
 from tests.modules.test_composition import build, graph_spec, make_data, sequence_dataset, spec_for
 
@@ -76,11 +76,11 @@ def _cases(model: str, serving: torch.nn.Module, paths: dict[str, str], ds: Any)
         if kind == "ctr":
             batch = PreparedCTRData.open(paths["ctr"]).batch(rows)
             kjt = batch.sparse_features
-            out.append((batch.dense_features, kjt.values(), kjt.lengths().to(torch.int64).reshape(len(kjt.keys()), -1)))
+            out.append((batch.dense_features, *kjt_inputs(kjt)))
         elif kind == "sequence":
             ex = ds.examples("train")
             kjt = ds.make_batch(ex.take(rows % len(ex.label))).sparse_features
-            out.append((kjt.values(), kjt.lengths().to(torch.int64).reshape(len(kjt.keys()), -1)))
+            out.append(kjt_inputs(kjt))
         else:
             out.append((torch.arange(size, dtype=torch.int64) % serving.tables.embedding_bags["user_emb"].weight.shape[0],))
     if kind == "ctr":

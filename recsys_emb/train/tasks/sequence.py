@@ -103,6 +103,13 @@ def sequence_facts(ds: SequenceDataset, world_size: int = 2) -> SequenceFacts:
     return SequenceFacts(dict(FIELDS), ds.table_sizes(), bags, {"items": items, "counts": counts})
 
 
+def build_sequence_train(cfg: SequenceExperimentConfig, ds: SequenceDataset, world_size: int, device: str) -> nn.Module:
+    """The unsharded ``SequenceTrain`` of an experiment (``device='meta'`` for DMP; one CPU process for export)."""
+    model = cfg.model
+    freqs = ds.feature_frequencies() if model.name == "din" and model.din.mba_lambda > 0 else None
+    return SequenceTrain(build_sequence_model(model, cfg.embedding, sequence_facts(ds, world_size), freqs, device=device))
+
+
 class SequenceTask(Task):
     """The sequence-ranking family on :class:`SequenceExperimentConfig`.
 
@@ -127,9 +134,7 @@ class SequenceTask(Task):
         save_config(self.cfg, run_dir / "config.yaml")
 
     def build_model(self) -> nn.Module:
-        model = self.cfg.model
-        freqs = self.ds.feature_frequencies() if model.name == "din" and model.din.mba_lambda > 0 else None
-        return SequenceTrain(build_sequence_model(model, self.cfg.embedding, sequence_facts(self.ds, self._world_size), freqs, device="meta"))
+        return build_sequence_train(self.cfg, self.ds, self._world_size, device="meta")
 
     def _examples(self, epoch: int) -> Examples:
         if self._epoch_examples is None or self._epoch_examples[0] != epoch:
