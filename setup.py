@@ -82,6 +82,7 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "tensorboard>=2.15",
+        "matplotlib>=3.8",
     ],
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=["synthetic", "movielens_100k"], default="synthetic")
     p.add_argument("--ml100k", type=Path, help="prepared MovieLens-100K folder with train/ valid/ test/ "
-                   "(python datasets/movielens/prepare.py --input ml-100k --out DIR --genres set: DNIS/OptEmbed "
+                   "(python datasets/movielens/prepare.py --data ml-100k --out DIR --genres set: DNIS/OptEmbed "
                    "need one id per bag, so genres as one genre-set id)")
     p.add_argument("--rows", type=int, default=100_000, help="synthetic training rows (last 10%% validate)")
     p.add_argument("--test-rows", type=int, default=None, help="test rows (default rows // 5)")

@@ -14,7 +14,7 @@ Variants:
 
 Example::
 
-    python benchmarks/din_dare.py --data-path ../shared/datasets/amazon_seq_s3rec \
+    python benchmarks/din_dare.py --data ../shared/datasets/amazon_seq_s3rec \
         --datasets amazon_beauty amazon_sports --seeds 0 1 2 --max-users 3000 --epochs 2
 """
 
@@ -32,7 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from recsys_emb.config.io import from_dict  # noqa: E402
-from recsys_emb.data.sequences import SequenceDataConfig, SequenceDataset, load_raw  # noqa: E402
+from recsys_emb.console import deprecated_alias  # noqa: E402
+from recsys_emb.data.availability import MissingDataError  # noqa: E402
+from recsys_emb.data.sequences import SequenceDataConfig, SequenceDataset, load_raw, require_sequence_data  # noqa: E402
 from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
 from recsys_emb.train.tasks.sequence import SequenceTask  # noqa: E402
 from recsys_emb.train.trainer import fit  # noqa: E402
@@ -61,7 +63,7 @@ def embedding_section(variant: str, dim: int) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-path", default=None, help="folder with the raw files (required unless --report-only)")
+    p.add_argument("--data", default=None, help="folder with the raw files (required unless --report-only)")
     p.add_argument("--datasets", nargs="+", default=["amazon_beauty", "amazon_sports"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -77,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP oversubscription on a busy CPU)")
     p.add_argument("--budget-s", type=float, default=None, help="stop starting new runs after this many seconds")
     p.add_argument("--report-only", action="store_true", help="only rewrite OUT.json / OUT.md from OUT.jsonl")
+    deprecated_alias(p, "--data-path", "--data")  # the old spelling, for one release
     return p.parse_args(argv)
 
 
@@ -90,15 +93,21 @@ def run_key(r: dict) -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.data_path is None and not args.report_only:
-        raise SystemExit("din_dare.py: --data-path is required (unless --report-only)")
+    if args.data is None and not args.report_only:
+        raise SystemExit("din_dare.py: --data is required (unless --report-only)")
+    try:  # every data set's files, before the first run
+        for dataset in [] if args.report_only else args.datasets:
+            require_sequence_data(from_dict(SequenceDataConfig, {"dataset": dataset, "path": args.data}))
+    except MissingDataError as err:
+        print(f"din_dare.py: error: {err}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     jsonl = out.with_suffix(".jsonl")
     done = {run_key(json.loads(line)) for line in jsonl.read_text().splitlines()} if jsonl.exists() else set()
     start = time.perf_counter()
     for dataset in [] if args.report_only else args.datasets:
-        data = {"dataset": dataset, "path": args.data_path, "max_users": args.max_users, "max_history": args.max_history, "num_negatives": 1}
+        data = {"dataset": dataset, "path": args.data, "max_users": args.max_users, "max_history": args.max_history, "num_negatives": 1}
         ds = None
         for seed in args.seeds:
             for variant in args.variants:

@@ -9,6 +9,10 @@
 
     python examples/dimension_search.py                  # ~2-4 minutes on 2 CPU cores
     python examples/dimension_search.py --retrain        # also retrain the derived models (sharded loop)
+    python examples/dimension_search.py --train train.txt.gz   # real Criteo rows (datasets/criteo/README.md)
+
+A ``--train`` file that does not exist stops the script at once (exit status 2) with where to download
+Criteo; without ``--train`` the data are synthetic, and the script says so.
 """
 
 from __future__ import annotations
@@ -17,8 +21,6 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def reload_and_compare(run_dir: Path, searched_auc: float) -> float:
     """Build the derived model from its files only (as a fresh process would) and score it."""
+    import torch
+
     from recsys_emb.config.experiment import ExperimentConfig
     from recsys_emb.config.io import load_config
     from recsys_emb.data.resolve import resolve_data
@@ -52,14 +56,23 @@ def reload_and_compare(run_dir: Path, searched_auc: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from recsys_emb.data.availability import MissingDataError, require_data
+
+    train_path = args.train
+    if train_path is not None and not Path(train_path).is_dir():  # a folder is a prepared directory
+        try:
+            require_data(train_path, "criteo", where="--train")
+        except MissingDataError as err:
+            print(f"dimension_search.py: error: {err}", file=sys.stderr)
+            return 2
     from recsys_emb.config.experiment import ExperimentConfig
     from recsys_emb.config.io import load_config
     from recsys_emb.search.cli import run_search_experiment
 
-    train_path = args.train
     if train_path is None:
         from recsys_emb.data.synthetic import synth_criteo
 
+        print(f"data: {args.rows:,} synthetic Criteo-like rows (pass --train FILE for real Criteo data)")
         data_dir = args.out / "data"
         if not (data_dir / "train.txt.gz").is_file():
             synth_criteo(data_dir, rows=args.rows, test_rows=args.rows // 5, seed=0)

@@ -1,11 +1,13 @@
 """DIN, the coupled two-stage model and DARE on behaviour sequences, side by side.
 
-Without ``--data-path`` it writes a small synthetic S3-Rec-format data set (users prefer two item
-categories) into a temporary folder; with ``--data-path FOLDER --dataset amazon_beauty`` it uses the
-real Amazon files (see datasets/amazon_seq/README.md).
+Without ``--data`` it writes a small synthetic S3-Rec-format data set (users prefer two item
+categories) into a temporary folder and says so; with ``--data FOLDER --dataset amazon_beauty`` it uses
+the real Amazon files (see datasets/amazon_seq/README.md). A ``--data`` folder without the data set's
+files stops the script at once (exit status 2) with where to download them. ``--data-path`` is the old
+spelling of ``--data`` (accepted for one release, with a note).
 
     python examples/din_dare.py                                  # synthetic, ~1 minute on 2 cores
-    python examples/din_dare.py --data-path ../shared/datasets/amazon_seq_s3rec --dataset amazon_beauty \
+    python examples/din_dare.py --data ../shared/datasets/amazon_seq_s3rec --dataset amazon_beauty \
         --max-users 3000 --epochs 2
 
 What it shows:
@@ -29,7 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from recsys_emb.config.io import from_dict  # noqa: E402
-from recsys_emb.data.sequences import SequenceDataConfig, SequenceDataset, load_raw, write_synthetic_s3rec  # noqa: E402
+from recsys_emb.console import deprecated_alias  # noqa: E402
+from recsys_emb.data.availability import MissingDataError  # noqa: E402
+from recsys_emb.data.sequences import (  # noqa: E402
+    SequenceDataConfig, SequenceDataset, load_raw, require_sequence_data, write_synthetic_s3rec,
+)
 from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
 from recsys_emb.train.tasks.sequence import SequenceTask  # noqa: E402
 from recsys_emb.train.trainer import fit  # noqa: E402
@@ -54,26 +60,33 @@ MODELS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-path", default=None, help="folder with S3-Rec / MovieLens files (default: synthetic data)")
-    p.add_argument("--dataset", default="amazon_beauty", help="amazon_beauty | amazon_sports | movielens_100k (with --data-path)")
+    p.add_argument("--data", default=None, help="folder with S3-Rec / MovieLens files (default: synthetic data)")
+    p.add_argument("--dataset", default="amazon_beauty", help="amazon_beauty | amazon_sports | movielens_100k (with --data)")
     p.add_argument("--max-users", type=int, default=None)
     p.add_argument("--max-history", type=int, default=50)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    deprecated_alias(p, "--data-path", "--data")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.data_path is None:
+        if args.data is None:
+            print("data: synthetic S3-Rec-format sequences (pass --data FOLDER --dataset NAME for a real data set)")
             folder = write_synthetic_s3rec(Path(tmp) / "synth", users=1500, items=300, categories=12, seed=args.seed)
             data = {"dataset": "s3rec", "stem": "Synth", "path": str(folder)}
         else:
-            data = {"dataset": args.dataset, "path": args.data_path}
+            data = {"dataset": args.dataset, "path": args.data}
         data.update(max_users=args.max_users, max_history=args.max_history, seed=args.seed)
         data_cfg = from_dict(SequenceDataConfig, data)
+        try:
+            require_sequence_data(data_cfg)  # the folder and the data set's files, before any parsing
+        except MissingDataError as err:
+            print(f"din_dare.py: error: {err}", file=sys.stderr)
+            return 2
         dataset = SequenceDataset(load_raw(data_cfg), data_cfg)  # parsed once, shared by every model
         print(f"data: {dataset.summary()}")
         rows = []

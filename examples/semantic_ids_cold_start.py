@@ -11,6 +11,8 @@
    chain replaced by ``[{semantic_ids: {codes: ..., tokenizer: ...}}]``, ``--tokenizer``); both report
    test AUC overall, on known items and on the new items.
 
+``--data`` defaults to ``../shared/datasets/amazon_scientific_text``; without the files the script stops
+at once (exit status 2) and says where to download them (datasets/amazon_scientific_text/README.md).
 The full, multi-seed comparison is benchmarks/semantic_ids.py (docs/techniques/semantic_ids.md).
 """
 
@@ -26,16 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from recsys_emb.config.embedding import EmbeddingSpec, TableGroup  # noqa: E402
-from recsys_emb.config.io import load_config  # noqa: E402
-from recsys_emb.data.cold_start import make_sequence_dataset  # noqa: E402
-from recsys_emb.semantic_ids.config import EmbedConfig, RQVAEConfig, RQVAETrainConfig  # noqa: E402
-from recsys_emb.semantic_ids.embed import build_encoder, embed_texts  # noqa: E402
-from recsys_emb.semantic_ids.items import check_missing, read_items  # noqa: E402
-from recsys_emb.semantic_ids.train import assign_ids, train_rqvae  # noqa: E402
-from recsys_emb.config.sequence import SequenceExperimentConfig  # noqa: E402
-from recsys_emb.train.tasks.sequence import SequenceTask  # noqa: E402
-from recsys_emb.train.trainer import fit  # noqa: E402
+from recsys_emb.data.availability import MissingDataError, require_data  # noqa: E402
 
 DATA = REPO.parent / "shared" / "datasets" / "amazon_scientific_text"
 
@@ -55,7 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_codes(args: argparse.Namespace, out: Path) -> Path:
     """Content vectors of ALL items (held-out ones included: only their text is used) -> RQ-VAE -> SIDs."""
-    items = check_missing(read_items("unisrec", args.data / "Scientific.text.gz", args.data / "Scientific.item2index"), "error")
+    from recsys_emb.semantic_ids.config import EmbedConfig, RQVAEConfig, RQVAETrainConfig
+    from recsys_emb.semantic_ids.embed import build_encoder, embed_texts
+    from recsys_emb.semantic_ids.items import check_missing, read_items
+    from recsys_emb.semantic_ids.train import assign_ids, train_rqvae
+
+    items = check_missing(read_items("unisrec", args.data / "Scientific.text", args.data / "Scientific.item2index"), "error")
     encoder, encoder_id = build_encoder(EmbedConfig(encoder=args.encoder, hashing_dim=256))
     x = embed_texts(items.texts, encoder, encoder_id=None, batch_size=64, progress=False)  # (N, D)
     rq = RQVAEConfig(hidden_dims=[256, 128], latent_dim=32, num_levels=3, codebook_size=64)
@@ -68,9 +66,19 @@ def make_codes(args: argparse.Namespace, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.data.exists():
-        print(f"{args.data} not found: download UniSRec's Scientific (datasets/amazon_scientific_text/README.md)")
-        return 1
+    try:
+        require_data(args.data, "amazon_scientific_text", where="--data")  # Scientific.text, .item2index, .test.inter
+    except MissingDataError as err:
+        print(f"semantic_ids_cold_start.py: error: {err}", file=sys.stderr)
+        return 2
+    # the training stack is imported after the data check, so that missing files are reported at once
+    from recsys_emb.config.embedding import EmbeddingSpec, TableGroup
+    from recsys_emb.config.io import load_config
+    from recsys_emb.config.sequence import SequenceExperimentConfig
+    from recsys_emb.data.cold_start import make_sequence_dataset
+    from recsys_emb.train.tasks.sequence import SequenceTask
+    from recsys_emb.train.trainer import fit
+
     with tempfile.TemporaryDirectory() as tmp:
         codes = args.codes or make_codes(args, Path(tmp) / "sids.npz")
         base = load_config(SequenceExperimentConfig, REPO / "configs" / "amazon_scientific_coldstart.yaml", [

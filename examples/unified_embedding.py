@@ -9,7 +9,9 @@
 
     python examples/unified_embedding.py --data PATH/ml-100k --budget 0.04 --epochs 1
 
-On a shared 2-core CPU each training run takes a minute or two.
+``--data`` defaults to ``../shared/datasets/movielens_100k`` (the project machines' copy). Without the
+data the script stops at once (exit status 2) and says where to download ``ml-100k.zip``
+(datasets/movielens/README.md). On a shared 2-core CPU each training run takes a minute or two.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import json
 import shutil
 import sys
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,6 +57,15 @@ def show_one_batch(train_dir: Path, budget: float, probes: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
+    from recsys_emb.data.availability import MissingDataError, require_data
+
+    try:
+        require_data(args.data, "movielens", where="--data")  # before anything is written or trained
+    except MissingDataError as err:
+        print(f"unified_embedding.py: error: {err}", file=sys.stderr)
+        return 2
+    import torch
+
     from recsys_emb.config.experiment import ExperimentConfig
     from recsys_emb.config.io import load_config
     from recsys_emb.data.movielens import prepare_movielens_100k

@@ -3,17 +3,20 @@
 Sub-commands::
 
     recsys-emb synth criteo --rows N --out DIR [--test-rows M] [--seed S]
-    recsys-emb prepare criteo --input FILE... --out DIR [--vocab-from DIR] [--min-count N | --hash-buckets N] [--strict]
+    recsys-emb prepare criteo --data FILE... --out DIR [--vocab-from DIR] [--min-count N | --hash-buckets N] [--strict]
     recsys-emb train --config CFG [--train PATH] [--valid PATH] [--test PATH] [--data DIR] [--run-dir DIR] [--set k=v ...] [--resume]
     recsys-emb evaluate --run-dir DIR --data PATH [--checkpoint]
     recsys-emb plan --config CFG --world-size N [--device cpu|cuda] [--set k=v ...]
-    recsys-emb prepare movielens --input DIR --out DIR          (MovieLens-100K CTR data)
+    recsys-emb prepare movielens --data DIR --out DIR          (MovieLens-100K CTR data)
     recsys-emb search dnis|optembed --config CFG ...           (learned embedding dimensions)
     recsys-emb sid embed|train|assign ...                      (semantic IDs)
     recsys-emb retrieve --config CFG ...                       (exact/FAISS + kNN-Embed)
     recsys-emb export --run-dir RUN --out DIR [--quantize none|fp16|int8|int4] [--aoti]
     recsys-emb predict --model DIR --data FILE... --out FILE [--batch-size N] [--top-k K]
+    recsys-emb report RUN... [--out DIR]                        (curves.png + report.md of runs)
     recsys-emb doctor [--json]
+
+Every command also takes --quiet, --verbose and --no-progress (recsys_emb/console.py).
 
 Heavy imports happen inside each command so ``recsys-emb --help`` and ``doctor`` stay fast and
 ``doctor`` works even when torch/fbgemm/torchrec do not import.
@@ -26,6 +29,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from recsys_emb.console import add_common_arguments, configure_from
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +63,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, required=True, help="experiment YAML")
     p.add_argument("--world-size", type=int, required=True, help="number of ranks (processes) to plan for")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="device type to plan for (default: from the config)")
-    p.add_argument("--train", help="training data (overrides data.train): needed for the vocabulary sizes")
+    p.add_argument("--train", help="ctr: training data (overrides data.train): needed for the vocabulary sizes")
+    p.add_argument("--data", help="sequence / graph / two_tower: the data folder (overrides data.path)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value with a dotted key, e.g. --set sharding.type=row_wise (repeatable)")
     p.add_argument("--out", type=Path, help="also write the plan to this file")
@@ -77,6 +83,8 @@ TECHNIQUE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
                "a trained run -> a torch.export artefact for serving (unsharded, optionally quantised tables)"),
     "predict": ("recsys_emb.inference.cli", "add_predict_arguments", "run_predict",
                 "score raw rows (Criteo TSV, sequences, user ids) with an exported artefact"),
+    "report": ("recsys_emb.report", "add_report_arguments", "run_report",
+               "training / validation curves of one or several runs as a PNG + a markdown summary"),
 }
 
 
@@ -103,7 +111,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_plan(sub)
-    doctor = sub.add_parser("doctor", help="check the installed torch / fbgemm_gpu / torchrec stack")
+    doctor = sub.add_parser("doctor", help="check the installed torch / fbgemm_gpu / torchrec stack",
+                            description="Check the installed torch / fbgemm_gpu / torchrec stack, the compiled kernels "
+                                        "and the dependency lock, and say what to fix.")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     chosen = argv[0] if argv else None
     for name, (module, add_fn, _, help_text) in TECHNIQUE_COMMANDS.items():
@@ -112,12 +122,31 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             import importlib
 
             getattr(importlib.import_module(module), add_fn)(p)
+    for leaf in _leaf_parsers(parser):
+        add_common_arguments(leaf)
     return parser
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of the commands that run (``train``, ``prepare criteo``, ``sid embed``, ...); a command
+    without a description gets its help line as one."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    leaves = []
+    for action in subs:
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, child in action.choices.items():
+            if not child.description and helps.get(name):
+                child.description = helps[name][0].upper() + helps[name][1:] + "."
+            leaves += _leaf_parsers(child)
+    return leaves
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from recsys_emb.config.io import run_config_and_dir
     from recsys_emb.train.tasks import load_experiment, train
+    from recsys_emb.utils import log
 
     overrides = list(args.overrides)
     for key in ("train", "valid", "test"):
@@ -129,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.config, args.run_dir, args.resume, example="configs/criteo_dcnv2_tiny.yaml", tag="train"
     )
     cfg = load_experiment(config_path, overrides)
-    print(f"[train] {cfg.task} run dir: {run_dir}", file=sys.stderr)
+    log(f"[train] {cfg.task} run dir: {run_dir}")
     results = train(cfg, run_dir, resume=args.resume)
     if "interrupted_at_step" in results:  # Ctrl-C / SIGTERM: stopped after a checkpoint (the trainer said how to resume)
         return 143 if results.get("signal") == "SIGTERM" else 130
@@ -155,7 +184,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from recsys_emb.config.io import load_config
     from recsys_emb.distributed.plan_cli import plan_experiment
 
-    overrides = list(args.overrides) + ([f"data.train={args.train}"] if args.train else [])
+    overrides = list(args.overrides) + ([f"data.train={args.train}"] if args.train else []) + (
+        [f"data.path={args.data}"] if args.data else [])
     cfg = load_config(ExperimentConfig, args.config, overrides)
     text, warnings = plan_experiment(cfg, args.world_size, args.device)
     print(text)
@@ -170,11 +200,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["doctor"]:  # must work even when torch & co. do not import
+    if argv[:1] == ["doctor"] and not {"-h", "--help"} & set(argv):  # must work even when torch & co. do not import
         from recsys_emb.doctor import run_doctor
 
         return run_doctor(as_json="--json" in argv)
     args = build_parser(argv).parse_args(argv)
+    try:
+        configure_from(args)
+    except ValueError as e:
+        print(f"recsys-emb {args.command}: error: {e}", file=sys.stderr)
+        return 2
     from recsys_emb.config.io import ConfigError
 
     try:

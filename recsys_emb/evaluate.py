@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_emb.config.experiment import ExperimentConfig
+from recsys_emb.console import known_warnings
 from recsys_emb.config.io import load_config
 from recsys_emb.data.cache import default_cache_dir
 from recsys_emb.data.resolve import Split, prepare_cached, check_compatible, is_prepared
@@ -13,6 +14,7 @@ from recsys_emb.train.checkpoint import load_model_state
 from recsys_emb.train.env import DistEnv, resolve_device
 
 
+@known_warnings("forward")
 def evaluate_run(run_dir: str | Path, data: str | Path, batch_size: int = 16384) -> dict[str, Any]:
     """Return ``{"auc", "logloss", "rows"}`` of the run's best model on ``data``.
 
@@ -42,6 +44,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, batch_size: int = 16384)
     return evaluate(model, Split(root), batch_size, env)
 
 
+@known_warnings("forward", "sharded_tensor")
 def evaluate_checkpoint(run_dir: str | Path, data: str | Path | None = None, split: str = "valid",
                         batch_size: int | None = None) -> dict[str, Any]:
     """Sharded evaluation of ``RUN_DIR/checkpoint`` on the CURRENT world (torchrun ranks or one process).

@@ -83,10 +83,16 @@ def log_to_file(path: str | os.PathLike[str] | None, tag: str = "") -> None:
     _LOG_FILE = None if path is None else (Path(path), tag)
 
 
-def log(msg: str) -> None:
+def log(msg: str, *, important: bool = False) -> None:
     """One status line on stderr (stdout is kept for results, e.g. the JSON line of ``train``); also in the
-    run's ``train.log`` while one is set (:func:`log_to_file`)."""
-    print(msg, file=sys.stderr, flush=True)
+    run's ``train.log`` while one is set (:func:`log_to_file`).
+
+    The console shows it on rank 0 unless ``--quiet`` (:mod:`recsys_emb.console`); ``important`` lines
+    (warnings, how to resume) show under ``--quiet`` too. ``train.log`` gets every line of every rank."""
+    from recsys_emb import console
+
+    if console.shows_status() or (important and console.is_main_rank()):
+        print(msg, file=sys.stderr, flush=True)
     if _LOG_FILE is not None:
         import time
 

@@ -48,3 +48,14 @@ def test_license_is_apache_2() -> None:
     text = (REPO / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert 'license="Apache-2.0"' in (REPO / "setup.py").read_text()
+
+
+def test_help_imports_no_torch() -> None:
+    """``recsys-emb --help`` (and the parser of every built-in command) stays fast: no torch import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from recsys_emb.cli import build_parser; build_parser([]); "
+            "print(sorted(m for m in ('torch', 'torchrec', 'fbgemm_gpu') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"

@@ -5,7 +5,7 @@ A thin script over :func:`recsys_emb.data.criteo.run_prepare_criteo`; the same a
 
 Example::
 
-    python datasets/criteo/prepare.py --input train.txt.gz --out data/criteo_kaggle
+    python datasets/criteo/prepare.py --data train.txt.gz --out data/criteo_kaggle
 """
 
 from __future__ import annotations

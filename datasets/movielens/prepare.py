@@ -4,7 +4,7 @@ A thin script over :func:`recsys_emb.data.movielens.run_movielens`. See datasets
 
 Example::
 
-    python datasets/movielens/prepare.py --input ml-100k --out data/movielens_100k
+    python datasets/movielens/prepare.py --data ml-100k --out data/movielens_100k
 """
 
 from __future__ import annotations

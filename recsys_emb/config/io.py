@@ -232,7 +232,7 @@ def run_config_and_dir(
     Raises:
         ConfigError: a required flag is missing (``example`` shows a valid ``--config``).
     """
-    import sys
+    from recsys_emb.utils import log
     import time
 
     if resume:
@@ -240,7 +240,7 @@ def run_config_and_dir(
             raise ConfigError("--resume needs --run-dir (the run to continue)")
         path = Path(run_dir) / "config.yaml"
         if config is not None:
-            print(f"[{tag}] --resume: using {path}, not {config}", file=sys.stderr)
+            log(f"[{tag}] --resume: using {path}, not {config}", important=True)
     else:
         if config is None:
             raise ConfigError(f"--config is required (e.g. --config {example})")

@@ -1,6 +1,6 @@
 """Criteo click logs (Kaggle DAC, Terabyte) -> memory-mappable columnar arrays.
 
-``recsys-emb prepare criteo --input FILE... --out DIR`` reads TSV rows ``label, I1..I13,
+``recsys-emb prepare criteo --data FILE... --out DIR`` reads TSV rows ``label, I1..I13,
 C1..C26`` (40 fields; the Kaggle test file has 39, no label), plain or gzip, several files
 concatenated in order, and writes a *prepared directory*::
 
@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from recsys_emb.console import deprecated_alias, tqdm
 
+from recsys_emb.data.availability import require_file
 from recsys_emb.data.criteo_reader import (
     MalformedRowError,
     ParsedChunk,
@@ -125,8 +126,7 @@ def prepare_criteo(
     if not sources:
         raise ValueError("no input files given")
     for path in sources:
-        if not path.is_file():
-            raise FileNotFoundError(f"input file {path} not found")
+        require_file(path, "criteo", where="input file")  # absent: says where to download Criteo
     layout = RowLayout(tuple(DENSE_FEATURES), tuple(SPARSE_FEATURES),
                        _detect_labels(sources) if has_labels is None else has_labels)
     encoder = _choose_encoder(vocab_from, min_count, hash_buckets)
@@ -238,8 +238,8 @@ def add_prepare_criteo_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the (sub)command parser.
     """
-    parser.add_argument("--input", dest="inputs", nargs="+", required=True, metavar="FILE",
-                        help="Criteo TSV files (.gz or plain), concatenated in order")
+    parser.add_argument("--data", dest="inputs", nargs="+", metavar="FILE",
+                        help="Criteo TSV files (.gz or plain), concatenated in order (required)")
     parser.add_argument("--out", required=True, metavar="DIR", help="prepared directory to write")
     parser.add_argument("--vocab-from", metavar="DIR", default=None,
                         help="reuse the vocabulary of this prepared directory (no recount)")
@@ -249,6 +249,7 @@ def add_prepare_criteo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hash categoricals into N rows per feature instead of a vocabulary")
     parser.add_argument("--strict", action="store_true",
                         help="fail at the first malformed row instead of skipping it")
+    deprecated_alias(parser, "--input", "--data")
 
 
 def run_prepare_criteo(args: argparse.Namespace) -> int:
@@ -262,6 +263,10 @@ def run_prepare_criteo(args: argparse.Namespace) -> int:
     Returns:
         Exit status: 0 on success, 2 on invalid input or options (message on stderr).
     """
+    if not args.inputs:
+        print("recsys-emb prepare criteo: error: the following arguments are required: --data FILE [FILE ...]",
+              file=sys.stderr)
+        return 2
     start = time.perf_counter()
     try:
         meta = prepare_criteo(args.inputs, args.out, vocab_from=args.vocab_from,

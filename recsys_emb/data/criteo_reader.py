@@ -38,7 +38,7 @@ from typing import BinaryIO, Generic, TypeVar
 
 import numpy as np
 import polars as pl
-from tqdm import tqdm
+from recsys_emb.console import tqdm
 
 _BOM = b"\xef\xbb\xbf"
 _LINE = "_line"

@@ -62,7 +62,7 @@ class PreparedCTRData:
         if not meta_path.is_file():
             raise FileNotFoundError(
                 f"{root} is not a prepared data directory (no meta.json); "
-                "prepare raw Criteo TSV with `recsys-emb prepare criteo --input FILE --out DIR`"
+                "prepare raw Criteo TSV with `recsys-emb prepare criteo --data FILE --out DIR`"
             )
         meta = json.loads(meta_path.read_text())
         version = meta.get("format_version")

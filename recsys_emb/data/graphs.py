@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from recsys_emb.data.availability import require_data
 from recsys_emb.utils import open_text, plain_or_gz
 
 AdjacencyKind = Literal["sym", "sym_self_loop", "row_self_loop", "row", "row_plus_identity", "plain"]
@@ -216,10 +217,12 @@ def load_graph_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS, cache
     With ``cache`` the files are parsed once into ``CACHE/graphs/`` and memory-mapped on later runs
     (:func:`recsys_emb.data.cache.cached_arrays`; the key covers the split files' names, sizes and
     modification times).
+
+    Raises:
+        MissingDataError: ``root`` or its ``train.txt[.gz]`` is absent (the message says where to download
+            the NGCF/LightGCN files and points to datasets/gowalla/README.md).
     """
-    root = Path(root)
-    if find_split_file(root, "train") is None:
-        raise FileNotFoundError(f"{root}: no train.txt or train.txt.gz (NGCF/LightGCN format 'user item item ...')")
+    root = require_data(root, "gowalla", ("train.txt",))
     files = {s: p for s in splits if (p := find_split_file(root, s)) is not None}
     if not cache:
         return _graph_from_splits({s: read_graph_file(p) for s, p in files.items()}, root)

@@ -25,7 +25,8 @@ value); for ``genres`` the count is over the genre occurrences of the training r
 ``meta.json`` lists the same ``vocab_sizes``.
 
 Input files: the original GroupLens ``ml-100k`` folder (``u.data`` or ``u.data.gz``, ``u.user``,
-``u.item``); see datasets/movielens/README.md.
+``u.item``); see datasets/movielens/README.md. A missing folder or file raises
+:class:`~recsys_emb.data.availability.MissingDataError` saying where to download it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_emb.data.dataset import FORMAT_VERSION, JAGGED_FORMAT_VERSION, write_jagged
+from recsys_emb.data.availability import require_data
 from recsys_emb.utils import atomic_save_json, open_text, plain_or_gz
 
 SPARSE_FEATURES = ["user", "item", "gender", "age", "occupation", "zip", "genres"]
@@ -78,9 +79,10 @@ def _lines(path: Path, encoding: str) -> list[tuple[int, str]]:
 
 
 def _find(root: Path, name: str) -> Path:
-    if (path := plain_or_gz(root, name)) is not None:
-        return path
-    raise FileNotFoundError(f"{root}: neither {name} nor {name}.gz found (expected the GroupLens ml-100k folder)")
+    """``root/name`` or ``root/name.gz``; else :class:`~recsys_emb.data.availability.MissingDataError` (download, README)."""
+    path = plain_or_gz(require_data(root, "movielens", (name,)), name)
+    assert path is not None  # require_data found it
+    return path
 
 
 class MovieLensDataError(ValueError):
@@ -137,8 +139,13 @@ def read_items(root: str | Path) -> dict[int, tuple[float, tuple[int, ...]]]:
 
 
 def read_movielens_100k(root: str | Path) -> MovieLensRatings:
-    """Read ``u.data``, ``u.user`` and ``u.item`` from an ml-100k folder; malformed lines are fatal (file:line)."""
-    root = Path(root)
+    """Read ``u.data``, ``u.user`` and ``u.item`` from an ml-100k folder; malformed lines are fatal (file:line).
+
+    Raises:
+        MissingDataError: the folder or one of the three files is absent (the message says where to download it).
+        MovieLensDataError: a malformed line (file:line:field).
+    """
+    root = require_data(root, "movielens")
     users: dict[int, tuple[str, str, str, str]] = {}
     path = _find(root, "u.user")
     for n, line in _lines(path, "latin-1"):
@@ -251,6 +258,8 @@ def prepare_movielens_100k(
     vocab_sizes = [len(vocabs[name]) + 2 for name in SPARSE_FEATURES]
     sparse_all = np.stack([encode(ratings.raw[name], vocabs[name]) for name in single], axis=1)  # (N, F - 1)
     genre_ids = [tuple(vocabs["genres"].get(GENRES[g], OOV_ID) for g in gs) for gs in ratings.genres.tolist()] if jagged else []  # bags
+    from recsys_emb.data.dataset import FORMAT_VERSION, JAGGED_FORMAT_VERSION, write_jagged  # imports torchrec
+
     out = Path(out)
     paths: dict[str, Path] = {}
     for role, rows in parts.items():
@@ -283,7 +292,7 @@ def prepare_movielens_100k(
 
 def add_movielens_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``recsys-emb prepare movielens`` (the lead wires the sub-command)."""
-    parser.add_argument("--input", required=True, help="the ml-100k folder (u.data[.gz], u.user, u.item)")
+    parser.add_argument("--data", dest="input", help="the ml-100k folder (u.data[.gz], u.user, u.item) (required)")
     parser.add_argument("--out", required=True, help="output folder: OUT/train, OUT/valid, OUT/test are written")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random 80/10/10 split")
     parser.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VALID", "TEST"),
@@ -291,10 +300,15 @@ def add_movielens_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zip-prefix", type=int, default=3, help="characters of the zip code kept")
     parser.add_argument("--genres", choices=["bag", "set"], default="bag",
                         help="bag: multi-valued genres (a jagged bag per movie); set: the genre set as one value (one id per bag, for DNIS/OptEmbed)")
+    from recsys_emb.console import deprecated_alias
+
+    deprecated_alias(parser, "--input", "--data")
 
 
 def run_movielens(args: argparse.Namespace) -> int:
     """Prepare MovieLens-100K from parsed :func:`add_movielens_arguments` options; prints a summary."""
+    if not args.input:
+        raise ValueError("the following arguments are required: --data (the ml-100k folder)")
     paths = prepare_movielens_100k(args.input, args.out, seed=args.seed, fractions=tuple(args.fractions), zip_prefix=args.zip_prefix, genres=args.genres)
     summary = {role: {k: json.loads((p / "meta.json").read_text())[k] for k in ("rows", "ctr")} for role, p in paths.items()}
     print(json.dumps({"out": str(Path(args.out).resolve()), **summary}, indent=1))

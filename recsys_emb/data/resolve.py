@@ -23,6 +23,11 @@ from recsys_emb.data.dataset import PreparedCTRData
 from recsys_emb.utils import open_text
 
 
+# what a missing data.train / valid / test should have been, and where the public data sets are described
+NOT_FOUND_HINT = ("expected a Criteo TSV(.gz) file or a directory written by `recsys-emb prepare criteo|movielens`; "
+                  "where to download each data set: datasets/README.md")
+
+
 @dataclass(frozen=True)
 class Split:
     """Rows ``[start, stop)`` of a prepared folder (``stop=None``: to the end)."""
@@ -94,7 +99,7 @@ def resolve_data(cfg: DataConfig) -> dict[str, Split]:
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     train_path = Path(cfg.train)
     if not train_path.exists():
-        raise FileNotFoundError(f"data.train: {train_path} does not exist")
+        raise FileNotFoundError(f"data.train: {train_path} does not exist ({NOT_FOUND_HINT})")
     splits: dict[str, Split] = {}
     if is_prepared(train_path):
         train_root = train_path
@@ -122,7 +127,7 @@ def resolve_data(cfg: DataConfig) -> dict[str, Split]:
             continue
         path = Path(value)
         if not path.exists():
-            raise FileNotFoundError(f"data.{role}: {path} does not exist")
+            raise FileNotFoundError(f"data.{role}: {path} does not exist ({NOT_FOUND_HINT})")
         splits[role] = Split(path if is_prepared(path) else prepare_cached([path], cfg, cache, role, train_root))
     check_compatible(splits)
     return splits

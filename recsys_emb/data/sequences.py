@@ -43,6 +43,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys_emb.data.availability import require_data
 from recsys_emb.utils import open_text, plain_or_gz
 
 MISSING_ID = 0
@@ -210,18 +211,40 @@ _RAW_ARRAYS = ("users", "offsets", "items", "category_items", "category_values",
                "attribute_values")
 
 
+def sequence_files(cfg: SequenceDataConfig) -> tuple[str, tuple[str, ...]]:
+    """The public data set (a :data:`recsys_emb.data.availability.REGISTRY` key) of ``cfg.dataset`` and the
+    files its reader cannot do without (attribute files and the UniSRec train/valid splits are optional)."""
+    if cfg.dataset == "movielens_100k":
+        return "movielens", ("u.data", "u.item")
+    if cfg.dataset == "unisrec":
+        return "amazon_scientific_text", (f"{cfg.stem}.test.inter",)
+    stem = cfg.stem if cfg.dataset == "s3rec" else AMAZON_STEMS[cfg.dataset]
+    return "amazon_seq", (f"{stem}.txt",)
+
+
+def require_sequence_data(cfg: SequenceDataConfig) -> Path:
+    """``cfg.path`` as a folder, checked to hold the files of ``cfg.dataset`` (:func:`sequence_files`).
+
+    Raises:
+        ValueError: ``data.path`` is not set.
+        MissingDataError: the folder or a needed file is absent; the message names them, the download
+            location and the ``datasets/<name>/README.md`` to read.
+    """
+    if cfg.path is None:
+        raise ValueError(f"data.path is not set: point it at the folder with the {cfg.dataset} files (see datasets/amazon_seq/README.md)")
+    dataset, files = sequence_files(cfg)
+    return require_data(cfg.path, dataset, files, where="data.path")
+
+
 def load_raw(cfg: SequenceDataConfig) -> RawSequences:
     """The raw sequences of the files ``cfg`` names (``cfg.path`` must be set).
 
     With ``cfg.cache`` (default) the files are parsed once into ``CACHE/sequences/`` and
     memory-mapped on later runs (:func:`recsys_emb.data.cache.cached_arrays`: the key covers the
-    dataset, the stem, the reader version and every file in ``cfg.path``).
+    dataset, the stem, the reader version and every file in ``cfg.path``). A missing folder or file is a
+    :class:`~recsys_emb.data.availability.MissingDataError` (:func:`require_sequence_data`).
     """
-    if cfg.path is None:
-        raise ValueError(f"data.path is not set: point it at the folder with the {cfg.dataset} files (see datasets/amazon_seq/README.md)")
-    folder = Path(cfg.path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"data.path: {folder} is not a folder")
+    folder = require_sequence_data(cfg)
     if cfg.cache:
         from recsys_emb.data.cache import cached_arrays, file_fingerprints
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from recsys_emb.console import tqdm
 
 from recsys_emb.data.synthetic_model import (
     NUM_DENSE,

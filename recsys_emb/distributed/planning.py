@@ -21,16 +21,22 @@ import difflib
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.types import (
+    KernelConfig,
+    ParameterConstraints,
+    PlannerError,
+    TopologyFactory,
+    TrainerConfig,
+)
 from torchrec.distributed.types import ModuleSharder, ShardingPlan
 from torchrec.modules.embedding_configs import BaseEmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from recsys_emb.config.experiment import ShardingConfig
+from recsys_emb.console import known_warnings
 from recsys_emb.distributed.sharders import default_sharders
 
 FBGEMM_DIM_MULTIPLE = 4
@@ -155,13 +161,17 @@ def plan_sharding(
     constraints = _constraints(infos, device_type, world_size)
     caps = {}
     if sharding.memory_budget_gb is not None:
-        caps["hbm_cap" if device_type == "cuda" else "ddr_cap"] = int(sharding.memory_budget_gb * GIB)
-    topology = Topology(
-        world_size=world_size, compute_device=device_type, local_world_size=local_world_size or world_size, **caps
+        caps["hbm_cap_bytes" if device_type == "cuda" else "ddr_cap_bytes"] = int(sharding.memory_budget_gb * GIB)
+    topology = TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(world_size=world_size, local_world_size=local_world_size or world_size, **caps),
+        kernel_config=KernelConfig(compute_device=device_type),
     )
-    planner = EmbeddingShardingPlanner(topology=topology, batch_size=max(1, batch_size // world_size), constraints=constraints)
     try:
-        return planner.plan(model, sharders or default_sharders())
+        with known_warnings("planner"):
+            planner = EmbeddingShardingPlanner(
+                topology=topology, batch_size=max(1, batch_size // world_size), constraints=constraints
+            )
+            return planner.plan(model, sharders or default_sharders())
     except PlannerError as err:
         need = sum(t.rows * t.dim * 4 for t in infos) / GIB
         raise ShardingError(

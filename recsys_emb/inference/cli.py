@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from recsys_emb.utils import log
 
 QUANTIZE = ("none", "fp16", "int8", "int4")
 
@@ -48,10 +49,10 @@ def run_export(args: argparse.Namespace) -> int:
     manifest = export_run(args.run_dir, args.out, quantize=args.quantize, checkpoint=args.checkpoint, aoti=args.aoti,
                           overwrite=args.overwrite, row_alignment=args.row_alignment)
     total = sum(manifest["bytes"].values())
-    print(f"[export] {manifest['task']}/{manifest['model']} -> {args.out} ({total / 2**20:.2f} MiB, tables "
-          f"{manifest['quantize']}, export == eager within {manifest['export_parity_max_abs']:.2g})", file=sys.stderr)
+    log(f"[export] {manifest['task']}/{manifest['model']} -> {args.out} ({total / 2**20:.2f} MiB, tables "
+          f"{manifest['quantize']}, export == eager within {manifest['export_parity_max_abs']:.2g})")
     if manifest.get("aoti_error") and args.aoti:
-        print(f"[export] no AOTInductor package: {manifest['aoti_error']}", file=sys.stderr)
+        log(f"[export] no AOTInductor package: {manifest['aoti_error']}", important=True)
     return 0
 
 
@@ -75,8 +76,8 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.model, aoti=True if args.aoti else None)
     result = predictor.predict_file(args.data, args.out, batch_size=args.batch_size, top_k=args.top_k,
                                     progress=not args.no_progress)
-    print(f"[predict] scored {result['scored']:,} rows -> {args.out}; {result['summary']}", file=sys.stderr)
+    log(f"[predict] scored {result['scored']:,} rows -> {args.out}; {result['summary']}", important=bool(result['skipped']))
     for example in result["examples"]:
-        print(f"[predict]   {example}", file=sys.stderr)
+        log(f"[predict]   {example}", important=True)
     print(json.dumps({k: v for k, v in result.items() if k not in ("examples", "summary")}))
     return 0

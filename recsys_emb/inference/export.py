@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from recsys_emb.console import known_warnings
 from recsys_emb.inference.manifest import ARTEFACT, FORMAT_VERSION, MANIFEST, library_versions, sha256
 
 CHECKPOINTS = ("best", "checkpoint")
@@ -326,6 +327,7 @@ def _aoti(program: Any, path: Path) -> str | None:
         return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
 
 
+@known_warnings("forward", "sharded_tensor")
 def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str, str] = "none", checkpoint: str = "best",
                aoti: bool = False, overwrite: bool = False, row_alignment: int = 16,
                unsharded: Unsharded | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recsys_emb.console import known_warnings
 from recsys_emb.data.criteo_reader import SkipLog
 from recsys_emb.inference.manifest import ArtefactError, read_manifest
 
@@ -73,7 +74,8 @@ class Predictor:
             if use_aoti:
                 program = torch._inductor.aoti_load_package(str(path))
             else:
-                program = torch.export.load(str(path)).module()
+                with known_warnings("export_load"):
+                    program = torch.export.load(str(path)).module()
         except Exception as e:  # noqa: BLE001 (a damaged or foreign file: say which and why)
             raise ArtefactError(f"{path} could not be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                                 "export the run again") from e
@@ -105,7 +107,7 @@ class Predictor:
         Malformed rows are skipped and counted (``skipped``, ``examples``); with labels the result
         has the ``auc`` of the scored rows.
         """
-        from tqdm import tqdm
+        from recsys_emb.console import tqdm
 
         from recsys_emb.inference import raw
         from recsys_emb.utils import atomic_open

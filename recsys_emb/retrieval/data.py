@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recsys_emb.data.availability import require_data
 from recsys_emb.data.graphs import find_split_file, read_interactions
 from recsys_emb.retrieval.index import Csr
 
@@ -172,8 +173,10 @@ def load_interaction_data(folder: str | Path, train: str = "train", test: str = 
     """Read ``folder/{train,test}.txt[.gz]``; id spaces are ``max id + 1`` over both files.
 
     Items that occur only in the test file are part of the catalogue (they can be retrieved, but a
-    model trained on the train file has never seen them).
+    model trained on the train file has never seen them). A missing folder or file is a
+    :class:`~recsys_emb.data.availability.MissingDataError` (download location, datasets/gowalla/README.md).
     """
+    require_data(folder, "gowalla", (f"{train}.txt", f"{test}.txt"))
     train_pairs = read_user_item_pairs(resolve_split(folder, train))
     test_pairs = read_user_item_pairs(resolve_split(folder, test))
     num_users, num_items = _id_spaces([train_pairs, test_pairs])
@@ -221,9 +224,12 @@ def load_split_data(folder: str | Path, split: str = "test", train: str = "train
     * ``split='valid'`` and no ``valid`` file (Gowalla): ``holdout_fraction`` of each user's training
       items (:func:`holdout_split`) become the validation split; training uses the rest. The test
       file is read only for the id space.
+
+    A missing folder, train or test file is a :class:`~recsys_emb.data.availability.MissingDataError`.
     """
     if split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+    require_data(folder, "gowalla", (f"{train}.txt", f"{test}.txt"))
     pairs = {"train": read_user_item_pairs(resolve_split(folder, train)),
              "test": read_user_item_pairs(resolve_split(folder, test))}
     has_valid = False

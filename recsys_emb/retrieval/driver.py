@@ -38,13 +38,14 @@ from recsys_emb.config.experiment import ShardingConfig
 from recsys_emb.config.graph import GraphEvalConfig, GraphTrainConfig
 from recsys_emb.config.embedding import EmbeddingSpec
 from recsys_emb.config.two_tower import TwoTowerTrainConfig
+from recsys_emb.data.availability import require_data
 from recsys_emb.models.graph import GraphModelConfig
 from recsys_emb.models.two_tower import TwoTowerConfig
 from recsys_emb.retrieval.data import InteractionData, Interactions, load_split_data
 from recsys_emb.retrieval.evaluate import MethodResult, nan_to_none, summarize, timed
 from recsys_emb.retrieval.index import IndexConfig, build_index
 from recsys_emb.retrieval.knn_embed import KnnEmbed, KnnEmbedConfig
-from recsys_emb.utils import atomic_save_json, atomic_write_bytes
+from recsys_emb.utils import atomic_save_json, atomic_write_bytes, log
 
 
 @dataclass
@@ -232,7 +233,7 @@ def train_base(cfg: RetrieveConfig, data: InteractionData, run_dir: Path) -> tup
         task = GraphTask(ecfg, graph)
         details = {"num_layers": ecfg.model.num_layers, "embedding_dim": ecfg.model.embedding_dim}
     if run_dir.exists() and any(run_dir.iterdir()):
-        print(f"[retrieve] replacing the earlier base-model run in {run_dir}", file=sys.stderr)
+        log(f"[retrieve] replacing the earlier base-model run in {run_dir}")
         shutil.rmtree(run_dir)
     t0 = time.perf_counter()
     metrics = fit(task, ecfg, run_dir)
@@ -381,6 +382,8 @@ def run_retrieve(args: argparse.Namespace) -> int:
     cfg = load_config(RetrieveConfig, args.config, overrides)
     if not cfg.data.path:
         raise ValueError(f"{args.config}: data.path is empty (set it or pass --data FOLDER)")
+    d = cfg.data  # checked before a run folder is made: a missing folder/file explains where to get it
+    require_data(d.path, "gowalla", (f"{d.train}.txt", f"{d.test}.txt"), where="data.path")
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -390,7 +393,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
         run_dir = args.run_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        print(f"[retrieve] run dir: {run_dir}", file=sys.stderr)
+        log(f"[retrieve] run dir: {run_dir}")
         data = load_data(cfg)
         user_emb, item_emb, info = base_embeddings(cfg, data, run_dir / "base")
         save_embeddings(run_dir / "embeddings.pt", user_emb, item_emb)

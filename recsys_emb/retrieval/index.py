@@ -64,7 +64,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
+from recsys_emb.console import tqdm
 
 from recsys_emb.utils import atomic_write_bytes
 

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
+from recsys_emb.console import tqdm
 
 from recsys_emb.retrieval.index import Csr, Exclude, IndexConfig, ItemIndex, SearchResult, build_index, exclude_to_csr
 

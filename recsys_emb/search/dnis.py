@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
+from recsys_emb.console import tqdm
 
 from recsys_emb.modules.dnis import DNISEmbeddingBagCollection, DNISSearchConfig
 from recsys_emb.search.common import SearchSetup, make_optimizer, set_trainable

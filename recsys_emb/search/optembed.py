@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from tqdm import tqdm
+from recsys_emb.console import tqdm
 
 from recsys_emb.modules.compact import FBGEMM_DIM_MULTIPLE, round_up
 from recsys_emb.modules.optembed import OptEmbedEmbeddingBagCollection, OptEmbedSearchConfig

@@ -21,6 +21,8 @@ import numpy as np
 
 def add_sid_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``embed`` / ``train`` / ``assign`` sub-commands to ``parser`` (the ``sid`` parser)."""
+    from recsys_emb.console import deprecated_alias
+
     sub = parser.add_subparsers(dest="sid_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -30,7 +32,8 @@ def add_sid_arguments(parser: argparse.ArgumentParser) -> None:
 
     e = sub.add_parser("embed", help="encode item text into content vectors (cached)")
     common(e)
-    e.add_argument("--items", help="item text file (overrides items.path)")
+    e.add_argument("--data", dest="items", help="item text file (overrides items.path)")
+    deprecated_alias(e, "--items", "--data")
     e.add_argument("--format", dest="items_format", help="unisrec | amazon_json | movielens | tsv (overrides items.format)")
     e.add_argument("--index", help="UniSRec item2index file fixing the item order (overrides items.index)")
     e.add_argument("--out", type=Path, required=True, help="output .npy (item keys go to OUT.keys.json)")
@@ -70,7 +73,7 @@ def cmd_embed(args: argparse.Namespace) -> dict:
     fmt = args.items_format or cfg.items.format
     index = args.index or cfg.items.index
     if path is None:
-        raise SystemExit("sid embed: no item text file (give --items or items.path in the config)")
+        raise SystemExit("sid embed: no item text file (give --data or items.path in the config)")
     items = check_missing(read_items(fmt, path, index), cfg.items.missing_text, where=str(path))
     if cfg.embed.encoder == "matrix":
         if not cfg.embed.model:

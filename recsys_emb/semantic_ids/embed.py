@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from recsys_emb.console import tqdm
 
 from recsys_emb.semantic_ids.config import EmbedConfig
 from recsys_emb.utils import atomic_save_json, atomic_write_bytes

@@ -6,7 +6,8 @@ item ``keys[i]``. Items without text are listed in ``missing``; :func:`check_mis
 a clear error (default) or, with ``missing_text: empty``, keeps them with an empty text (they then
 share one content vector, and the collision suffix still gives them distinct IDs).
 
-Formats (where to get the public files: datasets/*/README.md):
+Formats (where to get the public files: datasets/*/README.md; a missing file of a public data set
+raises :class:`~recsys_emb.data.availability.MissingDataError`, which says so):
 
 * ``unisrec``: ``item_id<TAB>text`` with an optional ``item_id:token<TAB>text:token_seq`` header
   (UniSRec ``*.text``); with ``index`` (a ``*.item2index`` file, ``item<TAB>index``) the rows follow
@@ -24,6 +25,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recsys_emb.data.availability import ITEM_TEXT_FORMATS, require_file
 from recsys_emb.utils import open_text
 
 
@@ -156,7 +158,18 @@ def read_movielens(path: str | Path) -> ItemTexts:
 
 
 def read_items(fmt: str, path: str | Path, index: str | Path | None = None) -> ItemTexts:
-    """Dispatch on ``fmt`` (unisrec | amazon_json | movielens | tsv)."""
+    """Dispatch on ``fmt`` (unisrec | amazon_json | movielens | tsv).
+
+    Raises:
+        MissingDataError: a file of a public data set (the formats of
+            :data:`~recsys_emb.data.availability.ITEM_TEXT_FORMATS`) is absent;
+            the message says where to download it and which datasets/<name>/README.md explains it.
+        FileNotFoundError: a ``tsv`` file (your own data) is absent.
+    """
+    if fmt in ITEM_TEXT_FORMATS:
+        path = require_file(path, ITEM_TEXT_FORMATS[fmt])
+        if index is not None and fmt == "unisrec":
+            index = require_file(index, ITEM_TEXT_FORMATS[fmt])
     if fmt == "unisrec":
         return read_unisrec(path, index)
     if index is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from recsys_emb.console import tqdm
 
 from recsys_emb.config.io import from_dict
 from recsys_emb.semantic_ids.codes import SemanticIds, code_metrics

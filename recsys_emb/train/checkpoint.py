@@ -28,6 +28,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
+from recsys_emb.console import known_warnings
 from recsys_emb.utils import atomic_write_bytes, atomic_write_text
 
 STATE_FILE = "trainer_state.json"
@@ -141,6 +142,7 @@ def _save_version(path: Path, state: dict[str, Any], marker: str, marker_text: s
     _barrier()
 
 
+@known_warnings("sharded_tensor")
 def save_model_shards(path: str | Path, model: nn.Module) -> None:
     """Collectively save only the model's (sharded) weights as a DCP folder, published atomically.
 
@@ -149,6 +151,7 @@ def save_model_shards(path: str | Path, model: nn.Module) -> None:
     _save_version(Path(path), {"model": model.state_dict()}, MODEL_MARKER, "{}\n")
 
 
+@known_warnings("sharded_tensor")
 def load_model_shards(path: str | Path, model: nn.Module) -> None:
     """Collectively load what :func:`save_model_shards` wrote (any number of ranks: DCP reshards)."""
     folder = resolve_checkpoint(path, MODEL_MARKER)
@@ -159,6 +162,7 @@ def load_model_shards(path: str | Path, model: nn.Module) -> None:
     model.load_state_dict(state["model"])
 
 
+@known_warnings("sharded_tensor")
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: Any, trainer_state: dict[str, Any]) -> None:
     """Collectively save model, optimizer, RNG and ``trainer_state`` (JSON-able) to ``path``.
 
@@ -172,6 +176,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: Any, trainer_
     _save_version(Path(path), state, STATE_FILE, json.dumps(trainer_state, indent=2) + "\n")
 
 
+@known_warnings("sharded_tensor")
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Any) -> dict[str, Any]:
     """Collectively restore what :func:`save_checkpoint` wrote into ``model``/``optimizer``; return trainer_state.
 
@@ -217,6 +222,7 @@ def load_file_checkpoint(path: str | Path, model: nn.Module, optimizer: Any) -> 
     return json.loads(ckpt["trainer_state"])
 
 
+@known_warnings("sharded_tensor")
 def consolidated_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full, unsharded CPU tensors for every entry of ``model.state_dict()`` (collective; rank 0 gets all)."""
     out: dict[str, torch.Tensor] = {}

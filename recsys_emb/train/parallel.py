@@ -21,6 +21,7 @@ from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from recsys_emb.config.experiment import ShardingConfig, TrainConfig
+from recsys_emb.console import known_warnings
 from recsys_emb.distributed.init import init_deterministically, table_inits
 from recsys_emb.distributed.planning import plan_sharding, table_infos
 from recsys_emb.distributed.sharders import default_sharders
@@ -85,11 +86,12 @@ def shard_model(
     )
     _check_meta_initialisable(model)
     inits = table_inits(model)
-    dmp = DistributedModelParallel(model, device=env.device, plan=plan, sharders=sharders)
-    # TorchRec initialises shards with each rank's own RNG: redo it so the start depends only on the seed
-    init_deterministically(dmp, inits, train.seed)
-    if initial:
-        copy_into_shards(dmp, initial)
+    with known_warnings("dmp", "sharded_tensor"):
+        dmp = DistributedModelParallel(model, device=env.device, plan=plan, sharders=sharders)
+        # TorchRec initialises shards with each rank's own RNG: redo it so the start depends only on the seed
+        init_deterministically(dmp, inits, train.seed)
+        if initial:
+            copy_into_shards(dmp, initial)
     return dmp, unfused
 
 

@@ -135,7 +135,7 @@ def full_ranking_metrics(
     Returns:
         ``recall@K``, ``ndcg@K`` for every K, ``users_evaluated``, ``users_skipped_no_test``.
     """
-    from tqdm import tqdm
+    from recsys_emb.console import tqdm
 
     num_items = item_emb.shape[0]
     test_len = np.diff(test.indptr)

@@ -43,9 +43,9 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from recsys_emb.config.experiment import ShardingConfig, TrainConfig
+from recsys_emb.console import known_warnings, tqdm
 from recsys_emb.train.checkpoint import (
     STATE_FILE, export_model, load_checkpoint, load_model_shards, resolve_checkpoint, save_checkpoint, save_model_shards,
 )
@@ -173,7 +173,7 @@ def _finished_run(run_dir: Path, tc: TrainConfig) -> dict[str, Any] | None:
         if int(os.environ.get("RANK", "0")) == 0:
             why = "it stopped early" if reason else f"it ran all {tc.epochs} epoch(s)"
             log(f"[train] {run_dir} is finished ({why}); nothing to resume, no file changed. To continue it, raise "
-                "train.epochs (e.g. --set train.epochs=N) or max_steps / max_minutes")
+                "train.epochs (e.g. --set train.epochs=N) or max_steps / max_minutes", important=True)
         return json.loads(metrics.read_text())
     return None
 
@@ -219,7 +219,7 @@ class _Fit:
             log(f"{self.tag} sharding plan: {len(dims)} table(s) on {env.world_size} rank(s) ({env.device.type}), "
                 f"at most {peak:.1f} MiB of tables + optimizer state per rank; details in {self.run_dir / 'plan.txt'}")
             for warning in warnings:
-                log(f"{self.tag} WARNING: {warning}")
+                log(f"{self.tag} WARNING: {warning}", important=True)
             log(f"{self.tag} data: {json.dumps(task.summary())}")
         if tc.tensorboard and env.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -269,7 +269,8 @@ class _Fit:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
-            return self._run()
+            with known_warnings("forward"):
+                return self._run()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -392,7 +393,7 @@ class _Fit:
                 name = signal.Signals(self.signal).name if self.signal is not None else "a signal on another rank"
                 if env.is_main:
                     log(f"{self.tag} interrupted ({name}) at step {step}; checkpoint saved. Resume with: "
-                        f"recsys-emb train --run-dir {self.run_dir} --resume")
+                        f"recsys-emb train --run-dir {self.run_dir} --resume", important=True)
                 return {"interrupted_at_step": step, "signal": name}
         bar.close()
         record = {

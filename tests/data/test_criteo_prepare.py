@@ -449,7 +449,7 @@ def test_cli_prints_json_summary_and_skip_report(tmp_path: Path, capsys: pytest.
     lines = make_rows(30, seed=22)
     lines[9] = "\t".join(lines[9].split("\t")[:39])
     src = write(tmp_path / "train.txt", lines)
-    assert _cli(["--input", str(src), "--out", str(tmp_path / "out"), "--min-count", "1"]) == 0
+    assert _cli(["--data", str(src), "--out", str(tmp_path / "out"), "--min-count", "1"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert (summary["rows"], summary["skipped_rows"]) == (29, 1)
@@ -459,9 +459,9 @@ def test_cli_prints_json_summary_and_skip_report(tmp_path: Path, capsys: pytest.
 def test_cli_reports_bad_options_and_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = write(tmp_path / "train.txt", make_rows(5, seed=23))
     out = str(tmp_path / "out")
-    assert _cli(["--input", str(src), "--out", out, "--hash-buckets", "8", "--min-count", "2"]) == 2
+    assert _cli(["--data", str(src), "--out", out, "--hash-buckets", "8", "--min-count", "2"]) == 2
     assert "min_count" in capsys.readouterr().err
-    assert _cli(["--input", str(tmp_path / "missing.txt"), "--out", out]) == 2
+    assert _cli(["--data", str(tmp_path / "missing.txt"), "--out", out]) == 2
     assert "missing.txt" in capsys.readouterr().err
     assert _cli(["--input", str(src), "--out", out, "--vocab-from", str(tmp_path)]) == 2
     assert "vocab.json" in capsys.readouterr().err

@@ -28,7 +28,7 @@ def test_sid_pipeline_end_to_end(tmp_path, capsys):
         "rqvae: {hidden_dims: [32], latent_dim: 8, num_levels: 2, codebook_size: 4}\n"
         "train: {epochs: 4, batch_size: 16, progress: false}\n" % (tmp_path / "cache")
     )
-    assert main(["embed", "--config", str(cfg), "--items", str(tmp_path / "items.tsv"), "--out", str(tmp_path / "emb.npy")]) == 0
+    assert main(["embed", "--config", str(cfg), "--data", str(tmp_path / "items.tsv"), "--out", str(tmp_path / "emb.npy")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["items"] == 30 and out["dim"] == 64
     assert main(["train", "--config", str(cfg), "--embeddings", str(tmp_path / "emb.npy"), "--out", str(tmp_path / "m.pt")]) == 0
@@ -44,7 +44,7 @@ def test_sid_pipeline_end_to_end(tmp_path, capsys):
     assert (tmp_path / "sp.model").exists() and out["sentencepiece"]["pieces"] >= 1
     # new items after the RQ-VAE is frozen: embedded and assigned without retraining
     write_items(tmp_path / "new.tsv", ["green glue bottle", "cobalt drill bit"])
-    assert main(["embed", "--config", str(cfg), "--items", str(tmp_path / "new.tsv"), "--out", str(tmp_path / "new.npy")]) == 0
+    assert main(["embed", "--config", str(cfg), "--data", str(tmp_path / "new.tsv"), "--out", str(tmp_path / "new.npy")]) == 0
     assert main(["assign", "--model", str(tmp_path / "m.pt"), "--embeddings", str(tmp_path / "new.npy"),
                  "--out", str(tmp_path / "new_sids.npz")]) == 0
     assert SemanticIds.load(tmp_path / "new_sids.npz").codes.shape == (2, 3)
@@ -52,12 +52,12 @@ def test_sid_pipeline_end_to_end(tmp_path, capsys):
 
 def test_items_without_text_give_a_listing_error(tmp_path, capsys):
     (tmp_path / "items.tsv").write_text("a\tglue\nb\t\nc\t \n")
-    code = main(["embed", "--items", str(tmp_path / "items.tsv"), "--format", "tsv", "--set", "embed.encoder=hashing",
+    code = main(["embed", "--data", str(tmp_path / "items.tsv"), "--format", "tsv", "--set", "embed.encoder=hashing",
                  "--out", str(tmp_path / "e.npy")])
     assert code == 2
     err = capsys.readouterr().err
     assert "2 of 3 items have no text: b, c" in err and "missing_text: empty" in err
-    code = main(["embed", "--items", str(tmp_path / "items.tsv"), "--format", "tsv", "--set", "embed.encoder=hashing",
+    code = main(["embed", "--data", str(tmp_path / "items.tsv"), "--format", "tsv", "--set", "embed.encoder=hashing",
                  "--set", "items.missing_text=empty", "--set", "embed.progress=false", "--out", str(tmp_path / "e.npy")])
     assert code == 0 and np.load(tmp_path / "e.npy").shape[0] == 3
 

@@ -42,6 +42,7 @@ from torch import nn
 from recsys_emb.config.embedding import EmbeddingSpec
 from recsys_emb.config.graph import GraphEvalConfig, GraphExperimentConfig
 from recsys_emb.config.io import save_config
+from recsys_emb.data.availability import require_data
 from recsys_emb.data.graphs import (
     BPRBatch, BPRSampler, GraphDataset, NormalizedAdjacency, load_graph_dataset, normalized_adjacency,
 )
@@ -57,12 +58,11 @@ EMBEDDINGS_FILE = "embeddings.pt"
 
 
 def load_graph(cfg: GraphExperimentConfig) -> GraphDataset:
-    """The graph of ``cfg.data`` (``valid.txt`` only when ``data.valid``); a missing test split is an error."""
+    """The graph of ``cfg.data`` (``valid.txt`` only when ``data.valid``); a missing test split is an error
+    (the graph task scores test at the end): :class:`~recsys_emb.data.availability.MissingDataError`."""
     splits = ("train", "valid", "test") if cfg.data.valid else ("train", "test")
-    graph = load_graph_dataset(cfg.data.path, splits, cfg.data.cache, cfg.data.cache_dir)
-    if "test" not in graph.splits:
-        raise FileNotFoundError(f"{cfg.data.path}: no test.txt[.gz] (the graph task scores test at the end)")
-    return graph
+    require_data(cfg.data.path, "gowalla", ("train.txt", "test.txt"), where="data.path")
+    return load_graph_dataset(cfg.data.path, splits, cfg.data.cache, cfg.data.cache_dir)
 
 
 def graph_context(graph: GraphDataset) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 from torch import nn
-from tqdm import tqdm
+from recsys_emb.console import tqdm
 
 from recsys_emb.config.io import save_config
 from recsys_emb.config.sequence import SequenceExperimentConfig
