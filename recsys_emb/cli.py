@@ -8,6 +8,7 @@ Sub-commands::
     recsys-emb evaluate --run-dir DIR --data PATH [--checkpoint]
     recsys-emb plan --config CFG --world-size N [--device cpu|cuda] [--set k=v ...]
     recsys-emb prepare movielens --data DIR --out DIR          (MovieLens-100K CTR data)
+    recsys-emb prepare table --schema S --data FILE... --out DIR [--vocab-from DIR] [--strict]  (CSV/TSV/Parquet)
     recsys-emb search dnis|optembed --config CFG ...           (learned embedding dimensions)
     recsys-emb sid embed|train|assign ...                      (semantic IDs)
     recsys-emb retrieve --config CFG ...                       (exact/FAISS + kNN-Embed)
@@ -107,6 +108,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from recsys_emb.data.movielens import add_movielens_arguments
 
     add_movielens_arguments(prepare.add_parser("movielens", help="MovieLens-100K ratings -> CTR train/valid/test arrays"))
+    from recsys_emb.data.tabular import add_prepare_table_arguments
+
+    add_prepare_table_arguments(prepare.add_parser(
+        "table", help="any CTR table (CSV/TSV(.gz)/Parquet) + a feature schema -> arrays + meta.json"))
 
     _add_train(sub)
     _add_evaluate(sub)
@@ -217,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             from recsys_emb.data.synthetic import run_synth_criteo
 
             return run_synth_criteo(args)
+        if args.command == "prepare" and args.dataset == "table":
+            from recsys_emb.data.tabular import run_prepare_table
+
+            return run_prepare_table(args)
         if args.command == "prepare" and args.dataset == "movielens":
             from recsys_emb.data.movielens import run_movielens
 

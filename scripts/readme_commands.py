@@ -95,9 +95,9 @@ def readme_commands(tiny: bool) -> list[str]:
     return shrink(commands, TINY) if tiny else commands
 
 
-def _write_timings(ran: list[Ran], prefix: Path, tiny: bool) -> None:
+def _write_timings(ran: list[Ran], prefix: Path, tiny: bool, workdir: Path) -> None:
     record = {
-        "command": f"python scripts/readme_commands.py{' --tiny' if tiny else ''} --time {prefix}",
+        "command": f"python scripts/readme_commands.py --workdir {workdir}{' --tiny' if tiny else ''} --time {prefix}",
         "machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "steps": [{"command": r.command, "seconds": round(r.seconds, 1), "returncode": r.returncode} for r in ran],
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(ran[-1].stderr[-3000:], file=sys.stderr)
         return 1
     if args.time:
-        _write_timings(ran, args.time, args.tiny)
+        _write_timings(ran, args.time, args.tiny, args.workdir)
     return 0
 
 

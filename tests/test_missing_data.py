@@ -100,7 +100,7 @@ def test_error_survives_pickling_and_unknown_names_are_refused(tmp_path: Path) -
         require_data(tmp_path / "absent", "gowalla")
     copy = pickle.loads(pickle.dumps(info.value))
     assert str(copy) == str(info.value) and copy.missing == ("train.txt", "test.txt")
-    with pytest.raises(KeyError, match="known: criteo, movielens"):
+    with pytest.raises(KeyError, match="known: criteo, avazu, movielens"):
         dataset_info("imagenet")
 
 

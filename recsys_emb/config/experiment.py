@@ -28,7 +28,9 @@ _DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd", "adamw")
 class DataConfig:
     """Where the data comes from and how raw Criteo TSV is prepared."""
 
-    dataset: str = "criteo"  # only criteo-format TSV for now
+    dataset: str = "criteo"  # only criteo-format TSV for now (when `schema` is null)
+    schema: str | None = None  # feature schema of raw CSV/TSV/Parquet files: a YAML path or a shipped name
+    #   (criteo, avazu: configs/schemas/; docs/data_schema.md); null = Criteo TSV through `prepare criteo`
     train: str | None = None  # raw TSV(.gz) file or prepared directory
     valid: str | None = None  # raw or prepared; None = last `valid_fraction` of train rows
     test: str | None = None  # raw or prepared; None = no test evaluation
@@ -84,6 +86,12 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (None = all epochs)
     checkpoint_every_steps: int | None = None  # write RUN_DIR/checkpoint every N steps (and at each epoch end)
     max_steps_per_epoch: int | None = None  # cut every epoch short after N steps (quick runs; None = full epochs)
+    # small data (recsys_emb/train/schedule.py): halve batch_size (not below 64) until an epoch has at least
+    # this many steps; None = always batch_size. Large data (rows >= batch_size * N) is unaffected
+    min_steps_per_epoch: int | None = None
+    # small data: add epochs beyond `epochs` until the run may take this many steps (early stopping still
+    # ends it); None = exactly `epochs`. metrics.json `schedule` records the batch size and epochs used
+    min_steps: int | None = None
     max_minutes: float | None = None  # wall-time budget: no epoch is started that would end past it (None = none)
     log_every_steps: int = 50  # TensorBoard/progress-bar update period
     tensorboard: bool = True  # write TensorBoard scalars to RUN_DIR/tensorboard (rank 0)
@@ -97,7 +105,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"train.max_minutes must be > 0 or null, got {self.max_minutes}")
-        for name in ("eval_every_steps", "max_steps", "checkpoint_every_steps", "max_steps_per_epoch", "num_threads"):
+        for name in ("eval_every_steps", "max_steps", "checkpoint_every_steps", "max_steps_per_epoch", "num_threads",
+                     "min_steps_per_epoch", "min_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"train.{name} must be >= 1 or null, got {value}")

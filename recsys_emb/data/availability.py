@@ -79,6 +79,17 @@ REGISTRY: dict[str, DatasetInfo] = {info.name: info for info in (
         shared="criteo_dac_kaggle_head",
     ),
     DatasetInfo(
+        name="avazu",
+        title="Avazu CTR (Kaggle Click-Through Rate Prediction 2014)",
+        kind="file",
+        files=("train.gz", "test.gz", "train.csv"),
+        layout="Avazu's comma-separated train / test file, plain or gzip, with the header "
+               "`id,click,hour,C1,banner_pos,...,C21` (test: no click column)",
+        download=("Kaggle: https://www.kaggle.com/c/avazu-ctr-prediction (data tab: train.gz, test.gz; Kaggle account needed)",),
+        gz=False,  # the file names are used as given; gzip is recognised from the content
+        shared="avazu_ctr_sample",
+    ),
+    DatasetInfo(
         name="movielens",
         title="MovieLens-100K (GroupLens ml-100k)",
         kind="folder",

@@ -1,4 +1,4 @@
-"""Turn the data paths of a config (raw Criteo TSV or prepared folders) into prepared row ranges.
+"""Turn the data paths of a config (raw Criteo TSV, schema'd CSV/TSV/Parquet, or prepared folders) into prepared row ranges.
 
 Raw files are prepared once into a cache folder keyed by (path, size, mtime, options), so a second
 run with the same inputs starts at once. The vocabulary is always counted on the TRAINING rows only;
@@ -24,7 +24,8 @@ from recsys_emb.utils import open_text
 
 
 # what a missing data.train / valid / test should have been, and where the public data sets are described
-NOT_FOUND_HINT = ("expected a Criteo TSV(.gz) file or a directory written by `recsys-emb prepare criteo|movielens`; "
+NOT_FOUND_HINT = ("expected a Criteo TSV(.gz) file (or, with data.schema, a CSV/TSV/Parquet file) or a directory "
+                  "written by `recsys-emb prepare criteo|table|movielens`; "
                   "where to download each data set: datasets/README.md")
 
 
@@ -78,18 +79,42 @@ def split_raw_file(path: Path, fraction: float, out_dir: Path) -> tuple[Path, Pa
 
 
 def prepare_cached(inputs: list[Path], cfg: DataConfig, cache: Path, role: str, vocab_from: Path | None) -> Path:
-    """Prepare raw ``inputs`` into ``cache/prepared/<role>-<key>`` once; return the folder."""
-    from recsys_emb.data.criteo import prepare_criteo
+    """Prepare raw ``inputs`` into ``cache/prepared/<role>-<key>`` once; return the folder.
 
-    key = _key(role, *[file_fingerprint(p) for p in inputs], cfg.min_count, cfg.hash_buckets, vocab_from)
+    With ``cfg.schema`` the files go through :func:`recsys_emb.data.tabular.prepare_table`; with
+    ``vocab_from`` the schema saved there (``vocab/schema.yaml``) is used, so validation, test and
+    ``evaluate`` data are read exactly like the training data."""
+    schema = _schema_file(cfg, vocab_from)
+    schema_key = hashlib.sha1(schema.read_bytes()).hexdigest() if schema is not None else None
+    key = _key(role, *[file_fingerprint(p) for p in inputs], cfg.min_count, cfg.hash_buckets, vocab_from,
+               *([schema_key] if schema_key else []))
     out = cache / "prepared" / f"{role}-{key}"
     if not is_prepared(out):
         if vocab_from is None:
             encoding = {"hash_buckets": cfg.hash_buckets} if cfg.hash_buckets else {"min_count": cfg.min_count}
         else:
             encoding = {"vocab_from": vocab_from}  # ids exactly as in the training vocabulary (or hashing)
-        prepare_criteo(inputs, out, strict=cfg.strict, **encoding)
+        if schema is not None:
+            from recsys_emb.data.tabular import prepare_table
+
+            prepare_table(inputs, out, schema, strict=cfg.strict, **encoding)
+        else:
+            from recsys_emb.data.criteo import prepare_criteo
+
+            prepare_criteo(inputs, out, strict=cfg.strict, **encoding)
     return out
+
+
+def _schema_file(cfg: DataConfig, vocab_from: Path | None) -> Path | None:
+    """The schema file raw inputs are read with (None: Criteo TSV)."""
+    if cfg.schema is None:
+        return None
+    saved = Path(vocab_from) / "vocab" / "schema.yaml" if vocab_from is not None else None
+    if saved is not None and saved.is_file():
+        return saved
+    from recsys_emb.data.schema import resolve_schema_path
+
+    return resolve_schema_path(cfg.schema)
 
 
 def resolve_data(cfg: DataConfig) -> dict[str, Split]:
@@ -113,8 +138,16 @@ def resolve_data(cfg: DataConfig) -> dict[str, Split]:
             splits["train"] = Split(train_root)
     else:
         if cfg.valid is None:
-            parts = cache / "splits" / _key(file_fingerprint(train_path), cfg.valid_fraction)
-            head, tail = split_raw_file(train_path, cfg.valid_fraction, parts)
+            schema = _schema_file(cfg, None)
+            parts = cache / "splits" / _key(file_fingerprint(train_path), cfg.valid_fraction,
+                                            *([hashlib.sha1(schema.read_bytes()).hexdigest()] if schema else []))
+            if schema is not None:  # a header goes to both parts; Parquet is split by rows
+                from recsys_emb.data.schema import load_schema
+                from recsys_emb.data.tabular import split_table_file
+
+                head, tail = split_table_file(train_path, load_schema(schema), cfg.valid_fraction, parts)
+            else:
+                head, tail = split_raw_file(train_path, cfg.valid_fraction, parts)
             train_root = prepare_cached([head], cfg, cache, "train", None)
             splits["train"] = Split(train_root)
             splits["valid"] = Split(prepare_cached([tail], cfg, cache, "valid", train_root))

@@ -284,7 +284,9 @@ def _write_inputs(unsharded: Unsharded, run_dir: Path, out: Path) -> dict[str, A
         shutil.copy2(src / "meta.json", out / "meta.json")
         if (src / "vocab").is_dir():
             shutil.copytree(src / "vocab", out / "vocab")
-        return {"raw": "criteo_tsv" if (src / "vocab").is_dir() else None, "files": ["meta.json", "vocab/"]}
+        schema_run = "schema" in json.loads((src / "meta.json").read_text())  # `prepare table` data: no raw scoring yet
+        return {"raw": "criteo_tsv" if (src / "vocab").is_dir() and not schema_run else None,
+                "files": ["meta.json", "vocab/"]}
     if task.name == "sequence":
         from recsys_emb.data.sequences import FIRST_ID, MISSING_ID, OOV_ID
 

@@ -87,6 +87,15 @@ class Task:
         one (copied into every rank's shards); None = the seeded uniform init of ``shard_model``."""
         return None
 
+    def schedule(self, tc: TrainConfig, env: DistEnv) -> TrainConfig:
+        """The training settings of this run, after :meth:`prepare`: ``tc`` with the batch size and epochs sized
+        to the data where the family supports ``train.min_steps_per_epoch`` / ``train.min_steps``
+        (:func:`recsys_emb.train.schedule.sized_schedule`); a task that sizes must batch with the returned batch size."""
+        if tc.min_steps_per_epoch is not None or tc.min_steps is not None:
+            raise ValueError(f"train.min_steps_per_epoch / train.min_steps: the {self.name} task does not size its schedule "
+                             "from the data (only ctr does); remove them and set train.batch_size / train.epochs")
+        return tc
+
     def num_batches(self, epoch: int, env: DistEnv) -> int:
         """Training steps of ``epoch`` (the same on every rank)."""
         raise NotImplementedError
@@ -116,7 +125,7 @@ def _initial_state() -> dict[str, Any]:
     return {
         "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "best_step": None, "best_epoch": None,
         "best_metrics": None, "bad_evals": 0, "history": [], "train_loss": [], "epochs": [], "stop_reason": None,
-        "done": False, "last_eval_step": None, "train_seconds": 0.0, "train_samples": 0, "elapsed_seconds": 0.0,
+        "done": False, "planned_epochs": None, "last_eval_step": None, "train_seconds": 0.0, "train_samples": 0, "elapsed_seconds": 0.0,
         "eval_seconds": 0.0, "checkpoint_seconds": 0.0,  # wall time outside the steps (validation, saving)
         # the current epoch's record so far (checkpointed: a resumed epoch's record covers all its steps)
         "epoch_loss_sum": 0.0, "epoch_steps": 0, "epoch_seconds": 0.0, "epoch_cpu_seconds": 0.0,
@@ -167,11 +176,12 @@ def _finished_run(run_dir: Path, tc: TrainConfig) -> dict[str, Any] | None:
         return None
     state = json.loads((folder / STATE_FILE).read_text())
     reason = state.get("stop_reason")
-    if reason == "early_stopping" or (reason is None and state.get("epoch", 0) >= tc.epochs):
+    epochs = max(tc.epochs, state.get("planned_epochs") or 0)  # a sized schedule (train.min_steps) may plan more
+    if reason == "early_stopping" or (reason is None and state.get("epoch", 0) >= epochs):
         import os
 
         if int(os.environ.get("RANK", "0")) == 0:
-            why = "it stopped early" if reason else f"it ran all {tc.epochs} epoch(s)"
+            why = "it stopped early" if reason else f"it ran all {epochs} epoch(s)"
             log(f"[train] {run_dir} is finished ({why}); nothing to resume, no file changed. To continue it, raise "
                 "train.epochs (e.g. --set train.epochs=N) or max_steps / max_minutes", important=True)
         return json.loads(metrics.read_text())
@@ -202,6 +212,11 @@ class _Fit:
 
         rank0_then_all(env, run_files)
         log_to_file(self.run_dir / "train.log", f"[rank {env.rank}]")  # the console lines, every rank's
+        self.tc = tc = task.schedule(tc, env)
+        if env.is_main and (tc.batch_size, tc.epochs) != (self.cfg.train.batch_size, self.cfg.train.epochs):
+            log(f"{self.tag} small data: batch {tc.batch_size} (configured {self.cfg.train.batch_size}), up to {tc.epochs} "
+                f"epoch(s) (configured {self.cfg.train.epochs}) from train.min_steps_per_epoch={tc.min_steps_per_epoch}, "
+                f"train.min_steps={tc.min_steps}")
         torch.manual_seed(tc.seed)
         model = task.build_model()
         self.embedding_parameters = embedding_parameter_count(model)
@@ -309,6 +324,7 @@ class _Fit:
             if env.is_main:
                 log(f"{self.tag} resumed from {self.run_dir / 'checkpoint'} at step {state['global_step']} "
                     f"(epoch {state['epoch'] + 1}, batch {state['step_in_epoch']})")
+        state["planned_epochs"] = tc.epochs
         self.model.train()
         started = self.started = time.perf_counter() - state["elapsed_seconds"]
         while not state["done"]:
@@ -454,6 +470,8 @@ class _Fit:
                 results[split] = task.evaluate(self.model, split, env)
         results.update(task.finish(self.model, self.run_dir, env))
         results.update(
+            schedule={"batch_size": self.tc.batch_size, "epochs": self.tc.epochs,
+                      "sized": (self.tc.batch_size, self.tc.epochs) != (self.cfg.train.batch_size, self.cfg.train.epochs)},
             best_step=state["best_step"], best_epoch=state["best_epoch"], steps=state["global_step"],
             epochs_completed=state["epoch"], stop_reason=state["stop_reason"] or "epochs",
             samples_per_second=state["train_samples"] / max(state["train_seconds"], 1e-9),  # step time only

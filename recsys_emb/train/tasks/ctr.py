@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchrec import EmbeddingBagConfig
 
-from recsys_emb.config.experiment import ExperimentConfig
+from recsys_emb.config.experiment import ExperimentConfig, TrainConfig
 from recsys_emb.config.io import ConfigError, save_config
 from recsys_emb.data.dataset import Batch, BatchIterator, PreparedCTRData
 from recsys_emb.data.resolve import Split, resolve_data
@@ -31,6 +31,7 @@ from recsys_emb.models.lr import FIRST_ORDER_SUFFIX
 from recsys_emb.models.train import CTRTrain
 from recsys_emb.train.env import DistEnv
 from recsys_emb.train.metrics import CTRMetrics
+from recsys_emb.train.schedule import sized_schedule
 from recsys_emb.train.trainer import Task, main_first
 from recsys_emb.utils import log
 
@@ -143,6 +144,13 @@ class CTRTask(Task):
 
     def build_model(self) -> nn.Module:
         return build_ctr_model(self.cfg, self.train_data, device="meta")
+
+    def schedule(self, tc: TrainConfig, env: DistEnv) -> TrainConfig:
+        """``tc`` sized to the training rows (``train.min_steps_per_epoch`` / ``train.min_steps``); batches use it."""
+        sized = sized_schedule(tc, self.train_stop - self.train_start, env.world_size)
+        self.cfg = dataclasses.replace(self.cfg, train=sized)
+        self._loader = None
+        return sized
 
     def loader(self, env: DistEnv) -> BatchIterator:
         if self._loader is None:
