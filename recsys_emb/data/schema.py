@@ -40,7 +40,7 @@ from typing import Any
 __all__ = [
     "CategoricalColumn", "CrossColumn", "DerivedColumn", "DERIVED_FUNCTIONS", "FormatConfig", "LabelConfig",
     "MultiValuedColumn", "NumericColumn", "SHIPPED_SCHEMAS", "SparseFeature", "TableSchema", "load_schema",
-    "resolve_schema_path",
+    "load_saved_schema", "resolve_schema_path", "schema_from_dict",
 ]
 
 SHIPPED_SCHEMAS = Path(__file__).resolve().parents[2] / "configs" / "schemas"  # `schema: avazu` -> avazu.yaml there
@@ -366,3 +366,36 @@ def schema_dict(schema: TableSchema) -> dict[str, Any]:
     from recsys_emb.config.io import to_dict
 
     return to_dict(schema)
+
+
+_COLUMN_SECTIONS = {"numeric": NumericColumn, "categorical": CategoricalColumn, "multi_valued": MultiValuedColumn,
+                    "derived": DerivedColumn, "crosses": CrossColumn}
+
+
+def schema_from_dict(data: dict[str, Any]) -> TableSchema:
+    """The schema of a plain dict written by :func:`schema_dict` (a prepared folder's ``vocab/schema.yaml``).
+
+    Builds the dataclasses directly, without the strict config loader (:mod:`recsys_emb.config` is training
+    code that the serving side, :mod:`recsys_emb.inference.raw`, must not import). Hand-written schemas go
+    through :func:`load_schema`, whose errors name the key and the closest valid one.
+    """
+    rest = dict(data)
+    fmt = FormatConfig(**(rest.pop("format", None) or {}))
+    label = rest.pop("label", {})
+    sections = {key: [cls(**entry) for entry in rest.pop(key, None) or []] for key, cls in _COLUMN_SECTIONS.items()}
+    return TableSchema(format=fmt, label=None if label is None else LabelConfig(**label), **sections, **rest)
+
+
+def load_saved_schema(path: str | Path) -> TableSchema:
+    """A prepared folder's (or an artefact's) ``vocab/schema.yaml`` -> its schema (see :func:`schema_from_dict`).
+
+    Raises:
+        ValueError: the file is not a schema written by ``prepare table`` (names the file and the problem).
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        return schema_from_dict(yaml.safe_load(path.read_text()))
+    except (TypeError, AttributeError, ValueError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: not a schema written by `recsys-emb prepare table` ({err})") from None

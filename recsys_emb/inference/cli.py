@@ -57,8 +57,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Score raw rows with an exported artefact: Criteo TSV (ctr), JSON lines {user, history, target} "
-                     "(sequence) or one user index per line (graph / two-tower: top-k items).")
+    p.description = ("Score raw rows with an exported artefact: Criteo TSV or, for runs on schema'd data, CSV / TSV / "
+                     "Parquet (ctr), JSON lines {user, history, target} (sequence) or one user index per line "
+                     "(graph / two-tower: top-k items).")
     p.add_argument("--model", type=Path, required=True, help="an artefact folder written by `recsys-emb export`")
     p.add_argument("--data", nargs="+", required=True, help="input file(s)")
     p.add_argument("--out", type=Path, required=True, help="output TSV: one line per scored row")

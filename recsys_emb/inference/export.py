@@ -17,10 +17,10 @@
    ``aoti=True`` also packages it with AOTInductor where the model allows (the reason is recorded
    when it does not);
 5. **write** ``DIR``: ``model.pt2``, ``inputs/`` (what turns a raw row into model input: the Criteo
-   vocabulary, the sequence data's item/user id maps and item attributes, the graph's user/item ids),
-   and ``manifest.json`` (family, model, techniques per group, table dtypes and bytes, source run,
-   library versions, sha256 of every file). Written into a temporary folder and renamed at the end,
-   so ``DIR`` is complete or absent.
+   vocabulary or a schema run's schema and fitted encodings, the sequence data's item/user id maps and
+   item attributes, the graph's user/item ids), and ``manifest.json`` (family, model, techniques per
+   group, table dtypes and bytes, source run, library versions, sha256 of every file). Written into a
+   temporary folder and renamed at the end, so ``DIR`` is complete or absent.
 
 Graph and two-tower models are exported as their final embeddings (LightGCN/NGCF propagation runs
 over the whole training graph, the towers over every id): the artefact scores a user against every
@@ -284,9 +284,12 @@ def _write_inputs(unsharded: Unsharded, run_dir: Path, out: Path) -> dict[str, A
         shutil.copy2(src / "meta.json", out / "meta.json")
         if (src / "vocab").is_dir():
             shutil.copytree(src / "vocab", out / "vocab")
-        schema_run = "schema" in json.loads((src / "meta.json").read_text())  # `prepare table` data: no raw scoring yet
-        return {"raw": "criteo_tsv" if (src / "vocab").is_dir() and not schema_run else None,
-                "files": ["meta.json", "vocab/"]}
+        meta = json.loads((src / "meta.json").read_text())
+        if "schema" in meta:  # `prepare table` data: vocab/ holds the schema and every fitted encoding
+            raw = "table_schema" if (src / "vocab" / "schema.yaml").is_file() else None  # None: prepared folders only
+            return {"raw": raw, "files": ["meta.json", "vocab/"], "schema": meta["schema"],
+                    "sparse_features": list(meta["sparse_features"])}
+        return {"raw": "criteo_tsv" if (src / "vocab").is_dir() else None, "files": ["meta.json", "vocab/"]}
     if task.name == "sequence":
         from recsys_emb.data.sequences import FIRST_ID, MISSING_ID, OOV_ID
 

@@ -91,6 +91,8 @@ class Predictor:
         from recsys_emb.inference import raw
 
         spec, inputs_dir = self.manifest["inputs"], self.folder / "inputs"
+        if self.kind == "ctr" and spec.get("raw") == "table_schema":  # a run on `prepare table` / data.schema data
+            return raw.table_batches(paths, inputs_dir, spec, batch_size, log)
         if self.kind == "ctr":
             return raw.ctr_batches(paths, inputs_dir, spec, batch_size, log)
         if self.kind == "sequence":
@@ -102,7 +104,7 @@ class Predictor:
         """Score raw rows and write one line per row to ``out`` (streamed, replaced atomically at the end); returns counts.
 
         CTR and sequence artefacts write ``row<TAB>score[<TAB>label]`` (``score`` = click probability;
-        ``row`` = the index among the valid rows for Criteo TSV, ``file:line`` for JSON lines);
+        ``row`` = the index among the valid rows for Criteo TSV and schema'd tables, ``file:line`` for JSON lines);
         graph / two-tower artefacts write ``user<TAB>item,item,...<TAB>score,score,...`` (top ``top_k``).
         Malformed rows are skipped and counted (``skipped``, ``examples``); with labels the result
         has the ``auc`` of the scored rows.

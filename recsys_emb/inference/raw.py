@@ -8,6 +8,9 @@ few reported as ``file:line: problem`` (a :class:`~recsys_emb.data.criteo_reader
 
 * **ctr** (``criteo_tsv``): Criteo TSV(.gz) rows ``[label,] I1..I13, C1..C26``: dense ``log1p(max(x, 0))``,
   categorical values through the run's vocabulary (``inputs/vocab``), one id per bag.
+* **ctr** (``table_schema``): CSV / TSV (plain or gzip) or Parquet files of a run trained through a feature
+  schema (docs/data_schema.md), encoded by ``prepare table`` itself with the artefact's schema, vocabularies,
+  hashing, quantile edges and standardisation (``vocab_from``), into a temporary folder read back in batches.
 * **sequence** (``sequence_jsonl``): one JSON object per line, ``{"user": u, "history": [i, ...],
   "target": i}`` (raw ids as in the training files; ``label`` optional). The most recent
   ``max_history`` behaviours are used; unknown items become the out-of-vocabulary id (as in training),
@@ -53,7 +56,7 @@ def ctr_batches(paths: list[Path], inputs_dir: Path, spec: dict[str, Any], batch
 
     if spec.get("raw") != "criteo_tsv" or spec.get("jagged_features"):
         raise ValueError("this artefact's model was not trained on Criteo-format TSV data (no vocabulary in inputs/); "
-                         "raw scoring supports Criteo TSV runs only")
+                         "raw scoring supports Criteo TSV runs and runs on data prepared through a feature schema only")
     meta = json.loads((inputs_dir / "meta.json").read_text())
     dense_names, sparse_names = list(meta["dense_features"]), list(meta["sparse_features"])
     encoder = load_encoder(inputs_dir, sparse_names)
@@ -96,6 +99,68 @@ def _ctr_batch(dense: np.ndarray, ids: np.ndarray, labels: np.ndarray | None, fi
     lengths = torch.ones(f, b, dtype=torch.int64)  # one id per bag
     return RawBatch((torch.from_numpy(np.ascontiguousarray(dense)), values, lengths), labels,
                     list(range(first_row, first_row + b)))
+
+
+# ------------------------------------------------------------------------------- ctr, schema'd tables
+def table_batches(paths: list[Path], inputs_dir: Path, spec: dict[str, Any], batch_size: int, log: SkipLog) -> Iterator[RawBatch]:
+    """CSV / TSV / Parquet rows of a schema run, encoded exactly as its training data, in batches of ``batch_size``.
+
+    ``prepare table`` (the training path's reader and encoder) prepares ``paths`` into a temporary folder with
+    the artefact's ``inputs/vocab`` as ``vocab_from``; its memory-mapped arrays are then cut into batches in the
+    key order of the exported model (``spec["keys"]``), multi-valued features as real bags. Malformed rows are
+    counted into ``log`` with prepare's ``file:line: column 'x' (field k): problem`` messages. The temporary
+    folder is removed when the batches are exhausted (or the generator is closed).
+
+    Raises:
+        ValueError: the artefact is not a schema run's, or no row of ``paths`` is valid (the message counts them).
+    """
+    import shutil
+    import tempfile
+
+    from recsys_emb.data.schema import load_saved_schema
+    from recsys_emb.data.tabular import prepare_table
+
+    if spec.get("raw") != "table_schema":
+        raise ValueError(f"this artefact's inputs are {spec.get('raw')!r}, not a schema run's (table_schema)")
+    schema = load_saved_schema(inputs_dir / "vocab" / "schema.yaml")
+    tmp = Path(tempfile.mkdtemp(prefix="recsys_predict_"))
+    try:
+        meta = prepare_table(paths, tmp / "rows", schema, vocab_from=inputs_dir)
+        log.rows_read += meta["rows"] + meta["skipped_rows"]
+        log.skipped += meta["skipped_rows"]
+        log.examples += meta["malformed_examples"][:max(0, log.max_examples - len(log.examples))]
+        yield from _prepared_batches(tmp / "rows", meta, list(spec["keys"]), batch_size)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _prepared_batches(root: Path, meta: dict[str, Any], keys: list[str], batch_size: int) -> Iterator[RawBatch]:
+    """A ``prepare table`` folder's rows as ctr batches (numpy only: the training data loader imports TorchRec)."""
+    features, jagged = list(meta["sparse_features"]), list(meta["jagged_features"])
+    if sorted(features) != sorted(keys):
+        raise ValueError(f"the prepared features {features} are not the model's {keys}: the artefact's inputs/vocab "
+                         "does not belong to its model; export the run again")
+    dense = np.load(root / "dense.npy", mmap_mode="r")  # (N, D) float32
+    sparse = np.load(root / "sparse.npy", mmap_mode="r")  # (N, F - J) int32
+    labels = np.load(root / "labels.npy", mmap_mode="r") if meta["has_labels"] else None  # (N,)
+    bags = {name: (np.load(root / "jagged" / f"{name}.values.npy", mmap_mode="r"),  # (nnz,) int32
+                   np.load(root / "jagged" / f"{name}.offsets.npy", mmap_mode="r")) for name in jagged}  # (N + 1,)
+    for start in range(0, int(meta["rows"]), batch_size):
+        stop = min(start + batch_size, int(meta["rows"]))
+        values, lengths = [], []
+        for key in keys:
+            if key in bags:
+                ids, offsets = bags[key]
+                bounds = np.asarray(offsets[start:stop + 1])  # (B + 1,)
+                values.append(np.asarray(ids[bounds[0]:bounds[-1]], dtype=np.int64))
+                lengths.append(np.diff(bounds))  # (B,)
+            else:
+                values.append(np.asarray(sparse[start:stop, features.index(key)], dtype=np.int64))  # (B,)
+                lengths.append(np.ones(stop - start, dtype=np.int64))
+        inputs = (torch.from_numpy(np.array(dense[start:stop], dtype=np.float32)),  # (B, D)
+                  torch.from_numpy(np.concatenate(values)),  # (N,) feature-major
+                  torch.from_numpy(np.stack(lengths).astype(np.int64)))  # (F, B)
+        yield RawBatch(inputs, None if labels is None else np.array(labels[start:stop]), list(range(start, stop)))
 
 
 # -------------------------------------------------------------------------------------- sequence
