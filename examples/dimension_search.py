@@ -7,7 +7,7 @@
    saved as ``derived_config.yaml`` + ``layout.pt`` + ``derived_model.pt``, then reloaded here from
    those files alone and compared with the masked model.
 
-    python examples/dimension_search.py                  # ~2-4 minutes on 2 CPU cores
+    python examples/dimension_search.py                  # ~25 s on 2 CPU cores (benchmarks/results/example_timings.md)
     python examples/dimension_search.py --retrain        # also retrain the derived models (sharded loop)
     python examples/dimension_search.py --train train.txt.gz   # real Criteo rows (datasets/criteo/README.md)
 

@@ -6,7 +6,7 @@ the real Amazon files (see datasets/amazon_seq/README.md). A ``--data`` folder w
 files stops the script at once (exit status 2) with where to download them. ``--data-path`` is the old
 spelling of ``--data`` (accepted for one release, with a note).
 
-    python examples/din_dare.py                                  # synthetic, ~1 minute on 2 cores
+    python examples/din_dare.py                                  # synthetic, ~35 s on 2 cores (example_timings.md)
     python examples/din_dare.py --data ../shared/datasets/amazon_seq_s3rec --dataset amazon_beauty \
         --max-users 3000 --epochs 2
 

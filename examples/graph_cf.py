@@ -10,7 +10,7 @@ This file shows the pieces with a plain PyTorch loop on an unsharded model (any 
 ``full`` included). ``recsys-emb train --config configs/gowalla_lightgcn_tiny.yaml --data DIR`` trains
 the same model through the one trainer (DistributedModelParallel, checkpoints, resume, N ranks).
 
-    python examples/graph_cf.py                                     # synthetic, seconds
+    python examples/graph_cf.py                                     # synthetic, ~8 s
     python examples/graph_cf.py --data ../shared/datasets/lightgcnpp_ml1m_lastfm/lastfm --epochs 3
     python examples/graph_cf.py --model ngcf --propagation lookup    # E0 through the table EBC (DMP-ready)
 """

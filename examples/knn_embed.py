@@ -1,7 +1,7 @@
 """kNN-Embed in ~100 lines: train a two-tower (MF) model, then compare single-vector and kNN-Embed retrieval.
 
 By default the data are synthetic multi-interest users (each engages with 2-3 of 8 item groups), so the
-script runs anywhere in under a minute; ``--data FOLDER`` uses a LightGCN-format folder instead
+script runs anywhere in about 15 s (2 cores); ``--data FOLDER`` uses a LightGCN-format folder instead
 (``train.txt``/``test.txt`` with ``user item item ...`` lines, e.g. the Gowalla or ML-1M graphs); a
 folder without them stops the script at once (exit status 2) with where to download them
 (datasets/gowalla/README.md).

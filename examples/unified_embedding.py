@@ -11,7 +11,7 @@
 
 ``--data`` defaults to ``../shared/datasets/movielens_100k`` (the project machines' copy). Without the
 data the script stops at once (exit status 2) and says where to download ``ml-100k.zip``
-(datasets/movielens/README.md). On a shared 2-core CPU each training run takes a minute or two.
+(datasets/movielens/README.md). The default run takes about 15 s on 2 cores (benchmarks/results/example_timings.md).
 """
 
 from __future__ import annotations

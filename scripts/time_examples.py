@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="these examples only (file names)")
     args = parser.parse_args(argv)
     rows = []
+    load = os.getloadavg()[0]
     for name, extra in EXAMPLES.items():
         if args.only and name not in args.only:
             continue
@@ -51,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
                      "last_stderr_line": (proc.stderr.strip().splitlines() or [""])[-1][:200]})
         print(f"[{seconds:7.1f}s] rc={proc.returncode} {name}", file=sys.stderr, flush=True)
     record = {"command": "python scripts/time_examples.py --out " + str(args.out), "machine": platform.node(),
-              "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "examples": rows}
+              "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "load_average_before": load,
+              "examples": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     lines = [f"# Example run times ({record['date']}, {record['cpus']} CPUs)", "",
              f"`{record['command']}`: each example's default invocation, wall clock, one run each, one after another, "
-             "on a machine whose 2 cores other jobs shared (an upper bound on an idle machine's time).", "",
+             "on a 2-core machine (other jobs may have shared it; the 1-minute load average before the first run is recorded in the JSON).", "",
              "| example | arguments | seconds | exit |", "|---|---|---|---|"]
     lines += [f"| {r['example']} | `{' '.join(r['args'])}` | {r['seconds']:.0f} | {r['returncode']} |" for r in rows]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -156,7 +156,7 @@ def _our_line(line: str) -> bool:
     return bool(re.match(r"^\[(train|ctr)\] ", line)) or line.startswith("{")
 
 
-@pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.parametrize("verbose", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_training_run_prints_only_our_lines(tmp_path: Path, verbose: bool) -> None:
     """A tiny `recsys-emb train`: by default every console line is ours; --verbose shows TorchRec's warnings."""
     from recsys_emb.data.synthetic import synth_criteo

@@ -32,7 +32,8 @@ OTHER_CELLS = [cell for cell in cells() if cell not in DEFAULT_CELLS]
 SIZES = (1, 7, 8, 512)
 # imports the serving side must not need (a server has torch, fbgemm_gpu and recsys_emb.ops only)
 BLOCKED = ("recsys_emb.train", "recsys_emb.models", "recsys_emb.modules", "recsys_emb.config", "torchrec")
-CHILD = textwrap.dedent("""
+# the start of a scoring subprocess: any import of BLOCKED fails (a str.format template: {blocked!r})
+IMPORT_GUARD = textwrap.dedent("""
     import builtins, json, sys
     real = builtins.__import__
     def guard(name, *args, **kwargs):
@@ -40,6 +41,8 @@ CHILD = textwrap.dedent("""
             raise ImportError("the serving side imported " + name)
         return real(name, *args, **kwargs)
     builtins.__import__ = guard
+""")
+CHILD = (IMPORT_GUARD + textwrap.dedent("""
     import torch
     from recsys_emb.inference.predictor import _load_op_libraries
     _load_op_libraries()
@@ -50,7 +53,7 @@ CHILD = textwrap.dedent("""
         out[name] = [float((program(*case["inputs"]) - case["eager"]).abs().max()) if case["eager"].numel() else 0.0
                      for case in cases]
     print(json.dumps({{"diffs": out, "loaded": sorted(m for m in sys.modules if m.startswith({blocked!r}))}}))
-""").format(blocked=BLOCKED)
+""")).format(blocked=BLOCKED)
 
 
 def _drop_bags(values: torch.Tensor, lengths: torch.Tensor, empty: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from recsys_emb.inference.predictor import Predictor
 from recsys_emb.train.checkpoint import load_model_state
 from recsys_emb.train.tasks.ctr import build_ctr_model
 from tests.data.test_tabular import AVAZU_COLUMNS, make_avazu_csv
-from tests.inference.test_export_cells import BLOCKED
+from tests.inference.test_export_cells import BLOCKED, IMPORT_GUARD
 
 TOLERANCE = 1e-5
 COLUMNS = [*AVAZU_COLUMNS, "tags"]
@@ -54,18 +54,11 @@ crosses:
   - {{columns: [site_id, hour_of_day], hash_buckets: 97}}
 ignore: [{", ".join(c for c in COLUMNS if c not in USED)}]
 """
-CHILD = textwrap.dedent("""
-    import builtins, json, sys
-    real = builtins.__import__
-    def guard(name, *args, **kwargs):
-        if name.startswith({blocked!r}):
-            raise ImportError("the serving side imported " + name)
-        return real(name, *args, **kwargs)
-    builtins.__import__ = guard
+CHILD = (IMPORT_GUARD + textwrap.dedent("""
     from recsys_emb.inference.predictor import Predictor
     result = Predictor.load(sys.argv[1]).predict_file(sys.argv[2], sys.argv[3], batch_size=64, progress=False)
     print(json.dumps({{"result": result, "loaded": sorted(m for m in sys.modules if m.startswith({blocked!r}))}}))
-""").format(blocked=BLOCKED)
+""")).format(blocked=BLOCKED)
 
 
 def make_tagged_csv(path: Path, rows: int, seed: int, header: bool) -> Path:
