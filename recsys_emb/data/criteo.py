@@ -35,6 +35,7 @@ into place only after everything succeeded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,12 +132,7 @@ def prepare_criteo(
     layout = RowLayout(tuple(DENSE_FEATURES), tuple(SPARSE_FEATURES),
                        _detect_labels(sources) if has_labels is None else has_labels)
     encoder = _choose_encoder(vocab_from, min_count, hash_buckets)
-    out = Path(out_dir)
-    _check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()  # unlike mkdtemp, keeps the usual (umask) permissions for the final directory
-    try:
+    with staged_dir(Path(out_dir)) as tmp:
         provenance = {"sources": [str(p.resolve()) for p in sources]}
         counter = ValueCounter(SPARSE_FEATURES) if encoder is None else None
         workers = workers or min(4, os.cpu_count() or 1)
@@ -174,10 +171,6 @@ def prepare_criteo(
             "vocab_from": _path_or_none(vocab_from),
         }
         atomic_save_json(tmp / "meta.json", meta)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
@@ -484,6 +477,22 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 def _path_or_none(path: PathLike | None) -> str | None:
     return None if path is None else str(Path(path).resolve())
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A prepared directory written aside: yields a temporary sibling of ``out`` that replaces ``out`` only
+    when the block succeeds (removed when it raises); ``out`` may be empty or an earlier prepared directory."""
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()  # unlike mkdtemp, keeps the usual (umask) permissions for the final directory
+    try:
+        yield tmp
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _check_replaceable(out: Path) -> None:

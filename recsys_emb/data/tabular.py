@@ -45,7 +45,7 @@ import polars as pl
 
 from recsys_emb.console import tqdm
 from recsys_emb.data.availability import REGISTRY, require_file
-from recsys_emb.data.criteo import _check_replaceable, _NpyAppender, _replace_dir, format_skip_report
+from recsys_emb.data.criteo import _NpyAppender, format_skip_report, staged_dir
 from recsys_emb.data.criteo_reader import SkipLog, _ordered_map, _record, _record_range
 from recsys_emb.data.schema import TableSchema, load_schema
 from recsys_emb.data.tabular_encode import (
@@ -143,12 +143,7 @@ def prepare_table(
                          + ", ".join(f"{x.source} ({'with' if x.has_labels else 'without'})" for x in layouts))
     has_labels = labelled.pop()
     preset, standardise, fitting = _initial_tables(schema, vocab_from, min_count, hash_buckets)
-    out = Path(out_dir)
-    _check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
+    with staged_dir(Path(out_dir)) as tmp:
         workers = workers or min(4, os.cpu_count() or 1)
         fitter = Fitter(schema, hashed=sorted(preset)) if fitting else None
         tables = None if fitting else preset
@@ -169,10 +164,6 @@ def prepare_table(
         meta = _meta(schema, tables, rows, has_labels, positives, provenance["sources"], log, vocab_from,
                      min_count, hash_buckets)
         atomic_save_json(tmp / "meta.json", meta)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
