@@ -109,7 +109,10 @@ class _MetaOnly:
     def __init__(self, root: Path) -> None:
         import json
 
+        from recsys_emb.data.dataset import sparse_tables
+
         meta = json.loads((root / "meta.json").read_text())
         self.sparse_features = list(meta["sparse_features"])
         self.dense_features = list(meta["dense_features"])
         self.vocab_sizes = [int(v) for v in meta["vocab_sizes"]]
+        self.tables = sparse_tables(meta)

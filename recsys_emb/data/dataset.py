@@ -34,6 +34,17 @@ FORMAT_VERSION = 1  # one id per bag for every sparse feature
 JAGGED_FORMAT_VERSION = 2  # some sparse features multi-valued (``jagged_features`` in meta.json)
 
 
+def sparse_tables(meta: dict) -> dict[str, str]:
+    """Sparse feature -> the table (vocabulary) it uses, from a ``meta.json`` dict.
+
+    ``prepare table`` records ``tables`` (a schema's ``table:``; features naming the same table share its
+    ids, and the models give them one embedding table); other preparers (and older folders) do not: every
+    feature then uses a table of its own, named after it.
+    """
+    recorded = meta.get("tables") or {}
+    return {f: str(recorded.get(f, f)) for f in meta["sparse_features"]}
+
+
 @dataclass
 class PreparedCTRData:
     """A prepared CTR data set opened read-only with memory maps.
@@ -119,6 +130,11 @@ class PreparedCTRData:
     @property
     def vocab_sizes(self) -> list[int]:
         return [int(v) for v in self.meta["vocab_sizes"]]
+
+    @property
+    def tables(self) -> dict[str, str]:
+        """Sparse feature -> the table (vocabulary) it uses (:func:`sparse_tables`)."""
+        return sparse_tables(self.meta)
 
     @property
     def jagged_features(self) -> list[str]:

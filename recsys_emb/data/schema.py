@@ -22,12 +22,20 @@ docs/data_schema.md; shipped schemas are in ``configs/schemas/``)::
       - {name: hour_of_day, source: ts, fn: hour_of_day}     # ts is YYMMDDHH
     crosses:
       - {columns: [user_id, hour_of_day], hash_buckets: 50000}
+    joins:                                                    # side tables looked up by a key column
+      - {file: users.csv, key: user_id, format: {type: csv, header: true, columns: [user_id, age, country]}}
     ignore: [row_id]
 
 Sparse features, in this order: ``categorical`` (as listed), bucketised ``numeric``, ``crosses``,
 then ``multi_valued`` (the prepared layout stores multi-valued features last). Dense features: the
 other ``numeric`` columns. Each sparse feature uses a *table* (a vocabulary or a hashing), by default
 its own, named after the feature; features naming the same ``table`` share one vocabulary.
+
+``joins`` add the columns of small side tables (e.g. MovieLens' ``u.user`` and ``u.item``) to every row,
+looked up by a key column (``key``) of the main file; ``flags`` turn 0/1 indicator columns of a side table
+into one list column (a multi-valued feature). Relative side-table paths are relative to the folder of
+the first data file; ``prepare table`` stores the side tables in the prepared folder (``vocab/joins/``),
+from which ``--vocab-from`` preparations and ``predict`` read them (:mod:`recsys_emb.data.tabular_join`).
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "CategoricalColumn", "CrossColumn", "DerivedColumn", "DERIVED_FUNCTIONS", "FormatConfig", "LabelConfig",
+    "CategoricalColumn", "CrossColumn", "DerivedColumn", "DERIVED_FUNCTIONS", "FormatConfig", "JoinConfig", "LabelConfig",
     "MultiValuedColumn", "NumericColumn", "SHIPPED_SCHEMAS", "SparseFeature", "TableSchema", "load_schema",
     "load_saved_schema", "resolve_schema_path", "schema_from_dict",
 ]
@@ -50,6 +58,7 @@ DERIVED_FUNCTIONS = {
     "hour_of_day": "YYMMDDHH (Avazu's hour) -> the hour, 00..23",
     "weekday": "YYMMDDHH -> the day of the week, 1 (Monday) .. 7 (Sunday)",
     "date": "YYMMDDHH -> YYMMDD",
+    "prefix": "any text -> its first `length` characters (e.g. a zip code's region)",
 }
 
 
@@ -89,11 +98,15 @@ class LabelConfig:
     column: str = "label"  # column name
     positive: list[str] = field(default_factory=lambda: ["1"])  # values meaning 1
     negative: list[str] = field(default_factory=lambda: ["0"])  # values meaning 0
+    drop: list[str] = field(default_factory=list)  # values whose rows are left out on purpose (counted, not malformed)
 
     def __post_init__(self) -> None:
         both = set(self.positive) & set(self.negative)
         if both:
             raise ValueError(f"label: {sorted(both)} are both positive and negative")
+        kept = sorted(set(self.drop) & (set(self.positive) | set(self.negative)))
+        if kept:
+            raise ValueError(f"label: {kept} are both dropped and a label value")
         if not self.positive or not self.negative:
             raise ValueError("label: positive and negative need at least one value each")
 
@@ -189,13 +202,18 @@ class DerivedColumn:
 
     name: str = ""  # the new column's name
     source: str = ""  # the input column it is computed from
-    fn: str = ""  # hour_of_day | weekday | date
+    fn: str = ""  # hour_of_day | weekday | date | prefix
+    length: int | None = None  # prefix: characters kept
 
     def __post_init__(self) -> None:
         if not self.name or not self.source:
             raise ValueError("derived: every entry needs name and source")
         if self.fn not in DERIVED_FUNCTIONS:
             raise ValueError(f"derived '{self.name}': fn {self.fn!r} is not one of {sorted(DERIVED_FUNCTIONS)}")
+        if (self.fn == "prefix") != (self.length is not None):
+            raise ValueError(f"derived '{self.name}': length goes with fn: prefix (and prefix needs length: N)")
+        if self.length is not None and self.length < 1:
+            raise ValueError(f"derived '{self.name}': length must be >= 1, got {self.length}")
 
 
 @dataclass
@@ -227,6 +245,44 @@ def _check_encoding(where: str, name: str, min_count: int | None, hash_buckets: 
         raise ValueError(f"{where}: hash_buckets must be in [1, 2**31 - 2], got {hash_buckets}")
 
 
+@dataclass
+class JoinConfig:
+    """A side table whose columns are added to every row with the same key (a left lookup, one row per key)."""
+
+    file: str = ""  # the side table (CSV / TSV, plain or gzip); relative: to the first data file's folder
+    key: str = ""  # the key column: a column of the main file and of the side table
+    format: FormatConfig = field(default_factory=FormatConfig)  # the side table's layout (header or columns)
+    encoding: str = "utf-8"  # text encoding of the side table (MovieLens' u.item: latin-1)
+    flags: dict[str, list[str]] = field(default_factory=dict)  # new list column -> the 0/1 columns it collects
+    name: str | None = None  # how messages name it (default: the file's name)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.format, dict):
+            self.format = FormatConfig(**self.format)
+        if not self.file or not self.key:
+            raise ValueError("joins: every entry needs file and key (the column joined on)")
+        if self.name is None:
+            self.name = Path(self.file).name
+        if self.format.type == "parquet":
+            raise ValueError(f"join '{self.name}': side tables are CSV / TSV (format.type csv or tsv)")
+        if not self.format.columns or self.key not in self.format.columns:
+            raise ValueError(f"join '{self.name}': format.columns must list the side table's columns, the key '{self.key}' "
+                             "included (with a header line, the header is checked against it)")
+        for column, sources in self.flags.items():
+            if not sources:
+                raise ValueError(f"join '{self.name}': flags '{column}' lists no columns")
+            if self.key in sources:
+                raise ValueError(f"join '{self.name}': flags '{column}' cannot collect the key column '{self.key}'")
+            unknown = [c for c in sources if c not in self.format.columns]
+            if unknown:
+                raise ValueError(f"join '{self.name}': flags '{column}' collects {unknown}, which are not in its format.columns")
+
+    def provided(self, columns: list[str]) -> list[str]:
+        """The columns this join adds, given the side table's columns (flag sources become their list column)."""
+        used = {c for sources in self.flags.values() for c in sources}
+        return [c for c in columns if c != self.key and c not in used] + list(self.flags)
+
+
 @dataclass(frozen=True)
 class SparseFeature:
     """One sparse feature of a schema, resolved: what it is made from and which table it uses."""
@@ -251,10 +307,20 @@ class TableSchema:
     multi_valued: list[MultiValuedColumn] = field(default_factory=list)
     derived: list[DerivedColumn] = field(default_factory=list)
     crosses: list[CrossColumn] = field(default_factory=list)
+    joins: list[JoinConfig] = field(default_factory=list)  # side tables looked up by a key column
     ignore: list[str] = field(default_factory=list)  # input columns dropped on purpose (e.g. a row id)
 
     def __post_init__(self) -> None:
         derived = {d.name: d for d in self.derived}
+        names = [j.name for j in self.joins]
+        if len(set(names)) != len(names):
+            raise ValueError(f"joins: two entries are named the same ({names}); give them distinct name:")
+        flagged = [c for j in self.joins for c in j.flags]
+        if len(set(flagged)) != len(flagged):
+            raise ValueError(f"joins: flags columns {sorted({c for c in flagged if flagged.count(c) > 1})} are declared twice")
+        for j in self.joins:
+            if j.key in self.joined:
+                raise ValueError(f"join '{j.name}': key '{j.key}' comes from a join itself (join on main-file columns)")
         features = [c.name for c in self.numeric] + [c.name for c in self.categorical] + \
             [c.name for c in self.multi_valued] + [str(c.name) for c in self.crosses]
         dup = sorted({f for f in features if features.count(f) > 1})
@@ -311,8 +377,16 @@ class TableSchema:
         return {d.name: d for d in self.derived}
 
     @property
-    def inputs(self) -> list[str]:
-        """Input columns the schema reads (label first), without duplicates, in declaration order."""
+    def joined(self) -> dict[str, JoinConfig]:
+        """Columns that joins provide (a side table's columns but its key, and its flags columns) -> their join."""
+        out: dict[str, JoinConfig] = {}
+        for j in self.joins:
+            for column in j.provided(list(j.format.columns or [])):
+                out.setdefault(column, j)
+        return out
+
+    def read_columns(self) -> list[str]:
+        """Every column the schema reads (label first), from the main file or a join, in declaration order."""
         derived = self.derived_by_name
         names = [self.label.column] if self.label is not None else []
         for col in [c.name for c in self.numeric] + [c.name for c in self.categorical] + [m.name for m in self.multi_valued]:
@@ -321,6 +395,12 @@ class TableSchema:
             names += [derived[c].source if c in derived else c for c in cross.columns]
         names += [d.source for d in self.derived]
         return list(dict.fromkeys(names))
+
+    @property
+    def inputs(self) -> list[str]:
+        """Columns of the MAIN file the schema reads (label first, join keys last), without duplicates."""
+        joined = self.joined
+        return list(dict.fromkeys([c for c in self.read_columns() if c not in joined] + [j.key for j in self.joins]))
 
     @property
     def dense_features(self) -> list[str]:
@@ -368,7 +448,7 @@ def schema_dict(schema: TableSchema) -> dict[str, Any]:
     return to_dict(schema)
 
 
-_COLUMN_SECTIONS = {"numeric": NumericColumn, "categorical": CategoricalColumn, "multi_valued": MultiValuedColumn,
+_COLUMN_SECTIONS: dict[str, Any] = {"numeric": NumericColumn, "categorical": CategoricalColumn, "multi_valued": MultiValuedColumn,
                     "derived": DerivedColumn, "crosses": CrossColumn}
 
 
@@ -382,7 +462,9 @@ def schema_from_dict(data: dict[str, Any]) -> TableSchema:
     rest = dict(data)
     fmt = FormatConfig(**(rest.pop("format", None) or {}))
     label = rest.pop("label", {})
-    sections = {key: [cls(**entry) for entry in rest.pop(key, None) or []] for key, cls in _COLUMN_SECTIONS.items()}
+    sections: dict[str, Any] = {key: [cls(**entry) for entry in rest.pop(key, None) or []]
+                                for key, cls in _COLUMN_SECTIONS.items()}
+    sections["joins"] = [JoinConfig(**{**j, "format": FormatConfig(**(j.get("format") or {}))}) for j in rest.pop("joins", None) or []]
     return TableSchema(format=fmt, label=None if label is None else LabelConfig(**label), **sections, **rest)
 
 

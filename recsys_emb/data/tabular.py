@@ -51,6 +51,7 @@ from recsys_emb.data.schema import TableSchema, load_schema
 from recsys_emb.data.tabular_encode import (
     Fitter, HashTable, Table, dense_values, encode_features, feature_frame, finish_dense, load_fitted, save_fitted,
 )
+from recsys_emb.data.tabular_join import SideTable, load_saved_side_tables, load_side_tables, save_side_tables
 from recsys_emb.data.tabular_reader import FileLayout, Unit, inspect_file, iter_units, parse_unit
 from recsys_emb.utils import atomic_save_json
 
@@ -86,6 +87,7 @@ class _Result:
     n_valid: int
     payload: _Chunk | None
     progress: int
+    n_dropped: int = 0
 
 
 def prepare_table(
@@ -143,12 +145,14 @@ def prepare_table(
                          + ", ".join(f"{x.source} ({'with' if x.has_labels else 'without'})" for x in layouts))
     has_labels = labelled.pop()
     preset, standardise, fitting = _initial_tables(schema, vocab_from, min_count, hash_buckets)
+    sides = (load_saved_side_tables(Path(vocab_from), schema) if vocab_from is not None
+             else load_side_tables(schema, sources[0].resolve().parent))
     with staged_dir(Path(out_dir)) as tmp:
         workers = workers or min(4, os.cpu_count() or 1)
         fitter = Fitter(schema, hashed=sorted(preset)) if fitting else None
         tables = None if fitting else preset
-        log, positives = _parse_pass(sources, layouts, schema, tmp, tables, standardise, fitter, has_labels,
-                                     strict, chunk_bytes, batch_rows, workers)
+        log, positives, dropped = _parse_pass(sources, layouts, schema, tmp, tables, standardise, fitter, has_labels,
+                                              strict, chunk_bytes, batch_rows, workers, sides)
         rows = log.rows_read - log.skipped
         if rows == 0:
             raise ValueError(f"no valid rows in {', '.join(map(str, sources))}: {log.summary()}")
@@ -161,8 +165,14 @@ def prepare_table(
             shutil.copytree(Path(vocab_from) / "vocab", tmp / "vocab")
         else:
             save_fitted(tmp / "vocab", schema, tables, standardise, provenance)
+            save_side_tables(tmp / "vocab", sides)
         meta = _meta(schema, tables, rows, has_labels, positives, provenance["sources"], log, vocab_from,
                      min_count, hash_buckets)
+        if schema.label is not None and schema.label.drop:
+            meta["dropped_rows"] = {"label.drop": dropped, "values": list(schema.label.drop)}
+        if sides:
+            meta["joins"] = {side.join.name: {"key": side.join.key, "rows": side.frame.height, "source": side.source}
+                             for side in sides}
         atomic_save_json(tmp / "meta.json", meta)
     return meta
 
@@ -188,15 +198,18 @@ def _initial_tables(schema: TableSchema, vocab_from: PathLike | None, min_count:
 def _parse_pass(sources: list[Path], layouts: list[FileLayout], schema: TableSchema, tmp: Path,
                 tables: dict[str, Table] | None, standardise: dict[str, tuple[float, float]] | None,
                 fitter: Fitter | None, has_labels: bool, strict: bool, chunk_bytes: int, batch_rows: int,
-                workers: int) -> tuple[SkipLog, int | None]:
-    """Parse every file once; append dense / labels (and ids when ``tables`` is known) to ``tmp``."""
+                workers: int, sides: list[SideTable]) -> tuple[SkipLog, int | None, int]:
+    """Parse every file once; append dense / labels (and ids when ``tables`` is known) to ``tmp``.
+
+    Returns the malformed-row log, the number of positives (None without labels) and the rows left out
+    by ``label.drop``."""
     max_problems = 1 if strict else SkipLog().max_examples
     hashed = set(fitter.hashed) if fitter is not None else set()
     vocab_tables = {f.table for f in schema.sparse_features if f.kind != "bucketised"} - hashed
     fit_numeric = [c for c in schema.numeric if c.bucketised or "standardise" in c.transform] if fitter else []
 
     def work(unit: Unit) -> _Result:
-        parsed = parse_unit(unit, schema, max_problems)
+        parsed = parse_unit(unit, schema, max_problems, sides)
         payload = None
         if parsed.last_filled >= 0 and parsed.frame.height:
             frame = parsed.frame
@@ -219,9 +232,10 @@ def _parse_pass(sources: list[Path], layouts: list[FileLayout], schema: TableSch
                 counts = Fitter.chunk_counts(features, schema, vocab_tables)
                 payload = _Chunk(labels, dense, None, None, features, counts, numeric)
         return _Result(unit.layout, parsed.first_line, parsed.n_lines, parsed.last_filled, parsed.n_bad,
-                       parsed.problems, parsed.frame.height if payload is not None else 0, payload, unit.progress)
+                       parsed.problems, parsed.frame.height if payload is not None else 0, payload, unit.progress,
+                       parsed.n_dropped)
 
-    log, positives = SkipLog(), 0
+    log, positives, dropped = SkipLog(), 0, 0
     n_single = sum(f.kind != "multi_valued" for f in schema.sparse_features)
     writers = {"dense": _NpyAppender(tmp / "dense.npy", np.float32, (len(schema.dense_features),))}
     if has_labels:
@@ -247,6 +261,7 @@ def _parse_pass(sources: list[Path], layouts: list[FileLayout], schema: TableSch
                     for line, problem in result.problems:
                         _record(log, strict, result.layout.source, line, problem)
                     unlisted = result.n_bad - len(result.problems)
+                    dropped += result.n_dropped
                     log.skipped += unlisted
                     log.rows_read += unlisted + result.n_valid
                     end = result.last_filled + 1
@@ -270,7 +285,7 @@ def _parse_pass(sources: list[Path], layouts: list[FileLayout], schema: TableSch
     finally:
         for writer in writers.values():
             writer.close()
-    return log, positives if has_labels else None
+    return log, positives if has_labels else None, dropped
 
 
 def _id_writers(root: Path, schema: TableSchema, n_single: int) -> dict[str, _NpyAppender]:

@@ -40,6 +40,7 @@ import polars as pl
 
 from recsys_emb.data.criteo_reader import _BOM, _iter_blocks, _open_binary, _split_lines
 from recsys_emb.data.schema import TableSchema
+from recsys_emb.data.tabular_join import SideTable, apply_joins
 
 _LINE = "_line"
 _NF = "_nf"
@@ -209,6 +210,7 @@ class ParsedRows:
         last_filled: index of the last non-blank line, -1 when all are blank.
         n_bad: malformed rows up to ``last_filled`` (interior blank lines included).
         problems: ``(line number, problem)`` of the first malformed rows.
+        n_dropped: valid rows left out on purpose (a label value in ``label.drop``); not in ``frame``.
     """
 
     frame: pl.DataFrame
@@ -217,10 +219,11 @@ class ParsedRows:
     last_filled: int
     n_bad: int
     problems: list[tuple[int, str]]
+    n_dropped: int = 0
 
 
-def parse_unit(unit: Unit, schema: TableSchema, max_problems: int) -> ParsedRows:
-    """Split, check and type one block (runs in a worker thread)."""
+def parse_unit(unit: Unit, schema: TableSchema, max_problems: int, sides: Sequence[SideTable] = ()) -> ParsedRows:
+    """Split, check and type one block (runs in a worker thread); ``sides``: the joins' side tables."""
     layout = unit.layout
     used = [c for c in schema.inputs if c in layout.columns]
     if isinstance(unit.data, pl.DataFrame):
@@ -240,8 +243,8 @@ def parse_unit(unit: Unit, schema: TableSchema, max_problems: int) -> ParsedRows
     if frame.height == 0:
         return ParsedRows(frame, first, n_lines, -1, 0, [])
     frame = frame.with_columns(pl.int_range(first, first + frame.height, dtype=pl.Int64).alias(_LINE))
-    frame = _normalise(frame, used, schema)
-    checks = _checks(frame, layout, schema)
+    frame = _normalise(frame, used, schema, sides)
+    checks = _checks(frame, layout, schema, sides)
     count_ok = pl.col(_NF) == len(layout.columns)
     frame = frame.with_columns(pl.all_horizontal(count_ok, *[e for _, e, _ in checks]).fill_null(False).alias(_OK))
     n_bad = frame.height - int(frame.get_column(_OK).sum())
@@ -249,11 +252,17 @@ def parse_unit(unit: Unit, schema: TableSchema, max_problems: int) -> ParsedRows
     if n_bad:
         bad = frame.filter(~pl.col(_OK)).head(max_problems)
         flags = bad.select(_LINE, _NF, *[e.alias(f"_ok{i}") for i, (_, e, _) in enumerate(checks)])
-        raw = bad.select(used)
+        raw = bad.select(c for c in dict.fromkeys([*used, *[name for name, _, _ in checks]]) if c in bad.columns)
         for k, row in enumerate(flags.iter_rows(named=True)):
             problems.append((row[_LINE], _problem(row, k, raw, checks, layout)))
         frame = frame.filter(pl.col(_OK))
-    return ParsedRows(frame.drop(_OK, _NF), first, n_lines, end - 1, n_bad, problems)
+    n_dropped = 0
+    if layout.has_labels and schema.label is not None and schema.label.drop:
+        keep = ~pl.col(schema.label.column).is_in(schema.label.drop)
+        n_dropped = frame.height - int(frame.select(keep.sum()).item())
+        frame = frame.filter(keep)
+    frame = frame.drop(_OK, _NF, *[side.match_column for side in sides])
+    return ParsedRows(frame, first, n_lines, end - 1, n_bad, problems, n_dropped)
 
 
 def _parquet_strings(frame: pl.DataFrame, used: list[str], schema: TableSchema) -> pl.DataFrame:
@@ -310,8 +319,8 @@ def _split_quoted(lines: pl.Series, names: list[str], delim: str, quote: str) ->
     return pl.DataFrame(data)
 
 
-def _normalise(frame: pl.DataFrame, used: list[str], schema: TableSchema) -> pl.DataFrame:
-    """Missing values -> null, lower-casing, derived columns added."""
+def _normalise(frame: pl.DataFrame, used: list[str], schema: TableSchema, sides: Sequence[SideTable] = ()) -> pl.DataFrame:
+    """Missing values -> null, lower-casing, joined columns then derived columns added."""
     nulls = list(schema.format.null_values)
     multi = {m.name for m in schema.multi_valued}
     lower = {c.name for c in schema.categorical if c.lowercase} | {m.name for m in schema.multi_valued if m.lowercase}
@@ -323,9 +332,22 @@ def _normalise(frame: pl.DataFrame, used: list[str], schema: TableSchema) -> pl.
         col = pl.when(col.is_in(nulls)).then(None).otherwise(col) if nulls else col
         exprs.append((col.str.to_lowercase() if name in lower else col).alias(name))
     frame = frame.with_columns(exprs)
+    if sides:
+        frame = apply_joins(frame, list(sides))
+        joined = [c for side in sides for c in side.frame.columns if c != side.join.key and c in lower
+                  and frame.schema[c] == pl.String]
+        if joined:
+            frame = frame.with_columns(pl.col(c).str.to_lowercase() for c in joined)
+        multi_joined = [c for side in sides for c in side.join.flags if c in lower]
+        if multi_joined:
+            frame = frame.with_columns(pl.col(c).list.eval(pl.element().str.to_lowercase()) for c in multi_joined)
     extra = []
     for d in schema.derived:
         src = pl.col(d.source)
+        if d.fn == "prefix":
+            extra.append((src.str.slice(0, d.length).str.to_lowercase() if d.name in lower else src.str.slice(0, d.length))
+                         .alias(d.name))
+            continue
         day = src.str.slice(0, 6).str.strptime(pl.Date, DERIVED_FORMAT, strict=False)
         valid = src.str.contains(r"^[0-9]{6}(?:[01][0-9]|2[0-3])$") & day.is_not_null()
         value = {"hour_of_day": src.str.slice(6, 2), "weekday": day.dt.weekday().cast(pl.String),
@@ -356,8 +378,9 @@ def numeric_expr(name: str, schema: TableSchema) -> tuple[pl.Expr, pl.Expr, pl.E
     return value, parses, domain
 
 
-def _checks(frame: pl.DataFrame, layout: FileLayout, schema: TableSchema) -> list[tuple[str, pl.Expr, str]]:
-    """``(column, "valid" expression, what a failure means)`` in file column order."""
+def _checks(frame: pl.DataFrame, layout: FileLayout, schema: TableSchema,
+            sides: Sequence[SideTable] = ()) -> list[tuple[str, pl.Expr, str]]:
+    """``(column, "valid" expression, what a failure means)`` in file column order (joined columns last)."""
     checks: list[tuple[int, str, pl.Expr, str]] = []
     derived = schema.derived_by_name
     position = {name: i for i, name in enumerate(layout.columns)}
@@ -368,11 +391,12 @@ def _checks(frame: pl.DataFrame, layout: FileLayout, schema: TableSchema) -> lis
 
     if layout.has_labels and schema.label is not None:
         lab = schema.label
-        values = [*lab.positive, *lab.negative]
+        values = [*lab.positive, *lab.negative, *lab.drop]
         checks.append((position[lab.column], lab.column, pl.col(lab.column).is_in(values).fill_null(False),
                        f"is not a label ({', '.join(map(repr, values))})"))
     for d in schema.derived:
-        add(d.name, pl.col(d.source).is_null() | pl.col(d.name).is_not_null(), f"is not YYMMDDHH (for derived '{d.name}')")
+        if d.fn != "prefix":  # a prefix of any text is valid
+            add(d.name, pl.col(d.source).is_null() | pl.col(d.name).is_not_null(), f"is not YYMMDDHH (for derived '{d.name}')")
     for c in schema.numeric:
         _, parses, domain = numeric_expr(c.name, schema)
         add(c.name, parses, "is not an integer (int64)" if c.dtype == "int" else "is not a finite number")
@@ -382,6 +406,10 @@ def _checks(frame: pl.DataFrame, layout: FileLayout, schema: TableSchema) -> lis
         if c.pattern is not None:
             add(c.name, pl.col(c.name).is_null() | pl.col(c.name).str.contains(c.pattern).fill_null(False),
                 f"does not match pattern {c.pattern!r}")
+    for side in sides:  # a key that is present must have its side row
+        key = side.join.key
+        checks.append((position[key], key, pl.col(key).is_null() | pl.col(side.match_column).fill_null(False),
+                       f"has no row in {side.join.name} (join on '{key}')"))
     checks.sort(key=lambda item: item[0])
     return [(name, expr, what) for _, name, expr, what in checks]
 
@@ -398,4 +426,5 @@ def _problem(row: dict[str, Any], k: int, raw: pl.DataFrame, checks: list[tuple[
     column, _, what = checks[failed]
     value = raw.get_column(column)[k]
     shown = "a missing value" if value is None else repr(value if len(value) <= 40 else value[:37] + "...")
-    return f"column {column!r} (field {layout.columns.index(column) + 1}): {shown} {what}"
+    where = f"field {layout.columns.index(column) + 1}" if column in layout.columns else "from a join"
+    return f"column {column!r} ({where}): {shown} {what}"

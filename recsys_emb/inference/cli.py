@@ -28,16 +28,20 @@ def _quantize(text: str) -> str | dict[str, str]:
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Unshard a finished run (trained on any number of ranks), optionally quantise its tables, and "
-                     "write a torch.export artefact + its input encodings + manifest.json to --out (see docs/serving.md).")
+                     "write a torch.export (or TorchScript) artefact + its input encodings + manifest.json to --out "
+                     "(see docs/serving.md).")
     p.add_argument("--run-dir", type=Path, required=True, help="a finished `recsys-emb train` run folder")
     p.add_argument("--out", type=Path, required=True, help="the artefact folder to create")
     p.add_argument("--quantize", type=_quantize, default="none", metavar="DTYPE",
                    help="table dtype: none (fp32), fp16, int8 or int4; or per table, e.g. t_C1=int4,*=int8 (default: none)")
     p.add_argument("--row-alignment", type=int, choices=[16, 1], default=16,
                    help="quantised rows padded to 16 bytes (default; GPU kernels need it) or 1 (unpadded, CPU serving only)")
-    p.add_argument("--format", choices=["pt2"], default="pt2",
-                   help="pt2: torch.export program (the only format for now; see docs/serving.md for TorchScript)")
-    p.add_argument("--aoti", action="store_true", help="also compile an AOTInductor package (model.aoti.pt2) where the model allows")
+    p.add_argument("--format", choices=["pt2", "torchscript"], default="pt2",
+                   help="pt2 (default): torch.export program (model.pt2), every model; torchscript: TorchRec fx tracing + "
+                        "torch.jit.script (model.torchscript.pt; C++: torch::jit::load after loading fbgemm_gpu's op libraries) for "
+                        "CTR models with plain tables and graph / two-tower models (others are refused, naming why)")
+    p.add_argument("--aoti", action="store_true",
+                   help="also compile an AOTInductor package (model.aoti.pt2) where the model allows (--format pt2 only)")
     p.add_argument("--checkpoint", choices=["best", "checkpoint"], default="best",
                    help="best: the selected model (default); checkpoint: the last training state")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -46,10 +50,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from recsys_emb.inference.export import export_run
 
-    manifest = export_run(args.run_dir, args.out, quantize=args.quantize, checkpoint=args.checkpoint, aoti=args.aoti,
-                          overwrite=args.overwrite, row_alignment=args.row_alignment)
+    manifest = export_run(args.run_dir, args.out, quantize=args.quantize, checkpoint=args.checkpoint, format=args.format,
+                          aoti=args.aoti, overwrite=args.overwrite, row_alignment=args.row_alignment)
     total = sum(manifest["bytes"].values())
-    log(f"[export] {manifest['task']}/{manifest['model']} -> {args.out} ({total / 2**20:.2f} MiB, tables "
+    log(f"[export] {manifest['task']}/{manifest['model']} -> {args.out} ({manifest['format']}, {total / 2**20:.2f} MiB, tables "
           f"{manifest['quantize']}, export == eager within {manifest['export_parity_max_abs']:.2g})")
     if manifest.get("aoti_error") and args.aoti:
         log(f"[export] no AOTInductor package: {manifest['aoti_error']}", important=True)

@@ -15,8 +15,12 @@
 4. **export** with ``torch.export`` (non-strict), the batch size and the jagged lengths dynamic; the
    program is run once on a sample batch and must equal the eager model (recorded in the manifest);
    ``aoti=True`` also packages it with AOTInductor where the model allows (the reason is recorded
-   when it does not);
-5. **write** ``DIR``: ``model.pt2``, ``inputs/`` (what turns a raw row into model input: the Criteo
+   when it does not). ``format="torchscript"`` instead traces the serving module with TorchRec's fx
+   tracer and scripts it (:func:`script_program`): CTR models whose tables are one stock collection
+   (the ``plain`` chain), any dtype, and every graph / two-tower model; technique pre-transforms and
+   the sequence lookups read the batch's keys and id counts in Python, which fx cannot record, and are
+   refused with :class:`TorchScriptUnsupported` (naming the module and line; use ``pt2``);
+5. **write** ``DIR``: ``model.pt2`` (or ``model.torchscript.pt``), ``inputs/`` (what turns a raw row into model input: the Criteo
    vocabulary or a schema run's schema and fitted encodings, the sequence data's item/user id maps and
    item attributes, the graph's user/item ids), and ``manifest.json`` (family, model, techniques per
    group, table dtypes and bytes, source run, library versions, sha256 of every file). Written into a
@@ -32,12 +36,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import json
+import linecache
 import os
 import shutil
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys_emb.console import known_warnings
-from recsys_emb.inference.manifest import ARTEFACT, FORMAT_VERSION, MANIFEST, library_versions, sha256
+from recsys_emb.inference.manifest import FORMAT_VERSION, FORMATS, MANIFEST, library_versions, sha256
 
 CHECKPOINTS = ("best", "checkpoint")
 PARITY_TOLERANCE = 1e-4  # fp32 export vs eager on the sample batch (measured: 0 or ~1e-7)
@@ -322,6 +329,113 @@ def export_program(serving: nn.Module, sample: tuple[Tensor, ...], kind: str, ea
     return program, float((exported - eager).abs().max()) if eager.numel() else 0.0
 
 
+# --------------------------------------------------------------------------------- torchscript
+class TorchScriptUnsupported(ValueError):
+    """A serving module that TorchRec's fx tracing + ``torch.jit.script`` cannot turn into TorchScript
+    (export it with ``format="pt2"``). The message names the module, the line and why."""
+
+
+# why fx symbolic tracing stops in our modules (keyed by the class or function of the innermost frame)
+_FX_REASONS = {
+    "MultiProbeHash": "the hash / unified pre-transform plans its output KJT from the batch's keys and per-key id "
+                      "counts read as Python values",
+    "QuotientRemainder": "the quotient-remainder pre-transform checks the batch's KJT (variable batch, weights, keys) "
+                         "in Python",
+    "single_ids": "DNIS / OptEmbed check one id per bag by iterating the batch's features in Python",
+    "PooledGroups": "a spec with several embedding groups (e.g. semantic IDs on some features only) permutes and "
+                    "splits the batch by its KJT keys read in Python",
+    "SequenceLookup": "the sequence lookup sizes its padded bags from the batch's id counts (Python ints read from "
+                      "tensor data)",
+}
+
+
+# UserWarnings of torch.jit.script on TorchRec 1.8's own classes (their annotations); nothing a caller can change
+_SCRIPT_WARNINGS = ("The TorchScript type system doesn't support instance-level annotations on empty non-base types",
+                    "TorchScript will treat type annotations of Tensor dtype-specific subtypes as if they are normal")
+
+
+def _culprit(error: BaseException) -> str:
+    """Where in our model code (not torch's, not this package's) ``error`` was raised, and the known reason."""
+    here = Path(__file__).resolve().parent
+    package = here.parent
+    frames = []  # (frame, line) of our model code, outermost first
+    tb = error.__traceback__
+    while tb is not None:
+        path = Path(tb.tb_frame.f_code.co_filename).resolve()
+        if package in path.parents and here not in path.parents:
+            frames.append((tb.tb_frame, tb.tb_lineno))
+        tb = tb.tb_next
+    if not frames:
+        return ""
+    frame, line = frames[-1]
+    owner = next((type(f.f_locals["self"]).__name__ for f, _ in reversed(frames)
+                  if isinstance(f.f_locals.get("self"), nn.Module)), None)
+    function = frame.f_code.co_name
+    name = function if not function.startswith("<") and "self" not in frame.f_locals else f"{owner}.{function}"
+    where = f"{Path(frame.f_code.co_filename).resolve().relative_to(package.parent)}:{line}"
+    source = linecache.getline(frame.f_code.co_filename, line).strip()
+    reason = _FX_REASONS.get(function) or _FX_REASONS.get(owner or "")
+    return f" in {name} ({where}: `{source}`)" + (f": {reason}" if reason else "")
+
+
+def _plain_annotations(graph: torch.fx.GraphModule) -> None:
+    """The traced inputs as ``Tensor`` and the output unannotated: the serving modules' string annotations
+    (``from __future__ import annotations``) are not types TorchScript can read."""
+    for node in graph.graph.nodes:
+        if isinstance(node.type, str):
+            node.type = Tensor if node.op == "placeholder" else None
+    graph.recompile()
+
+
+def _first_rows(args: tuple[Tensor, ...], kind: str, rows: int) -> tuple[Tensor, ...]:
+    """The first ``rows`` examples of a serving module's inputs (``lengths`` is ``(F, B)``)."""
+    if kind == "retrieval":
+        return (args[0][:rows],)
+    *head, values, lengths = args
+    keep = torch.zeros_like(lengths, dtype=torch.bool)
+    keep[:, :rows] = True
+    return (*[h[:rows] for h in head], values[torch.repeat_interleave(keep.reshape(-1), lengths.reshape(-1))], lengths[:, :rows])
+
+
+def script_program(serving: nn.Module, sample: tuple[Tensor, ...], kind: str) -> tuple[torch.jit.ScriptModule, float]:
+    """TorchScript of a serving module: TorchRec's fx tracer (it knows KJT / JaggedTensor; the fbgemm and
+    ``recsys_emb`` ops are recorded as ``torch.ops`` calls) then ``torch.jit.script``; the scripted module after
+    a save / load round trip, and its max abs difference from eager on ``sample`` and on its first row
+    (a batch size baked into the graph would show there).
+
+    Raises:
+        TorchScriptUnsupported: the module does not trace or script (the message says where and why).
+    """
+    import torchrec.fx
+
+    try:
+        with known_warnings("forward"):  # TorchRec's KJT code calls torch.fx's is_fx_tracing(), which logs a notice
+            graph = torchrec.fx.symbolic_trace(serving)
+    except Exception as e:  # noqa: BLE001 (Python control flow on traced values: say where)
+        first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""
+        raise TorchScriptUnsupported(f"TorchRec's fx tracing failed{_culprit(e)} ({type(e).__name__}: {first})") from e
+    _plain_annotations(graph)
+    try:
+        with warnings.catch_warnings():  # raised while TorchScript compiles TorchRec's KJT / JaggedTensor classes
+            for message in _SCRIPT_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=UserWarning)
+            scripted = torch.jit.script(graph)
+    except Exception as e:  # noqa: BLE001
+        raise TorchScriptUnsupported(f"torch.jit.script of the traced module failed ({type(e).__name__}: "
+                                     f"{' '.join(str(e).split())[:500]})") from e
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    scripted = torch.jit.load(buffer, map_location="cpu")
+    parity = 0.0
+    with torch.no_grad():
+        for args in (sample, _first_rows(sample, kind, 1)):
+            eager, out = serving(*args), scripted(*args)
+            if eager.numel():
+                parity = max(parity, float((out - eager).abs().max()))
+    return scripted, parity
+
+
 def _aoti(program: Any, path: Path) -> str | None:
     """Package ``program`` with AOTInductor at ``path``; the reason when the model does not allow it."""
     try:
@@ -334,7 +448,7 @@ def _aoti(program: Any, path: Path) -> str | None:
 
 @known_warnings("forward", "sharded_tensor")
 def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str, str] = "none", checkpoint: str = "best",
-               aoti: bool = False, overwrite: bool = False, row_alignment: int = 16,
+               format: str = "pt2", aoti: bool = False, overwrite: bool = False, row_alignment: int = 16,
                unsharded: Unsharded | None = None) -> dict[str, Any]:
     """Export a finished run to ``out`` (see the module docstring); returns the manifest.
 
@@ -343,15 +457,25 @@ def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str
         out: the artefact folder to create (refused when it exists, unless ``overwrite``).
         quantize: table dtype, ``none`` (fp32), ``fp16``, ``int8`` or ``int4``, or ``{table: dtype}``.
         checkpoint: ``best`` or ``checkpoint`` (see :func:`unshard`).
-        aoti: also package the program with AOTInductor (``model.aoti.pt2``).
+        format: ``pt2`` (a ``torch.export`` program, ``model.pt2``) or ``torchscript`` (TorchRec fx tracing +
+            ``torch.jit.script``, ``model.torchscript.pt``: CTR models with plain tables and graph / two-tower
+            models; others raise :class:`TorchScriptUnsupported`, see :func:`script_program`).
+        aoti: also package the program with AOTInductor (``model.aoti.pt2``; ``pt2`` only).
         overwrite: replace an existing ``out``.
         row_alignment: bytes a quantised table row is padded to: 16 (TorchRec's default; the CUDA kernels
             need it) or 1 (unpadded rows, CPU serving only: dim-16 int8 rows take 20 bytes instead of 32).
         unsharded: an already unsharded run (tests reuse one); None = :func:`unshard` it.
+
+    Raises:
+        TorchScriptUnsupported: ``format="torchscript"`` for a model that does not script (a ``ValueError``).
     """
     from recsys_emb.inference.quantize import quantize_tables, table_bytes
 
     run_dir, out = Path(run_dir), Path(out)
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+    if aoti and format != "pt2":
+        raise ValueError("--aoti packages a torch.export program: it needs --format pt2")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     started = time.perf_counter()
@@ -364,7 +488,18 @@ def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str
         serving = quantize_tables(copy.deepcopy(serving), dtype, row_alignment=row_alignment)
         with torch.no_grad():
             eager = serving(*sample)
-    program, parity = export_program(serving, sample, inputs["kind"], eager)
+    if format == "torchscript":
+        try:
+            program, parity = script_program(serving, sample, inputs["kind"])
+        except TorchScriptUnsupported as e:
+            chains = "; ".join(f"{t['group']}: {'+'.join(t['chain'])}" for t in _techniques(unsharded.cfg))
+            raise TorchScriptUnsupported(
+                f"--format torchscript: the {unsharded.task.name} model {unsharded.cfg.model.name!r} (technique chains "
+                f"{chains}) cannot be scripted: {e}. Export it with --format pt2 (torch.export handles it; --aoti "
+                f"for a package C++ loads). TorchScript covers CTR models whose tables are plain and graph / "
+                f"two-tower models (docs/serving.md)") from e
+    else:
+        program, parity = export_program(serving, sample, inputs["kind"], eager)
     if not parity <= PARITY_TOLERANCE:
         raise RuntimeError(f"the exported program differs from the eager model by {parity:.3g} on a sample batch "
                            f"(tolerance {PARITY_TOLERANCE}); this is a bug, please report it with {run_dir / 'config.yaml'}")
@@ -373,7 +508,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
-        torch.export.save(program, str(tmp / ARTEFACT))
+        if format == "torchscript":
+            torch.jit.save(program, str(tmp / FORMATS[format]))
+        else:
+            torch.export.save(program, str(tmp / FORMATS[format]))
         aoti_error = _aoti(program, tmp / "model.aoti.pt2") if aoti else "not requested"
         input_entry = _write_inputs(unsharded, run_dir, tmp / "inputs")
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -384,7 +522,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str
             "inputs": {**inputs, **input_entry},
             "outputs": "scores (B, num_items)" if inputs["kind"] == "retrieval" else "logits (B,)",
             "quantize": dtype, "row_alignment": row_alignment if dtype != "fp32" else None, "tables": table_bytes(serving),
-            "artefact": ARTEFACT, "aoti": None if aoti_error else "model.aoti.pt2", "aoti_error": aoti_error,
+            "format": format, "artefact": FORMATS[format], "aoti": None if aoti_error else "model.aoti.pt2", "aoti_error": aoti_error,
             "bytes": {str(p.relative_to(tmp)): p.stat().st_size for p in files},
             "sha256": {str(p.relative_to(tmp)): sha256(p) for p in files},
             "export_parity_max_abs": parity,

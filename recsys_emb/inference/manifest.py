@@ -14,7 +14,9 @@ from typing import Any
 
 FORMAT_VERSION = 1  # bump when the folder layout or the serving signatures change
 MANIFEST = "manifest.json"
-ARTEFACT = "model.pt2"
+ARTEFACT = "model.pt2"  # the torch.export program (format "pt2")
+TORCHSCRIPT = "model.torchscript.pt"  # the TorchScript module (format "torchscript")
+FORMATS = {"pt2": ARTEFACT, "torchscript": TORCHSCRIPT}  # manifest "format" -> its program file
 
 
 class ArtefactError(ValueError):

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from recsys_emb.console import known_warnings
 from recsys_emb.data.criteo_reader import SkipLog
-from recsys_emb.inference.manifest import ArtefactError, read_manifest
+from recsys_emb.inference.manifest import FORMATS, ArtefactError, read_manifest
 
 
 def _load_op_libraries() -> None:
@@ -42,7 +42,8 @@ class Predictor:
     Args (use :meth:`load`):
         folder: the artefact folder.
         manifest: its manifest.
-        program: the callable exported module.
+        program: the callable exported module (the ``torch.export`` program's module, the AOTInductor
+            package's runner, or the ``torch.jit`` ScriptModule).
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], program: Any) -> None:
@@ -52,7 +53,9 @@ class Predictor:
     @classmethod
     def load(cls, folder: str | os.PathLike[str], *, verify: bool = True, check_versions: bool = True,
              aoti: bool | None = None) -> Predictor:
-        """Load ``folder`` (written by ``recsys-emb export``).
+        """Load ``folder`` (written by ``recsys-emb export``) with the loader of its manifest's ``format``:
+        ``torch.export.load`` (``pt2``; ``aoti_load_package`` for its AOTInductor package) or ``torch.jit.load``
+        (``torchscript``).
 
         Args:
             folder: the artefact folder.
@@ -66,6 +69,10 @@ class Predictor:
         folder = Path(folder)
         manifest = read_manifest(folder, verify=verify, check_versions=check_versions)
         _load_op_libraries()
+        fmt = manifest.get("format", "pt2")  # artefacts written before TorchScript existed have no "format"
+        if fmt not in FORMATS:
+            raise ArtefactError(f"{folder / 'manifest.json'}: unknown artefact format {fmt!r} (this recsys_emb reads "
+                                f"{', '.join(sorted(FORMATS))}); export the run again with this version")
         use_aoti = manifest.get("aoti") is not None if aoti is None else aoti
         if use_aoti and manifest.get("aoti") is None:
             raise ArtefactError(f"{folder} has no AOTInductor package ({manifest.get('aoti_error')})")
@@ -73,6 +80,8 @@ class Predictor:
         try:
             if use_aoti:
                 program = torch._inductor.aoti_load_package(str(path))
+            elif fmt == "torchscript":
+                program = torch.jit.load(str(path))
             else:
                 with known_warnings("export_load"):
                     program = torch.export.load(str(path)).module()

@@ -288,8 +288,11 @@ def block_maps(options: DNISOptions, tables: Sequence[EmbeddingBagConfig], data:
 
 @register_technique("dnis", "post", DNISOptions, doc="differentiable search of dims per frequency block (Cheng et al. 2020)")
 def build_dnis(options: DNISOptions, module: nn.Module, tables: Tables) -> nn.Module:
-    """Chain post-transform ``dnis: {...}`` over the group's lookup (plain or unified rows)."""
-    raw = tables.table_configs()
+    """Chain post-transform ``dnis: {...}`` over the group's lookup (plain or unified rows); refused over a
+    table that several features share (a row has one dim, but each feature has its own frequency blocks)."""
+    tables.refuse_shared("dnis", "its dim search prices each feature's own rows (per-feature frequency blocks, "
+                         "derived per-feature tables), but these features look up the same rows")
+    raw = tables.feature_configs()
     if options.compact_layout is not None:
         return compact_from_layout(options.compact_layout, module, raw, "dnis")
     blocks = block_maps(options, raw, tables.context.get("data"), tables.context.get("counts"))

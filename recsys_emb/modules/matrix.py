@@ -19,6 +19,7 @@ CHAINS: dict[str, tuple[str, ...]] = {  # a cell's chain, in order (semantic_ids
     "plain": (),
     "hash": ("hash",),
     "unified": ("unified",),
+    "qr": ("qr",),
     "dnis": ("dnis",),
     "optembed": ("optembed",),
     "unified+dnis": ("unified", "dnis"),

@@ -232,7 +232,9 @@ def build_optembed(options: OptEmbedOptions, module: nn.Module, tables: Tables) 
     """Chain post-transform ``optembed: {...}`` over the group's lookup (plain or unified rows)."""
     from recsys_emb.modules.dnis import compact_from_layout
 
-    raw = tables.table_configs()
+    tables.refuse_shared("optembed", "it prunes and sizes each feature's own rows (a threshold and a dim per feature, "
+                         "derived per-feature tables), but these features look up the same rows")
+    raw = tables.feature_configs()
     if options.compact_layout is not None:
         return compact_from_layout(options.compact_layout, module, raw, "optembed")
     return OptEmbedEmbeddingBagCollection(

@@ -80,6 +80,11 @@ class Tables:
         pre: the parameter-free transforms so far (applied in order before the layout).
         context: data facts from the family (``data``, ``counts``, ``items``); see :func:`build_pooled`.
         device: where the tables are built (``meta`` for DistributedModelParallel).
+        tables: feature -> the table (vocabulary) it uses, from the data (a schema's ``table:``); a
+            feature not listed uses its own. Features naming the same table look up the same rows:
+            ONE stock table ``prefix + table + suffix`` with several ``feature_names`` (each feature
+            still has its own pooled output key). A table used by one feature keeps the per-feature
+            name ``prefix + feature + suffix``, so data without shared tables builds the same tables.
     """
 
     group: str
@@ -92,14 +97,79 @@ class Tables:
     pre: list[nn.Module] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
     device: torch.device | None = None
+    tables: dict[str, str] = field(default_factory=dict)
+
+    def table_of(self, feature: str) -> str:
+        """The table (vocabulary) ``feature`` uses (its own name unless :attr:`tables` says otherwise)."""
+        return self.tables.get(feature, feature)
+
+    def shared_tables(self) -> dict[str, list[str]]:
+        """Table -> its features (in order), for every table that several of the group's features share.
+
+        Raises:
+            ValueError: the features of a shared table have different row counts, or a shared table has
+                the name of another feature (whose own table would get the same name).
+        """
+        by_table: dict[str, list[str]] = {}
+        for f in self.features:
+            by_table.setdefault(self.table_of(f), []).append(f)
+        shared = {t: fs for t, fs in by_table.items() if len(fs) > 1}
+        for t, fs in shared.items():
+            rows = {f: int(self.vocab[f]) for f in fs}
+            if len(set(rows.values())) > 1:
+                raise ValueError(f"table '{t}' is shared by features {fs}, but their vocabularies differ ({rows}); "
+                                 "features sharing a table must have the same rows")
+            if t in self.features and t not in fs:
+                raise ValueError(f"table '{t}' (shared by {fs}) has the name of feature '{t}', which uses table "
+                                 f"'{self.table_of(t)}': their tables would both be named '{self.prefix}{t}{self.suffix}'; "
+                                 "rename the shared table")
+        return shared
+
+    def table_groups(self) -> list[tuple[str, list[str]]]:
+        """``(name stem, features)`` of every table, in the order of their first feature: a shared table is
+        named after the table, any other after its feature (the per-feature names of unshared data)."""
+        shared = self.shared_tables()
+        out: list[tuple[str, list[str]]] = []
+        for f in self.features:
+            t = self.table_of(f)
+            if t not in shared:
+                out.append((f, [f]))
+            elif shared[t][0] == f:
+                out.append((t, shared[t]))
+        return out
 
     def table_configs(self, pooling: PoolingType = PoolingType.SUM) -> list[EmbeddingBagConfig]:
-        """One stock table per feature (``prefix + feature``), ``vocab`` rows, ``dim`` wide."""
+        """One stock table per table of :meth:`table_groups` (``prefix + stem + suffix``), ``vocab`` rows, ``dim``
+        wide; a shared table lists all its features (TorchRec pools each feature into its own output key)."""
+        return [
+            EmbeddingBagConfig(name=f"{self.prefix}{stem}{self.suffix}", embedding_dim=self.dim,
+                               num_embeddings=int(self.vocab[fs[0]]), feature_names=list(fs), pooling=pooling, **self.init)
+            for stem, fs in self.table_groups()
+        ]
+
+    def feature_configs(self, pooling: PoolingType = PoolingType.SUM) -> list[EmbeddingBagConfig]:
+        """One stock table config per feature (``prefix + feature``): each feature's id space, for techniques
+        that lay out their own tables (``hash``, ``unified``: they take :meth:`shared_tables` separately)."""
         return [
             EmbeddingBagConfig(name=f"{self.prefix}{f}{self.suffix}", embedding_dim=self.dim, num_embeddings=int(self.vocab[f]),
                                feature_names=[f], pooling=pooling, **self.init)
             for f in self.features
         ]
+
+    def shared_keys(self) -> dict[str, str]:
+        """Feature -> its table, for the features of :meth:`shared_tables` only."""
+        return {f: t for t, fs in self.shared_tables().items() for f in fs}
+
+    def refuse_shared(self, technique: str, reason: str) -> None:
+        """Raise a :class:`ConfigError` naming the group, ``technique`` and the first shared table, if any."""
+        shared = self.shared_tables()
+        if shared:
+            table, feats = next(iter(shared.items()))
+            raise ConfigError(
+                f"embedding group '{self.group}': {technique} cannot build on table '{table}', which features {feats} "
+                f"share (the data's `table: {table}`): {reason}. Put those features in a group of their own whose "
+                f"chain has no {technique} (embedding.groups), or give each its own table in the schema"
+            )
 
     def transform(self) -> nn.Module | None:
         """The pre-transforms as one module (None when there are none)."""
@@ -144,7 +214,7 @@ def register_technique(name: str, kind: str, options: type | None = None, *, poo
     return decorate
 
 
-TECHNIQUE_MODULES = ("dare", "dnis", "optembed", "semantic_ids", "unified")  # modules/<name>.py register themselves
+TECHNIQUE_MODULES = ("dare", "dnis", "optembed", "qr", "semantic_ids", "unified")  # modules/<name>.py register themselves
 
 
 def _load_all() -> None:
@@ -180,6 +250,8 @@ _REFUSED: dict[tuple[str, str], str] = {
     ("dnis", "optembed"): "both search the embedding dims of the same rows; use one search per group",
     ("hash", "dnis"): "hashed rows are shared by many IDs, so a per-ID-frequency dim search has no rows of its own to shrink",
     ("hash", "optembed"): "hashed rows are shared by many IDs, so pruning a row prunes unrelated IDs",
+    ("qr", "dnis"): "quotient and remainder rows are each shared by many IDs, so a per-ID-frequency dim search has no rows of its own to shrink",
+    ("qr", "optembed"): "quotient and remainder rows are each shared by many IDs, so pruning a row prunes unrelated IDs",
 }
 
 
@@ -266,7 +338,7 @@ def build_chain(chain: Chain, tables: Tables, *, post: bool = True) -> nn.Module
     return module
 
 
-@register_technique("plain", "layout", doc="one stock table per feature, one row per id (the reference)")
+@register_technique("plain", "layout", doc="one stock table per feature (or per shared table), one row per id (the reference)")
 def build_plain(options: None, tables: Tables) -> nn.Module:
     transform = tables.transform()
     if transform is None:
@@ -376,6 +448,7 @@ def build_pooled(
     post: bool = True,
     groups: Sequence[tuple[TableGroup, list[str]]] | None = None,
     select: bool = False,
+    tables: Mapping[str, str] | None = None,
 ) -> nn.Module:
     """The pooled (EBC-compatible) module of ``spec`` over the features ``vocab`` lists (in that order).
 
@@ -394,23 +467,50 @@ def build_pooled(
         groups: already assigned groups (default: :func:`assign_groups`).
         select: the input KJT holds other keys too (e.g. a sequence batch): always return
             :class:`PooledGroups`, which picks the groups' features out of it.
+        tables: feature -> the table (vocabulary) it uses (a prepared schema's ``meta.json`` ``tables``);
+            features naming the same table share its rows (:class:`Tables`). None = one table per feature.
 
     Returns:
         The group's own module when one group covers every feature (and not ``select``), else
         :class:`PooledGroups`.
+
+    Raises:
+        ConfigError: as :func:`assign_groups`, and when the features of a shared table are in different groups.
     """
     assigned = list(groups) if groups is not None else assign_groups(spec, list(vocab), family=family)
+    table_of = {f: t for f, t in (tables or {}).items() if f in vocab}
+    check_shared_groups(assigned, table_of)
     modules, features = {}, {}
     dev = torch.device(device) if device is not None else None
     for group, feats in assigned:
         chain = resolve_chain(group, sequence=False)
-        tables = Tables(group.name, feats, {f: int(vocab[f]) for f in feats}, group.dim or dim, prefix, suffix,
-                        dict(init or {}), [], dict(context or {}), dev)
-        modules[group.name] = build_chain(chain, tables, post=post)
+        state = Tables(group.name, feats, {f: int(vocab[f]) for f in feats}, group.dim or dim, prefix, suffix,
+                       dict(init or {}), [], dict(context or {}), dev, {f: table_of[f] for f in feats if f in table_of})
+        modules[group.name] = build_chain(chain, state, post=post)
         features[group.name] = feats
     if len(modules) == 1 and not select:
         return next(iter(modules.values()))
     return PooledGroups(modules, features)
+
+
+def check_shared_groups(groups: Sequence[tuple[TableGroup, list[str]]], tables: Mapping[str, str]) -> None:
+    """Refuse a shared table (several features naming it in ``tables``) whose features are in different groups.
+
+    Raises:
+        ConfigError: naming the table, its features and their groups.
+    """
+    where: dict[str, dict[str, list[str]]] = {}  # table -> group -> features
+    for group, feats in groups:
+        for f in feats:
+            where.setdefault(tables.get(f, f), {}).setdefault(group.name, []).append(f)
+    for table, by_group in where.items():
+        if len(by_group) > 1:
+            placed = "; ".join(f"group '{g}': {fs}" for g, fs in by_group.items())
+            raise ConfigError(
+                f"embedding: features {[f for fs in by_group.values() for f in fs]} share table '{table}' (the data's "
+                f"`table: {table}`), but are in different groups ({placed}); features sharing a table look up the same "
+                "rows, so list them in one group"
+            )
 
 
 # ---------------------------------------------------------------------------------- sequence modules

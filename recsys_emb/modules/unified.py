@@ -177,6 +177,8 @@ class MultiProbeHash(nn.Module):
             ids must lie in ``[0, vocab_sizes[i])``).
         offsets, vocab_sizes: (F,) needed for ``identity``.
         hash_seed: seed of the hash coefficients.
+        hash_keys: (F,) the name each feature's coefficients are drawn for (default: the feature's own);
+            features with the same key (a shared table) map an id to the same rows.
 
     Example::
 
@@ -198,6 +200,7 @@ class MultiProbeHash(nn.Module):
         offsets: Sequence[int] | None = None,
         vocab_sizes: Sequence[int] | None = None,
         hash_seed: int = 0,
+        hash_keys: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if hashing not in HASHINGS:
@@ -208,6 +211,9 @@ class MultiProbeHash(nn.Module):
             raise ValueError(f"duplicate feature names in {list(features)}")
         if any(k < 1 for k in probes) or any(m < 1 for m in num_rows):
             raise ValueError(f"probes and num_rows must be >= 1, got {list(probes)} and {list(num_rows)}")
+        keys = list(hash_keys) if hash_keys is not None else list(features)
+        if len(keys) != len(features):
+            raise ValueError(f"hash_keys has {len(keys)} entries for {len(features)} features")
         if hashing == "identity":
             if offsets is None or vocab_sizes is None:
                 raise ValueError("hashing='identity' needs offsets and vocab_sizes")
@@ -224,9 +230,9 @@ class MultiProbeHash(nn.Module):
         self.output_keys = [f"{f}{PROBE_SEPARATOR}{j}" for f, k in zip(self.features, self.probes) for j in range(k)]
         self._index = {f: i for i, f in enumerate(self.features)}
         coefficients = torch.zeros(len(features), self.max_probes, 3, dtype=torch.int64)  # (F, K, 3)
-        for i, (f, k) in enumerate(zip(self.features, self.probes)):
+        for i, (key, k) in enumerate(zip(keys, self.probes)):
             for j in range(k):
-                coefficients[i, j] = torch.tensor(hash_coefficients(self.hash_seed, f, j))
+                coefficients[i, j] = torch.tensor(hash_coefficients(self.hash_seed, key, j))
         # Buffers live on the CPU even when the model is built on `meta` (DMP would zero-fill meta buffers);
         # forward moves them to the ids' device.
         self.register_buffer("coefficients", coefficients)
@@ -339,6 +345,9 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         data_type: table dtype (bytes are reported for it).
         pre: a parameter-free ``KJT -> KJT`` transform applied before the hashing (same output keys).
         device: table device (``meta`` for DistributedModelParallel); the transform stays on the CPU.
+        shared: feature -> the table it shares with other features of its group (the data's ``table:``):
+            features sharing a table hash an id to the same rows (coefficients drawn for the table's name;
+            ``identity``: the same offset), so they look up the same rows.
 
     Example::
 
@@ -368,6 +377,7 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         data_type: DataType = DataType.FP32,
         pre: nn.Module | None = None,
         device: torch.device | str | None = None,
+        shared: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         if combine not in COMBINES:
@@ -383,6 +393,15 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         grouped = [f for g in groups for f in g.features]
         if not grouped:
             raise ValueError("UnifiedEmbeddingBagCollection needs at least one feature")
+        key = {f: (shared or {}).get(f, f) for f in grouped}  # the table a feature's ids are hashed for
+        for t in {key[f] for f in grouped if f != key[f]}:
+            users = [f for f in grouped if key[f] == t]
+            holders = {seen[f] for f in users}
+            if len(holders) > 1:
+                raise ValueError(f"features {users} share table '{t}' but are in different multiplexing groups "
+                                 f"{sorted(holders)}; list them in one group")
+            if t in key and key[t] != t:
+                raise ValueError(f"shared table '{t}' of {users} has the name of feature '{t}', which uses another table")
         k = {f: (probes if isinstance(probes, int) else int(probes.get(f, 1))) for f in grouped}
         if isinstance(probes, Mapping) and set(probes) - set(grouped):
             raise ValueError(f"probes given for unknown features {sorted(set(probes) - set(grouped))}")
@@ -399,8 +418,13 @@ class UnifiedEmbeddingBagCollection(nn.Module):
             if vocab_sizes is None:
                 raise ValueError("hashing='identity' needs vocab_sizes")
             vocab_list = [int(vocab_sizes[f]) for f in grouped]
-            for g in groups:
-                offsets += [sum(int(vocab_sizes[h]) for h in g.features[:i]) for i in range(len(g.features))]
+            for g in groups:  # the features of a shared table get its offset: the same rows
+                starts: dict[str, int] = {}
+                end = 0
+                for f in g.features:
+                    if key[f] not in starts:
+                        starts[key[f]], end = end, end + int(vocab_sizes[f])
+                    offsets.append(starts[key[f]])
         self.groups = [MultiplexGroup(g.name, list(g.features), int(g.num_rows)) for g in groups]
         self.chunk_dim, self.combine, self.hashing = int(chunk_dim), combine, hashing
         self.feature_names = order
@@ -415,7 +439,9 @@ class UnifiedEmbeddingBagCollection(nn.Module):
             offsets=offsets or None,
             vocab_sizes=vocab_list,
             hash_seed=hash_seed,
+            hash_keys=[key[f] for f in grouped],
         )
+        self.shared = {f: t for f, t in key.items() if f != t}
         init = {"weight_init_min": weight_init_min, "weight_init_max": weight_init_max, "init_fn": init_fn}
         tables = [
             EmbeddingBagConfig(
@@ -469,8 +495,12 @@ class UnifiedEmbeddingBagCollection(nn.Module):
             for c in self.embedding_bag_configs()
         ]
         report: dict[str, object] = {"tables": tables, "parameter_bytes": self.parameter_bytes()}
-        if self.vocab_sizes is not None:
-            full = sum(self.vocab_sizes[f] * d * _dtype_bytes(self.data_type) for f, d in self.output_feature_dims())
+        if self.vocab_sizes is not None:  # a shared table once, at its widest feature's dim
+            widest: dict[str, tuple[int, int]] = {}
+            for f, d in self.output_feature_dims():
+                t = self.shared.get(f, f)
+                widest[t] = (self.vocab_sizes[f], max(d, widest.get(t, (0, 0))[1]))
+            full = sum(v * d * _dtype_bytes(self.data_type) for v, d in widest.values())
             report["collisionless_bytes"] = full
             report["fraction_of_collisionless"] = self.parameter_bytes() / full if full else math.nan
         return report
@@ -647,6 +677,7 @@ def split_rows(budget_bytes: int, weights: Sequence[int], row_bytes: int, minimu
 def unified_from_tables(
     options: UnifiedOptions, tables: Sequence[EmbeddingBagConfig], device: torch.device | str | None = None,
     *, pre: nn.Module | None = None, name: str = "unified", prefix: str = "", suffix: str = "",
+    shared: Mapping[str, str] | None = None,
 ) -> UnifiedEmbeddingBagCollection:
     """Build the module ``options`` describes over the plain per-feature ``tables`` of a model.
 
@@ -655,11 +686,23 @@ def unified_from_tables(
     ``pre`` is a parameter-free transform applied before the hashing (a chain's pre-transform);
     ``name`` names the shared table (``name_i`` for several multiplexing groups) and ``prefix`` /
     ``suffix`` the per-feature tables (``{prefix}hashed_{feature}{suffix}``).
+
+    ``shared`` maps features that share a data table (a schema's ``table:``) to it: they hash an id to the
+    same rows, and the per-table layouts give them ONE table (``{prefix}hashed_{table}{suffix}``,
+    ``{prefix}full_{table}{suffix}``), counted once in the budget and the collisionless bytes.
     """
     features = [f for t in tables for f in t.feature_names]
     if len(set(features)) != len(features):
         raise ValueError(f"a feature appears in two base tables: {features}")
     vocab = {f: int(t.num_embeddings) for t in tables for f in t.feature_names}
+    shared = {f: t for f, t in (shared or {}).items() if f in vocab}
+    key = {f: shared.get(f, f) for f in features}  # the table of each feature
+    by_key: dict[str, list[str]] = {}
+    for f in features:
+        by_key.setdefault(key[f], []).append(f)
+    for t, fs in by_key.items():
+        if len({vocab[f] for f in fs}) > 1:
+            raise ValueError(f"features {fs} share table '{t}' but have different vocabularies {[vocab[f] for f in fs]}")
     dims = {t.embedding_dim for t in tables}
     if len(dims) != 1:
         raise ValueError(f"unified embedding needs one embedding_dim across the base tables, got {sorted(dims)}")
@@ -694,9 +737,11 @@ def unified_from_tables(
         if missing or extra:
             raise ValueError(f"unified.groups must cover every feature once: missing {missing}, unknown {extra}")
         names = [name] if len(members) == 1 else [f"{name}_{i}" for i in range(len(members))]
-    else:
-        members = [[f] for f in features]
-        names = [f"{prefix}{'hashed' if options.layout == 'per_feature_hashing' else 'full'}_{f}{suffix}" for f in features]
+    else:  # one table per data table: a shared one holds all its features
+        members = list(by_key.values())
+        stems = [t if len(fs) > 1 else fs[0] for t, fs in by_key.items()]
+        names = [f"{prefix}{'hashed' if options.layout == 'per_feature_hashing' else 'full'}_{t}{suffix}" for t in stems]
+    tables_of = [list({key[f]: f for f in g}.values()) for g in members]  # one feature per distinct table in each member
 
     if options.layout == "collisionless":
         rows = [vocab[g[0]] for g in members]
@@ -705,9 +750,11 @@ def unified_from_tables(
         if len(rows) != len(members):
             raise ValueError(f"unified.num_rows has {len(rows)} entries for {len(members)} tables")
     else:
-        full_bytes = sum(vocab[f] * chunk * probes[f] for f in features) * _dtype_bytes(DataType.FP32)
+        full_rows = sum(vocab[fs[0]] * max(probes[f] for f in fs) for fs in by_key.values())  # a shared table once
+        full_bytes = full_rows * chunk * _dtype_bytes(DataType.FP32)
         budget = options.budget_bytes if options.budget_bytes is not None else int(options.budget_fraction * full_bytes)
-        rows = split_rows(budget, [sum(vocab[f] for f in g) for g in members], row_bytes, [max(probes[f] for f in g) for g in members])
+        rows = split_rows(budget, [sum(vocab[f] for f in t) for t in tables_of], row_bytes,
+                          [max(probes[f] for f in g) for g in members])
     for g, r, n in zip(members, rows, names):
         need = max(probes[f] for f in g)
         if r < need:
@@ -734,21 +781,23 @@ def unified_from_tables(
         init_fn=init_fn,
         pre=pre,
         device=device,
+        shared=shared,
     )
 
 
 @register_technique("unified", "layout", UnifiedOptions, doc="feature multiplexing: the group's features share one table (Coleman et al. 2023)")
 def build_unified(options: UnifiedOptions, tables: Tables) -> UnifiedEmbeddingBagCollection:
     """Chain layout ``unified: {...}`` (see :class:`UnifiedOptions`)."""
-    return unified_from_tables(options, tables.table_configs(), tables.device, pre=tables.transform(),
-                               name=tables.shared_name("unified"), prefix=tables.role_prefix, suffix=tables.suffix)
+    return unified_from_tables(options, tables.feature_configs(), tables.device, pre=tables.transform(),
+                               name=tables.shared_name("unified"), prefix=tables.role_prefix, suffix=tables.suffix,
+                               shared=tables.shared_keys())
 
 
 @dataclass
 class HashOptions:
     """``hash: {...}``: the hashing trick, one table per feature. Size by exactly one of the three."""
 
-    num_rows: int | list[int] | None = None  # rows per feature table (an int, or one per feature)
+    num_rows: int | list[int] | None = None  # rows per feature table (an int, or one per table: a shared table once)
     budget_bytes: int | None = None  # total bytes, split over the features in proportion to vocabulary
     budget_fraction: float | None = None  # budget as a fraction of the plain tables' bytes
     hash_seed: int = 0  # seeds the per-feature hash coefficients
@@ -764,5 +813,5 @@ def build_hash(options: HashOptions, tables: Tables) -> UnifiedEmbeddingBagColle
     """Chain layout ``hash: {...}``: Unified Embedding's ``per_feature_hashing`` layout, one probe."""
     unified = UnifiedOptions(layout="per_feature_hashing", num_rows=options.num_rows, budget_bytes=options.budget_bytes,
                              budget_fraction=options.budget_fraction, hash_seed=options.hash_seed)
-    return unified_from_tables(unified, tables.table_configs(), tables.device, pre=tables.transform(),
-                               prefix=tables.role_prefix, suffix=tables.suffix)
+    return unified_from_tables(unified, tables.feature_configs(), tables.device, pre=tables.transform(),
+                               prefix=tables.role_prefix, suffix=tables.suffix, shared=tables.shared_keys())

@@ -1,4 +1,5 @@
-"""Sharded == unsharded on 2 gloo CPU processes, for EBC, EC, our pre-transform wrapper and Unified Embedding.
+"""Sharded == unsharded on 2 gloo CPU processes, for EBC, EC, our pre-transform wrapper, Unified Embedding and
+an EBC whose one table serves both features (a schema's shared ``table:``, built by the embedding spec).
 
 All kinds run in one pair of ranks (a module fixture); each parametrized test reports its own kind.
 For each module kind and each of table_wise / column_wise / row_wise / table_row_wise: the same weights and the same
@@ -62,6 +63,14 @@ def make_module(kind: str, device: str) -> nn.Module:
         tables = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=16, num_embeddings=40 + 10 * i, feature_names=[f])
                   for i, f in enumerate(FEATURES)]
         return build_embedding([{"unified": {"num_rows": 64, "probes": 2}}], tables, device)
+    if kind == "shared":  # both features name table "page": ONE stock table t_page with feature_names f0, f1
+        from recsys_emb.config.embedding import EmbeddingSpec
+        from recsys_emb.modules.spec import build_pooled
+
+        module = build_pooled(EmbeddingSpec(), dict.fromkeys(FEATURES, 40), 16, family="model", prefix="t_",
+                              tables=dict.fromkeys(FEATURES, "page"), device=device)
+        assert [(c.name, c.feature_names) for c in module.embedding_bag_configs()] == [("t_page", FEATURES)]
+        return module
     shared = [EmbeddingBagConfig(name="shared", embedding_dim=16, num_embeddings=64, feature_names=FEATURES)]
     return TransformedEmbeddingBagCollection(SaltedRemap(64), shared, device=device)
 
@@ -180,7 +189,7 @@ def run_all(rank: int, world_size: int, kind: str) -> None:
         check_parity(rank, world_size, kind, sharding_type)
 
 
-KINDS = ["ebc", "ec", "wrapper", "unified"]
+KINDS = ["ebc", "ec", "wrapper", "unified", "shared"]
 
 
 def run_kinds(rank: int, world_size: int, kinds: list[str], done_dir: str) -> None:

@@ -102,3 +102,30 @@ def test_graph_int8_artefact_keeps_most_of_the_top_k(graph_run: Path) -> None:
     quant = torch.topk(Predictor.load(graph_run / "art8")(users), 20).indices
     overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 20 for a, b in zip(exact, quant)])
     assert overlap > 0.9, overlap
+
+
+def test_graph_torchscript_artefact_scores_like_the_pt2_one(graph_run: Path) -> None:
+    """``--format torchscript``: the manifest names the format, ``Predictor.load`` picks ``torch.jit.load``, and the
+    scores equal the torch.export artefact's at any batch size."""
+    manifest = export_run(graph_run / "run", graph_run / "art_ts", format="torchscript")
+    assert manifest["format"] == "torchscript" and manifest["artefact"] == "model.torchscript.pt"
+    assert manifest["export_parity_max_abs"] <= 1e-5 and manifest["aoti"] is None
+    assert "model.torchscript.pt" in manifest["sha256"] and not (graph_run / "art_ts" / "model.pt2").exists()
+    scripted, program = Predictor.load(graph_run / "art_ts"), Predictor.load(graph_run / "art")
+    assert isinstance(scripted.program, torch.jit.ScriptModule)
+    for size in (1, 7, 120):
+        users = torch.arange(size) % 120
+        assert (scripted(users) - program(users)).abs().max() <= 1e-5, size
+
+
+def test_sequence_torchscript_export_is_refused_naming_why(sequence_run: Path) -> None:
+    from recsys_emb.cli import main
+    from recsys_emb.inference.export import TorchScriptUnsupported
+
+    with pytest.raises(TorchScriptUnsupported, match=r"sequence model 'din' .*SequenceLookup.*--format pt2"):
+        export_run(sequence_run / "run", sequence_run / "art_ts", format="torchscript")
+    assert not (sequence_run / "art_ts").exists()
+    with pytest.raises(ValueError, match="--aoti .* needs --format pt2"):
+        export_run(sequence_run / "run", sequence_run / "art_ts", format="torchscript", aoti=True)
+    assert main(["export", "--run-dir", str(sequence_run / "run"), "--out", str(sequence_run / "art_ts"),
+                 "--format", "torchscript"]) == 2

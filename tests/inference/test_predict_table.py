@@ -4,7 +4,8 @@ A tiny DCN-v2 run on a generated Avazu-format CSV with a multi-valued column (``
 standardised numeric, a hashed categorical and a hashed cross is exported; the artefact scores the raw test
 CSV exactly like the eager model restored from the run scores the run's prepared test split, a Parquet copy
 identically, and a CSV with malformed rows with the rows counted and named (``file:line: column``) while the
-good rows keep their scores; in a fresh process in which training code and TorchRec cannot be imported.
+good rows keep their scores; in a fresh process in which training code and TorchRec cannot be imported (as
+the torch.export artefact and as a TorchScript one, `--format torchscript`).
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ ignore: [{", ".join(c for c in COLUMNS if c not in USED)}]
 """
 CHILD = (IMPORT_GUARD + textwrap.dedent("""
     from recsys_emb.inference.predictor import Predictor
-    result = Predictor.load(sys.argv[1]).predict_file(sys.argv[2], sys.argv[3], batch_size=64, progress=False)
-    print(json.dumps({{"result": result, "loaded": sorted(m for m in sys.modules if m.startswith({blocked!r}))}}))
+    data, results = sys.argv[1], {{}}
+    for art, out in zip(sys.argv[2::2], sys.argv[3::2]):  # artefact folder, output file
+        predictor = Predictor.load(art)
+        results[art] = {{"program": type(predictor.program).__name__,
+                        **predictor.predict_file(data, out, batch_size=64, progress=False)}}
+    print(json.dumps({{"results": results, "loaded": sorted(m for m in sys.modules if m.startswith({blocked!r}))}}))
 """)).format(blocked=BLOCKED)
 
 
@@ -93,6 +98,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train(from_dict(ExperimentConfig, cfg), root / "run")
     unsharded = unshard(root / "run")
     export_run(root / "run", root / "art", unsharded=unsharded)
+    export_run(root / "run", root / "art_ts", unsharded=unsharded, format="torchscript")  # plain tables: they script
     # the eager reference: the trainer's model.pt in a one-process model, on the run's prepared test split
     data = unsharded.task.splits["test"].open()[0]
     eager = build_ctr_model(unsharded.cfg, unsharded.task.train_data, "cpu").eval()
@@ -103,7 +109,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     np.save(root / "expected.npy", torch.sigmoid(logits).numpy())
     np.save(root / "labels.npy", batch.labels.numpy())
     np.save(root / "bags.npy", np.asarray(data.jagged["tags"][1]))
-    return {"root": root, "art": root / "art", "test": test_csv}
+    return {"root": root, "art": root / "art", "art_ts": root / "art_ts", "test": test_csv}
 
 
 def read_scores(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -180,11 +186,22 @@ def test_malformed_rows_are_counted_and_named_and_good_rows_still_scored(run: di
 
 
 def test_schema_artefact_scores_without_training_code(run: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "child.tsv"
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(run["art"]), str(run["test"]), str(out)],
+    """The torch.export and the TorchScript (``--format torchscript``) artefacts, each loaded by ``Predictor.load``
+    (``torch.export.load`` / ``torch.jit.load``, from the manifest's format) in a fresh process without training code
+    or TorchRec: raw rows (multi-valued bags, empty ones too) score as the eager model."""
+    manifest = json.loads((run["art_ts"] / "manifest.json").read_text())
+    assert manifest["format"] == "torchscript" and manifest["artefact"] == "model.torchscript.pt"
+    assert manifest["export_parity_max_abs"] <= TOLERANCE
+    outs = {"art": tmp_path / "pt2.tsv", "art_ts": tmp_path / "ts.tsv"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(run["test"]), *(str(p) for k, out in outs.items()
+                                                                            for p in (run[k], out))],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     child = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert child["loaded"] == [] and child["result"]["scored"] == 200
-    _, probs, _ = read_scores(out)
-    assert np.abs(probs - np.load(run["root"] / "expected.npy")).max() <= TOLERANCE
+    assert child["loaded"] == []
+    assert child["results"][str(run["art_ts"])]["program"] == "RecursiveScriptModule"
+    for key, out in outs.items():
+        assert child["results"][str(run[key])]["scored"] == 200, key
+        _, probs, _ = read_scores(out)
+        assert np.abs(probs - np.load(run["root"] / "expected.npy")).max() <= TOLERANCE, key
+

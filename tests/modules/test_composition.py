@@ -39,7 +39,7 @@ from tests.distributed.multiprocess import run_ranks
 LR = 0.1
 HALF = 8  # examples per rank
 OPTIONS: dict[str, dict[str, Any]] = {
-    "hash": {"budget_fraction": 0.5}, "unified": {"budget_fraction": 0.5}, "dnis": {"num_blocks": 2, "frequency": "index"},
+    "hash": {"budget_fraction": 0.5}, "unified": {"budget_fraction": 0.5}, "qr": {"collisions": 3}, "dnis": {"num_blocks": 2, "frequency": "index"},
     "optembed": {}, "dare": {"attention_dim": 4},
 }
 TESTED = [(m, c) for m, c in cells() if FAMILIES[m] in ("ctr", "sequence")]

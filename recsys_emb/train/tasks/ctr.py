@@ -54,18 +54,23 @@ def build_ctr_model(cfg: ExperimentConfig, data: PreparedCTRData, device: str | 
 
     Every table comes from ``cfg.embedding`` (recsys_emb/modules/spec.py): the embedding of the
     factorised models and the per-id weights of ``lr`` / ``deepfm`` (``<table>_first_order``: the same
-    pre-transforms and layout at ``first_order_dim``, zero-initialised, without post-transforms)."""
+    pre-transforms and layout at ``first_order_dim``, zero-initialised, without post-transforms).
+
+    Features that the data says use the same table (``data.tables``: a schema's ``table:``) share ONE
+    embedding table ``t_<table>`` (and one ``t_<table>_first_order``); every other feature has its own."""
     from recsys_emb.modules.spec import assign_groups, build_pooled, resolve_chain, uniform_init
 
     m = cfg.model
     vocab = dict(zip(data.sparse_features, data.vocab_sizes))
+    tables = dict(getattr(data, "tables", None) or {})  # absent (other data objects): one table per feature
     groups = assign_groups(cfg.embedding, list(vocab), family=m.name)
     dev = torch.device(device)
     context = {"data": data}
     embedding = first_order = None
     if m.name != "lr":
         embedding = build_pooled(cfg.embedding, vocab, m.embedding_dim, family=m.name, prefix="t_",
-                                 init=uniform_init(m.embedding_init_bound), context=context, device=dev, groups=groups)
+                                 init=uniform_init(m.embedding_init_bound), context=context, device=dev, groups=groups,
+                                 tables=tables)
     else:
         for group, _ in groups:
             post = [t.name for t, _ in resolve_chain(group, sequence=False).post]
@@ -76,7 +81,7 @@ def build_ctr_model(cfg: ExperimentConfig, data: PreparedCTRData, device: str | 
         first = [(dataclasses.replace(g, chain=[first_order_entry(e, g.name) for e in g.chain]), fs) for g, fs in groups]
         first_order = build_pooled(cfg.embedding, vocab, m.first_order_dim, family=m.name, prefix="t_", suffix=FIRST_ORDER_SUFFIX,
                                    init={"weight_init_min": 0.0, "weight_init_max": 0.0}, context=context, device=dev,
-                                   post=False, groups=first)
+                                   post=False, groups=first, tables=tables)
     return CTRTrain(build_model(m, embedding, [], len(data.dense_features), device=dev, first_order=first_order))
 
 
