@@ -16,9 +16,15 @@ Protocol (one for both sides):
   DeepCTR-Torch's documented defaults (Adam 1e-3, batch 256), at most ``--peer-epochs`` epochs with
   early stopping after ``--peer-patience`` epochs without a validation-AUC gain, best weights restored.
 - 3 seeds, run one after the other with ``--threads`` torch threads (the machine is shared).
+- ``--folds K`` (cross-validation, for samples whose single test split is too small to separate the two
+  sides): all labelled rows of the sample (Criteo: the 7,500; Avazu: ``train_part`` then ``test_part``,
+  9,999) in file order, cut into K contiguous blocks; fold k tests on block k, validates on block k+1
+  (mod K) and trains on the rest, so every row is a test row exactly once. Each fold prepares its own
+  vocabularies from its training rows; both sides run every (fold, seed) and the comparison adds the
+  paired difference ours - peer per fold (mean over seeds) with its standard error over the K folds.
 
     python benchmarks/ctr_peers.py [--dataset criteo|avazu] [--models dcnv2 deepfm dlrm lr] [--seeds 0 1 2]
-        [--peer-python /work/peers_venv/bin/python] [--tag NAME] [--set KEY=VALUE ...] [--peer-from JSON]
+        [--peer-python /work/peers_venv/bin/python] [--tag NAME] [--set KEY=VALUE ...] [--peer-from JSON] [--folds K]
 
 Writes benchmarks/results/ctr_peers[_<dataset>][_<tag>].{json,md}.
 """
@@ -78,6 +84,46 @@ def split_avazu(root: Path, out: Path) -> dict[str, Path]:
         test = [line for line in f if line.strip()]
     parts = {"train": [header, *rows[:8000]], "valid": [header, *rows[8000:]], "test": [header, *test]}
     return _write_parts(parts, out, "csv.gz")
+
+
+def labelled_rows(dataset: str, data: Path) -> tuple[list[str], list[str], str]:
+    """(header lines, every labelled row in file order, file extension) of a sample, for ``--folds``."""
+    if dataset == "criteo":
+        with gzip.open(data, "rt", newline="") as f:
+            return [], [line for line in f if line.strip()], "txt.gz"
+    with gzip.open(data / "train_part.csv.gz", "rt", newline="") as f:
+        header, *rows = [line for line in f if line.strip()]
+    with gzip.open(data / "test_part.csv.gz", "rt", newline="") as f:
+        rows += [line for line in f if line.strip()]
+    return [header], rows, "csv.gz"
+
+
+def split_fold(header: list[str], rows: list[str], folds: int, fold: int, out: Path, ext: str) -> dict[str, Path]:
+    """Fold ``fold`` of ``folds`` contiguous blocks: test = block ``fold``, valid = the next block, train = the rest."""
+    bounds = np.linspace(0, len(rows), folds + 1).round().astype(int)
+    block = [rows[bounds[i]:bounds[i + 1]] for i in range(folds)]
+    valid = (fold + 1) % folds
+    train = [r for i, b in enumerate(block) if i not in (fold, valid) for r in b]
+    return _write_parts({"train": header + train, "valid": header + block[valid], "test": header + block[fold]}, out, ext)
+
+
+def paired_folds(ours: list[dict], peer: list[dict]) -> dict:
+    """ours - peer test AUC / logloss per fold (each side's mean over its seeds), and the mean's standard error."""
+    def per_fold(runs: list[dict], key: str) -> dict[int, float]:
+        out: dict[int, list[float]] = {}
+        for r in runs:
+            out.setdefault(r["fold"], []).append(r["test"][key])
+        return {k: statistics.mean(v) for k, v in out.items()}
+
+    result = {}
+    for key in ("auc", "logloss"):
+        a, b = per_fold(ours, key), per_fold(peer, key)
+        diffs = [a[k] - b[k] for k in sorted(a) if k in b]
+        result[f"fold_{key}_diffs"] = diffs
+        result[f"{key}_diff_mean"] = statistics.mean(diffs)
+        result[f"{key}_diff_se"] = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    result["folds_ours_at_or_above"] = sum(d >= 0 for d in result["fold_auc_diffs"])
+    return result
 
 
 def _write_parts(parts: dict[str, list[str]], out: Path, ext: str) -> dict[str, Path]:
@@ -151,18 +197,19 @@ def export_avazu_own(paths: dict[str, Path], path: Path, min_count: int = 2) -> 
             "dense_features": 0, "sparse_features": len(features)}
 
 
-def run_ours(config: Path, paths: dict[str, Path], cache: Path, seed: int, extra: list[str], run_dir: Path) -> dict:
+def run_ours(config: Path, paths: dict[str, Path], cache: Path, seed: int, extra: list[str], run_dir: Path,
+             fold: int | None = None) -> dict:
     overrides = [f"data.train={paths['train']}", f"data.valid={paths['valid']}", f"data.test={paths['test']}",
                  f"data.cache_dir={cache}", f"train.seed={seed}", *extra]
     cfg = load_config(ExperimentConfig, config, overrides)
     t0 = time.perf_counter()
     m = train(cfg, run_dir)
-    return {"seed": seed, "test": m["test"], "valid": m["valid"], "best_step": m["best_step"], "best_epoch": m["best_epoch"],
+    return {"seed": seed, "fold": fold, "test": m["test"], "valid": m["valid"], "best_step": m["best_step"], "best_epoch": m["best_epoch"],
             "steps": m["steps"], "epochs_completed": m["epochs_completed"], "stop_reason": m["stop_reason"],
             "schedule": m.get("schedule"), "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def run_peer(python: Path, npz: Path, model: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
+def run_peer(python: Path, npz: Path, model: str, seed: int, args: argparse.Namespace, out: Path, fold: int | None = None) -> dict:
     cmd = [str(python), str(PEER_SCRIPT), "--data", str(npz), "--model", model, "--seed", str(seed),
            "--epochs", str(args.peer_epochs), "--patience", str(args.peer_patience), "--threads", str(args.threads),
            "--out", str(out)]
@@ -171,7 +218,8 @@ def run_peer(python: Path, npz: Path, model: str, seed: int, args: argparse.Name
     if proc.returncode != 0:
         raise SystemExit(f"peer run failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     r = json.loads(out.read_text())
-    return {k: r[k] for k in ("seed", "test", "valid", "best_epoch", "epochs_run", "seconds", "settings", "deepctr_torch", "torch")}
+    return {"fold": fold, **{k: r[k] for k in ("seed", "test", "valid", "best_epoch", "epochs_run", "seconds", "settings",
+                                             "deepctr_torch", "torch")}}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -198,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer-patience", type=int, default=2)
     p.add_argument("--peer-from", type=Path, default=None, help="reuse the peer results of an earlier output JSON")
     p.add_argument("--no-peer", action="store_true", help="ours only")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="K-fold cross-validation over all labelled rows instead of the fixed split (see the module docstring)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tag", default="", help="output name suffix")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -211,45 +261,65 @@ def main(argv: list[str] | None = None) -> int:
     if not data.exists():
         raise SystemExit(f"{data} not found: pass --data")
     torch.set_num_threads(args.threads)
-    stem = "ctr_peers" + ("" if args.dataset == "criteo" else f"_{args.dataset}") + (f"_{args.tag}" if args.tag else "")
+    if args.folds and args.folds < 3:
+        raise SystemExit("--folds: K must be at least 3 (a test, a validation and a training block; 0: the fixed split)")
+    stem = ("ctr_peers" + ("" if args.dataset == "criteo" else f"_{args.dataset}") + (f"_cv{args.folds}" if args.folds else "")
+            + (f"_{args.tag}" if args.tag else ""))
 
     ours: dict[str, dict] = {}
     peer: dict[str, dict] = {}
     notes: list[str] = []
+    our_runs: dict[str, list[dict]] = {}
+    peer_runs: dict[str, list[dict]] = {}
+    features = None
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        paths = split_criteo(data, tmp / "splits") if args.dataset == "criteo" else split_avazu(data, tmp / "splits")
-        npz = tmp / "splits.npz"
-        features = None
-        for model in models:
-            config = REPO / "configs" / f"{args.dataset}_{model}.yaml"
-            if not config.is_file():
-                notes.append(f"ours/{model}: {config.relative_to(REPO)} does not exist yet: not run")
-                continue
-            runs = []
-            for seed in args.seeds:
-                runs.append(run_ours(config, paths, tmp / "cache", seed, args.overrides, tmp / f"ours-{model}-{seed}"))
-                print(f"[ours] {model} seed {seed}: test AUC {runs[-1]['test']['auc']:.4f} (best step {runs[-1]['best_step']})",
-                      flush=True)
-            ours[model] = {"config": str(config.relative_to(REPO)), **summarise(runs), "runs": runs}
-            if features is None:
-                cfg = load_config(ExperimentConfig, config, [f"data.train={paths['train']}", f"data.valid={paths['valid']}",
-                                                             f"data.test={paths['test']}", f"data.cache_dir={tmp / 'cache'}"])
-                features = export_prepared(cfg, npz)
+        folds: list[int | None] = list(range(args.folds)) if args.folds else [None]
+        if args.folds:
+            header, labelled, ext = labelled_rows(args.dataset, data)
+        for fold in folds:
+            where = tmp / ("all" if fold is None else f"fold{fold}")
+            if fold is None:
+                paths = split_criteo(data, where / "splits") if args.dataset == "criteo" else split_avazu(data, where / "splits")
+            else:
+                paths = split_fold(header, labelled, args.folds, fold, where / "splits", ext)
+            tag = "" if fold is None else f" fold {fold}"
+            npz, fold_features = where / "splits.npz", None
+            for model in models:
+                config = REPO / "configs" / f"{args.dataset}_{model}.yaml"
+                if not config.is_file():
+                    if fold in (None, 0):
+                        notes.append(f"ours/{model}: {config.relative_to(REPO)} does not exist yet: not run")
+                    continue
+                for seed in args.seeds:
+                    r = run_ours(config, paths, where / "cache", seed, args.overrides, where / f"ours-{model}-{seed}", fold)
+                    our_runs.setdefault(model, []).append(r)
+                    print(f"[ours] {model}{tag} seed {seed}: test AUC {r['test']['auc']:.4f} (best step {r['best_step']})", flush=True)
+                if fold_features is None:
+                    cfg = load_config(ExperimentConfig, config, [f"data.train={paths['train']}", f"data.valid={paths['valid']}",
+                                                                 f"data.test={paths['test']}", f"data.cache_dir={where / 'cache'}"])
+                    fold_features = export_prepared(cfg, npz)
+            if args.peer_from is None and not args.no_peer:
+                if fold_features is None:
+                    if args.dataset != "avazu":
+                        raise SystemExit("no model of ours ran: nothing to export for the peer")
+                    fold_features = export_avazu_own(paths, npz)
+                for model in args.peer_models:
+                    for seed in args.seeds:
+                        r = run_peer(args.peer_python, npz, model, seed, args, where / f"peer-{model}-{seed}.json", fold)
+                        peer_runs.setdefault(model, []).append(r)
+                        print(f"[peer] {model}{tag} seed {seed}: test AUC {r['test']['auc']:.4f} (best epoch {r['best_epoch']})",
+                              flush=True)
+            if features is None and fold_features is not None:  # row counts of the first fold (the others differ by one)
+                features = {**fold_features, **({"rows_of": "fold 0"} if fold is not None else {})}
+        for model, runs in our_runs.items():
+            ours[model] = {"config": f"configs/{args.dataset}_{model}.yaml", **summarise(runs), "runs": runs}
+        for model, runs in peer_runs.items():
+            peer[model] = {**summarise(runs), "runs": runs}
         if args.peer_from is not None:
             previous = json.loads(args.peer_from.read_text())
             peer, features = previous["peer"], features or previous.get("features")
             notes.append(f"peer results reused from {args.peer_from.name}")
-        elif not args.no_peer:
-            if features is None:
-                if args.dataset != "avazu":
-                    raise SystemExit("no model of ours ran: nothing to export for the peer")
-                features = export_avazu_own(paths, npz)
-            for model in args.peer_models:
-                runs = [run_peer(args.peer_python, npz, model, seed, args, tmp / f"peer-{model}-{seed}.json") for seed in args.seeds]
-                for r in runs:
-                    print(f"[peer] {model} seed {r['seed']}: test AUC {r['test']['auc']:.4f} (best epoch {r['best_epoch']})", flush=True)
-                peer[model] = {**summarise(runs), "runs": runs}
 
     rows = {}
     best_peer = max(peer, key=lambda m: peer[m]["test_auc_mean"]) if peer else None
@@ -263,11 +333,16 @@ def main(argv: list[str] | None = None) -> int:
             row.update(peer_test_auc=q["test_auc_mean"], peer_test_auc_std=q["test_auc_std"], peer_test_logloss=q["test_logloss_mean"],
                        peer_test_logloss_std=q["test_logloss_std"], auc_diff=r["test_auc_mean"] - q["test_auc_mean"],
                        logloss_diff=r["test_logloss_mean"] - q["test_logloss_mean"])
+            if args.folds:
+                row.update(paired_folds(r["runs"], q["runs"]))
         rows[model] = row
     command = "python benchmarks/ctr_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {
         "benchmark": "ctr_peers", "dataset": args.dataset, "data": str(data), "command": command.strip(),
-        "protocol": ("criteo: rows 1-6000 train, 6001-6750 valid, 6751-7500 test" if args.dataset == "criteo" else
+        "folds": args.folds,
+        "protocol": (f"{args.folds}-fold cross-validation over every labelled row in file order (fold k: test block k, "
+                     "valid block k+1 mod K, train the rest)" if args.folds else
+                     "criteo: rows 1-6000 train, 6001-6750 valid, 6751-7500 test" if args.dataset == "criteo" else
                      "avazu: train_part rows 1-8000 train, 8001-8999 valid, test_part (1000) test")
         + "; min-count 2 vocab on train; selection on valid AUC; test scored with the selected weights",
         "seeds": args.seeds, "our_overrides": args.overrides, "features": features,
@@ -289,7 +364,9 @@ def markdown(result: dict) -> str:
         return f"{mean:.4f} ± {std:.4f}"
 
     lines = [
-        f"# Ours vs DeepCTR-Torch on the {result['dataset']} sample (test split, {len(result['seeds'])} seeds)\n",
+        f"# Ours vs DeepCTR-Torch on the {result['dataset']} sample ("
+        + (f"{result['folds']}-fold cross-validation, " if result.get("folds") else "test split, ")
+        + f"{len(result['seeds'])} seed(s){' per fold' if result.get('folds') else ''})\n",
         f"Command: `{result['command']}`  ",
         f"Protocol: {result['protocol']}.  ",
         f"Ours: shipped `configs/{result['dataset']}_<model>.yaml`, data paths and seed overridden"
@@ -311,6 +388,14 @@ def markdown(result: dict) -> str:
         else:
             lines.append(f"| {model} | {pm(r['ours_test_auc'], r['ours_test_auc_std'])} | - | - | - | "
                          f"{pm(r['ours_test_logloss'], r['ours_test_logloss_std'])} | - | - |")
+    paired = {m: r for m, r in result["comparison"].items() if "auc_diff_se" in r}
+    if paired:
+        lines += ["", "Paired by fold (each side's mean over seeds in a fold; mean ± standard error over the folds):", "",
+                  "| ours | peer | AUC diff | folds with ours >= peer | logloss diff |", "|---|---|---|---|---|"]
+        for model, r in paired.items():
+            lines.append(f"| {model} | {r['peer_model']} | {r['auc_diff_mean']:+.4f} ± {r['auc_diff_se']:.4f} | "
+                         f"{r['folds_ours_at_or_above']} / {len(r['fold_auc_diffs'])} | "
+                         f"{r['logloss_diff_mean']:+.4f} ± {r['logloss_diff_se']:.4f} |")
     if result["peer"]:
         lines += ["", "All peer models (s / epoch: the peer's fit time over its epochs run, validation included):", "",
                   "| peer model | test AUC | test logloss | valid AUC | best epochs | s / epoch |", "|---|---|---|---|---|---|"]

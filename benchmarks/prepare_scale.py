@@ -7,9 +7,11 @@ the child's own maximum RSS (``getrusage(RUSAGE_SELF)`` at its end). The two out
 arrays are compared byte for byte. Linear time shows as flat rows/s across sizes, bounded memory as a flat
 peak RSS. Runs on a shared machine vary: the 1-minute load average before each run is recorded.
 
-    python benchmarks/prepare_scale.py --rows 1000000 10000000 45000000 --scale full [--work DIR]
+    python benchmarks/prepare_scale.py --rows 1000000 10000000 45000000 --scale full [--work DIR] [--append]
 
 Writes benchmarks/results/prepare_scale.{json,md}. The synthetic files stay in --work (reused by a rerun).
+``--append`` keeps the sizes already in the results file (a size measured again replaces its old row), so
+the largest size can be run in a sitting of its own; every command that contributed is recorded.
 """
 
 from __future__ import annotations
@@ -83,13 +85,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="synthetic cardinalities (full: Kaggle's, the issue's protocol)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder kept for reruns (default: temporary)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results folder")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the sizes already in the results file (same scale); re-measured sizes replace theirs")
     args = parser.parse_args(argv)
+    command = "python benchmarks/prepare_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    earlier: list[dict] = []
+    commands = [command]
+    previous = args.out / "prepare_scale.json"
+    if args.append and previous.is_file():
+        old = json.loads(previous.read_text())
+        if old.get("scale") != args.scale:
+            raise SystemExit(f"{previous}: scale {old.get('scale')!r} differs from --scale {args.scale}; cannot append")
+        earlier = [s for s in old["sizes"] if s["rows"] not in args.rows]
+        commands = [*old.get("commands", [old["command"]]), command]
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        sizes = [measure(rows, args.scale, work) for rows in args.rows]
+        sizes = sorted(earlier + [measure(rows, args.scale, work) for rows in args.rows], key=lambda s: s["rows"])
     record = {
-        "command": "python benchmarks/prepare_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command, "commands": commands,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "threads": "prepare default: min(4, cpus) parsing threads", "scale": args.scale, "sizes": sizes,
     }
@@ -111,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {s['rows']:,} | {s['input_gzip_bytes'] / 2**20:.0f} | {name} | {r['seconds']:.1f} | "
                          f"{r['rows_per_second']:,.0f} | {r['peak_rss_mib']:,.0f} | {r['load_average_before']:.1f} | "
                          f"{ratio} | {s['arrays_byte_identical'] if r is t else ''} |")
-    lines += ["", f"Command: `{record['command']}`.", ""]
+    lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".", ""]
     atomic_write_text(args.out / "prepare_scale.md", "\n".join(lines))
     print(json.dumps(record, indent=1))
     return 0

@@ -12,7 +12,7 @@ Sub-commands::
     recsys-emb search dnis|optembed --config CFG ...           (learned embedding dimensions)
     recsys-emb sid embed|train|assign ...                      (semantic IDs)
     recsys-emb retrieve --config CFG ...                       (exact/FAISS + kNN-Embed)
-    recsys-emb export --run-dir RUN --out DIR [--quantize none|fp16|int8|int4] [--aoti]
+    recsys-emb export --run-dir RUN --out DIR [--quantize none|fp16|int8|int4] [--format pt2|torchscript] [--aoti]
     recsys-emb predict --model DIR --data FILE... --out FILE [--batch-size N] [--top-k K]
     recsys-emb report RUN... [--out DIR]                        (curves.png + report.md of runs)
     recsys-emb doctor [--json]
@@ -81,7 +81,7 @@ TECHNIQUE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "retrieve": ("recsys_emb.retrieval.driver", "add_retrieve_arguments", "run_retrieve",
                  "candidate retrieval: exact/FAISS single-vector vs kNN-Embed"),
     "export": ("recsys_emb.inference.cli", "add_export_arguments", "run_export",
-               "a trained run -> a torch.export artefact for serving (unsharded, optionally quantised tables)"),
+               "a trained run -> a torch.export (or TorchScript) artefact for serving (unsharded, optionally quantised tables)"),
     "predict": ("recsys_emb.inference.cli", "add_predict_arguments", "run_predict",
                 "score raw rows (Criteo TSV, sequences, user ids) with an exported artefact"),
     "report": ("recsys_emb.report", "add_report_arguments", "run_report",

@@ -85,6 +85,15 @@ KNOWN: dict[str, tuple[Known, ...]] = {
               "final graph no longer uses are reported at load, one line each, and change nothing",
               logger="torch._export.serde.serialize"),
     ),
+    # recsys_emb.inference.export.script_program -> torch.jit.script of the fx-traced model
+    "torchscript": (
+        Known("The TorchScript type system doesn't support instance-level annotations on empty non-base types",
+              "raised while TorchScript compiles TorchRec's KeyedJaggedTensor / JaggedTensor classes (their empty "
+              "cache fields); the scripted artefact is checked against eager right after", category=UserWarning),
+        Known("TorchScript will treat type annotations of Tensor dtype-specific subtypes as if they are normal",
+              "the same classes annotate some fields with dtype-specific tensor types; TorchScript reads them as "
+              "Tensor, which is what they hold", category=UserWarning),
+    ),
 }
 
 

@@ -44,7 +44,6 @@ import shutil
 import tempfile
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -350,10 +349,6 @@ _FX_REASONS = {
 
 
 # UserWarnings of torch.jit.script on TorchRec 1.8's own classes (their annotations); nothing a caller can change
-_SCRIPT_WARNINGS = ("The TorchScript type system doesn't support instance-level annotations on empty non-base types",
-                    "TorchScript will treat type annotations of Tensor dtype-specific subtypes as if they are normal")
-
-
 def _culprit(error: BaseException) -> str:
     """Where in our model code (not torch's, not this package's) ``error`` was raised, and the known reason."""
     here = Path(__file__).resolve().parent
@@ -416,9 +411,7 @@ def script_program(serving: nn.Module, sample: tuple[Tensor, ...], kind: str) ->
         raise TorchScriptUnsupported(f"TorchRec's fx tracing failed{_culprit(e)} ({type(e).__name__}: {first})") from e
     _plain_annotations(graph)
     try:
-        with warnings.catch_warnings():  # raised while TorchScript compiles TorchRec's KJT / JaggedTensor classes
-            for message in _SCRIPT_WARNINGS:
-                warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        with known_warnings("torchscript"):  # raised while TorchScript compiles TorchRec's KJT / JaggedTensor classes
             scripted = torch.jit.script(graph)
     except Exception as e:  # noqa: BLE001
         raise TorchScriptUnsupported(f"torch.jit.script of the traced module failed ({type(e).__name__}: "

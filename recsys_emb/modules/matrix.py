@@ -1,7 +1,8 @@
 """The composition matrix: which technique chains each model family accepts, in one place.
 
 ``tests/modules/test_composition.py`` builds and trains every cell of :func:`cells` (and shards each on
-2 gloo ranks); ``docs/techniques/README.md`` holds :func:`markdown_table`, and a test checks that the
+2 gloo ranks: every chain of one model per family kind in the default suite, the other cells with
+``-m slow``); ``docs/techniques/README.md`` holds :func:`markdown_table`, and a test checks that the
 page and this list agree, so the compatibility table cannot drift from what is tested.
 
 Run ``python -m recsys_emb.modules.matrix`` to print the table.

@@ -11,7 +11,7 @@ pre         a parameter-free ``KJT -> KJT`` transform before the lookup,       `
             changing the ids' space (it runs before the sharded input
             all-to-all: it sits inside a TransformedEmbeddingBagCollection)
 layout      the tables themselves (stock EBC tables, possibly behind a         ``plain``, ``hash``,
-            parameter-free transform); at most one per chain, ``plain``        ``unified``
+            parameter-free transform); at most one per chain, ``plain``        ``unified``, ``qr``
             when none is named
 post        a post-lookup transform with small dense parameters over the       ``dnis``, ``optembed``
             looked-up rows of the RAW ids (data-parallel under DMP)
@@ -297,7 +297,7 @@ def resolve_chain(group: TableGroup, *, sequence: bool) -> Chain:
         if rank < last_rank:
             raise ConfigError(
                 f"{where}: '{tech.name}' cannot come after '{last_name}': a chain is pre-transforms (semantic_ids), then one "
-                "table layout (plain, hash, unified), then post-lookup transforms (dnis, optembed)"
+                "table layout (plain, hash, unified, qr), then post-lookup transforms (dnis, optembed)"
             )
         last_name, last_rank = tech.name, rank
     parsed = [(tech, from_dict(tech.options, options, where=f"{where}: {tech.name}") if tech.options is not None else None)
