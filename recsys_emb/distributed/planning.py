@@ -45,6 +45,7 @@ SHARDED_TYPES = ["table_wise", "row_wise", "column_wise", "table_row_wise"]
 # (on one host it is row_wise with extra bookkeeping)
 AUTO_TYPES = {"cpu": ["table_wise", "row_wise", "column_wise"], "cuda": SHARDED_TYPES}
 GIB = 1024**3
+ROW_SPLIT_TYPES = ("row_wise", "table_row_wise")  # split a table's rows over ranks
 
 
 class ShardingError(ValueError):
@@ -126,8 +127,15 @@ def _constraints(infos: list[TableInfo], device_type: str, world_size: int) -> d
         if t.kernel in ("fused_uvm", "fused_uvm_caching") and device_type != "cuda":
             raise ShardingError(f"table '{t.name}': compute kernel {t.kernel} needs CUDA (UVM); on CPU use fused")
         kernel = t.kernel or EmbeddingComputeKernel.FUSED.value
+        types = [t.type] if t.type else list(AUTO_TYPES.get(device_type, SHARDED_TYPES))
+        if t.rows < world_size:  # a row-wise split would leave a rank an empty shard, which FBGEMM's CPU optimizer rejects
+            if t.type in ROW_SPLIT_TYPES:
+                raise ShardingError(f"table '{t.name}' has {t.rows} row(s), fewer than the {world_size} ranks: it cannot be "
+                                    f"{t.type} (a rank would hold no rows); use table_wise or column_wise for it "
+                                    f"(sharding.tables.{t.name}.type=table_wise)")
+            types = [x for x in types if x not in ROW_SPLIT_TYPES]
         constraints[t.name] = ParameterConstraints(
-            sharding_types=[t.type] if t.type else list(AUTO_TYPES.get(device_type, SHARDED_TYPES)),
+            sharding_types=types,
             compute_kernels=[kernel],
             # column_wise: up to world_size shards, each a multiple of 4 wide (a 4-wide table stays one shard)
             min_partition=_column_partition(t.dim, world_size) if t.type == "column_wise" else None,

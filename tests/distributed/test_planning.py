@@ -81,3 +81,13 @@ def test_plan_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["plan", "--config", str(Path(__file__).parents[2] / "configs" / "criteo_dcnv2_tiny.yaml"),
                  "--train", str(data), "--world-size", "2", "--set", "sharding.tables={t_C9: {type: row_wise}}"])
     assert code == 2 and "no table 't_C9'" in capsys.readouterr().err
+
+
+def test_tables_with_fewer_rows_than_ranks_are_never_split_by_rows() -> None:
+    """A 1-row table split by rows over 2 ranks leaves one rank an empty shard, which FBGEMM's CPU optimizer
+    rejects (with a misleading 'more than 2B rows' error): auto never picks it, an explicit request is refused."""
+    plan = plan_sharding(model((16, 16, 16), rows=1), ShardingConfig(), world_size=2, device_type="cpu", batch_size=64)
+    assert types_of(plan)["t0"] not in ("row_wise", "table_row_wise")  # t0: 1 row (t1: 2, t2: 3 rows)
+    with pytest.raises(ShardingError, match="table 't0' has 1 row.*fewer than the 2 ranks.*table_wise"):
+        plan_sharding(model((16, 16, 16), rows=1), ShardingConfig(type="row_wise"), world_size=2, device_type="cpu",
+                      batch_size=64)
