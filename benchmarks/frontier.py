@@ -188,8 +188,9 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, ranks: int, threads: int) ->
     cfg = absolute_paths(cfg)
     fewest = min((c.num_embeddings for c in table_list(cfg)), default=ranks)
     if ranks > 1 and fewest < ranks and cfg.sharding.type == "auto":
-        # The auto planner row-shards tables of fewer rows than ranks, leaving a rank an empty shard, which FBGEMM's
-        # CPU row-wise Adagrad rejects ("more than 2B rows"): such cells shard table-wise (recorded as cfg.sharding).
+        # The auto planner used to row-shard tables of fewer rows than ranks (an empty shard, which FBGEMM's CPU
+        # row-wise Adagrad rejects); it no longer does, but such cells stay table-wise, as the measured ones ran
+        # (recorded as cfg.sharding).
         cfg = dataclasses.replace(cfg, sharding=dataclasses.replace(cfg.sharding, type="table_wise"))
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a cell cut short is redone from scratch
