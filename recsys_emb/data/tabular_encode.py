@@ -69,17 +69,40 @@ class VocabTable:
         self.values = values.cast(pl.String).rename("value")
         self.counts = np.asarray(counts, dtype=np.int64)
         self.min_count, self.distinct = min_count, distinct
-        self._ids = pl.Series("id", np.arange(FIRST_ID, len(values) + FIRST_ID, dtype=np.int32))
+        self._lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted value hashes, their value index)
+        self._collisions = False
 
     @property
     def size(self) -> int:
         return len(self.values) + FIRST_ID
 
+    def _build_lookup(self) -> None:
+        """Sort the vocabulary's 64-bit hashes once: every chunk is then looked up in O(n log V), not O(V)
+        (``replace_strict`` builds a map of the whole vocabulary per call, which made preparing many chunks
+        at Kaggle cardinalities superlinear in the rows)."""
+        hashes = self.values.hash(seed=0).to_numpy()  # (V,) uint64
+        order = np.argsort(hashes, kind="stable")
+        ordered = hashes[order]
+        self._collisions = bool(len(ordered) > 1 and (ordered[1:] == ordered[:-1]).any())
+        self._lookup = (ordered, order)
+
     def encode(self, values: pl.Series) -> np.ndarray:
         """``(n,)`` int32 ids of a String series (null = missing)."""
-        ids = values.replace_strict(self.values, self._ids, default=OOV_ID, return_dtype=pl.Int32)
-        out = ids.to_numpy().astype(np.int32, copy=True)  # (n,)
-        out[values.is_null().to_numpy()] = MISSING_ID  # replace_strict gives nulls the default
+        if self._lookup is None:
+            self._build_lookup()
+        assert self._lookup is not None
+        ordered, order = self._lookup
+        if self._collisions or len(ordered) == 0:  # two values share a hash (or nothing is kept): the map, per call
+            ids = values.replace_strict(self.values, np.arange(FIRST_ID, len(self.values) + FIRST_ID, dtype=np.int32),
+                                        default=OOV_ID, return_dtype=pl.Int32).to_numpy()
+        else:
+            hashes = values.hash(seed=0).to_numpy()  # (n,)
+            pos = np.minimum(np.searchsorted(ordered, hashes), len(ordered) - 1)  # (n,)
+            index = order[pos]  # (n,) candidate value of each row
+            same = (self.values.gather(index) == values).fill_null(False).to_numpy() & (ordered[pos] == hashes)
+            ids = np.where(same, index + FIRST_ID, OOV_ID)
+        out = np.asarray(ids).astype(np.int32, copy=True)  # (n,)
+        out[values.is_null().to_numpy()] = MISSING_ID
         return out
 
     def info(self) -> dict[str, Any]:
