@@ -12,6 +12,7 @@ Sub-commands::
     recsys-emb search dnis|optembed --config CFG ...           (learned embedding dimensions)
     recsys-emb sid embed|train|assign ...                      (semantic IDs)
     recsys-emb retrieve --config CFG ...                       (exact/FAISS + kNN-Embed)
+    recsys-emb recommend --config CFG [--retrieval-run RUN] [--ranker-run RUN|none]  (retrieve, then rank)
     recsys-emb export --run-dir RUN --out DIR [--quantize none|fp16|int8|int4] [--format pt2|torchscript] [--aoti]
     recsys-emb predict --model DIR --data FILE... --out FILE [--batch-size N] [--top-k K]
     recsys-emb report RUN... [--out DIR]                        (curves.png + report.md of runs)
@@ -80,6 +81,8 @@ TECHNIQUE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
             "semantic IDs: embed item text, train the RQ-VAE, assign IDs"),
     "retrieve": ("recsys_emb.retrieval.driver", "add_retrieve_arguments", "run_retrieve",
                  "candidate retrieval: exact/FAISS single-vector vs kNN-Embed"),
+    "recommend": ("recsys_emb.retrieval.pipeline", "add_recommend_arguments", "run_recommend",
+                  "retrieve, then rank: stage-1 candidates ordered by a trained DIN / two-stage ranker, evaluated end to end"),
     "export": ("recsys_emb.inference.cli", "add_export_arguments", "run_export",
                "a trained run -> a torch.export (or TorchScript) artefact for serving (unsharded, optionally quantised tables)"),
     "predict": ("recsys_emb.inference.cli", "add_predict_arguments", "run_predict",

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from recsys_emb.config.embedding import EmbeddingSpec
 from recsys_emb.config.experiment import OptimizerConfig, ShardingConfig, TrainConfig
+from recsys_emb.data.sequences import SequenceDataConfig
 from recsys_emb.models.graph import GraphModelConfig, check_propagation
 
 
@@ -39,6 +40,10 @@ class GraphDataConfig:
     valid: bool = True  # use valid.txt when present: model selection on it, test excludes its items too
     cache: bool = True  # parse the files once into cache_dir, memory-map them on later runs
     cache_dir: str | None = None  # None = $RECSYS_EMB_CACHE or ~/.cache/recsys_emb
+    # instead of `path`: behaviour sequences (a `task: sequence` data section) as a graph in THEIR ids, so the
+    # model can be stage 1 of a retrieve-then-rank pipeline (docs/techniques/retrieve_rank.md): train =
+    # training positions, valid / test = the leave-last-out targets; the run writes vocabulary.json
+    sequence: SequenceDataConfig | None = None
 
 
 @dataclass

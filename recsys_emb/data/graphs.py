@@ -98,6 +98,7 @@ class GraphDataset:
     num_items: int
     splits: dict[str, GraphSplit] = field(default_factory=dict)
     root: str = ""
+    vocabulary: dict | None = None  # built from behaviour sequences: their id maps (SequenceDataset.vocabulary)
 
     @property
     def train(self) -> GraphSplit:

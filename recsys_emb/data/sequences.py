@@ -8,6 +8,9 @@ Sources (see datasets/amazon_seq/README.md):
 * MovieLens-100K (``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``, ``u.item``: genre flags);
   a user's sequence is their ratings sorted by (timestamp, line number); the category of a movie is
   its first genre flag.
+* MovieLens-1M (``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``, ``movies.dat``:
+  ``MovieID::Title::Genre|Genre``, Latin-1), ordered the same way; categories are genres (ids in
+  alphabetical order of the 18 names), the category of a movie is its first listed genre.
 
 Protocol (leave-last-out), per user with ``n`` interactions ``x_0 .. x_{n-1}``:
 
@@ -37,6 +40,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,6 +49,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_emb.data.availability import require_data
 from recsys_emb.utils import open_text, plain_or_gz
+
+if TYPE_CHECKING:
+    from recsys_emb.data.graphs import GraphDataset
 
 MISSING_ID = 0
 OOV_ID = 1
@@ -60,7 +67,7 @@ FIELDS = {"item": ("hist_item", "target_item"), "category": ("hist_cat", "target
 
 # dataset name -> (file stem of the sequences, kind)
 AMAZON_STEMS = {"amazon_beauty": "Beauty", "amazon_sports": "Sports_and_Outdoors", "amazon_lastfm": "LastFM"}
-DATASETS = (*AMAZON_STEMS, "movielens_100k", "s3rec", "unisrec")
+DATASETS = (*AMAZON_STEMS, "movielens_100k", "movielens_1m", "s3rec", "unisrec")
 
 
 class SequenceDataError(ValueError):
@@ -71,7 +78,7 @@ class SequenceDataError(ValueError):
 class SequenceDataConfig:
     """Which behaviour-sequence data set to load and how to turn it into examples."""
 
-    dataset: str = "amazon_beauty"  # amazon_beauty | amazon_sports | amazon_lastfm | movielens_100k | s3rec | unisrec
+    dataset: str = "amazon_beauty"  # amazon_beauty | amazon_sports | amazon_lastfm | movielens_100k | movielens_1m | s3rec | unisrec
     path: str | None = None  # folder holding the raw files (plain or .gz)
     stem: str | None = None  # s3rec: STEM.txt + STEM_item2attributes.json; unisrec: STEM.{train,valid,test}.inter
     max_history: int = 50  # L: the most recent L behaviours are kept
@@ -84,8 +91,18 @@ class SequenceDataConfig:
     holdout_seed: int = 0  # which items are held out
     cache: bool = True  # parse the raw files once into cache_dir, memory-map them on later runs
     cache_dir: str | None = None  # None = $RECSYS_EMB_CACHE or ~/.cache/recsys_emb
+    # hard negatives (docs/techniques/retrieve_rank.md): a stage-1 run (task graph / two_tower trained on these
+    # sequences, `data.sequence`); each TRAINING negative is, with probability hard_negative_fraction, drawn
+    # uniformly from the user's top hard_negative_pool items of that model (never an item of the user's
+    # sequence), else by popularity as usual. Validation / test negatives stay popularity negatives.
+    hard_negatives: str | None = None
+    hard_negative_pool: int = 100
+    hard_negative_fraction: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.hard_negative_pool < 1 or not 0.0 <= self.hard_negative_fraction <= 1.0:
+            raise ValueError(f"data.hard_negative_pool must be >= 1 and data.hard_negative_fraction in [0, 1], got "
+                             f"{self.hard_negative_pool} and {self.hard_negative_fraction}")
         if self.dataset not in DATASETS:
             raise ValueError(f"data.dataset: unknown '{self.dataset}' (choose from {list(DATASETS)})")
         if self.dataset in ("s3rec", "unisrec") and not self.stem:
@@ -206,6 +223,54 @@ def read_movielens_100k(folder: str | Path) -> RawSequences:
     return RawSequences(users, offsets, ratings[:, 1].copy(), categories, str(find_ml(Path(folder), "u.data")), genres_of)
 
 
+def _dat_fields(path: Path, line_no: int, line: str, names: tuple[str, ...]) -> list[str]:
+    fields = line.rstrip("\r\n").split("::")
+    if len(fields) != len(names):
+        raise SequenceDataError(f"{path}:{line_no}: expected {len(names)} '::'-separated fields ({', '.join(names)}), got {len(fields)}")
+    return fields
+
+
+def read_movielens_1m(folder: str | Path) -> RawSequences:
+    """MovieLens-1M as sequences: every rating of ``ratings.dat`` is an interaction, ordered per user by
+    (timestamp, line); genres of ``movies.dat`` (Latin-1) are the attributes, the first one the category.
+
+    Raises:
+        SequenceDataError: a line with the wrong number of fields or a non-integer id/timestamp (file:line:field).
+    """
+    folder = Path(folder)
+    ratings_path, movies_path = _find(folder, "ratings.dat"), _find(folder, "movies.dat")
+    rows: list[tuple[int, int, int]] = []
+    names = ("UserID", "MovieID", "Rating", "Timestamp")
+    with open_text(ratings_path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = _dat_fields(ratings_path, line_no, line, names)
+            try:
+                rows.append((int(fields[0]), int(fields[1]), int(fields[3])))
+            except ValueError:
+                bad = next(i for i in (0, 1, 3) if not fields[i].strip().lstrip("-").isdigit())
+                raise SequenceDataError(f"{ratings_path}:{line_no}: {names[bad]} {fields[bad]!r} is not an integer") from None
+    genres_of: dict[int, list[str]] = {}
+    with open_text(movies_path, encoding="latin-1") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            movie, _, genres = _dat_fields(movies_path, line_no, line, ("MovieID", "Title", "Genres"))
+            if not movie.isdigit():
+                raise SequenceDataError(f"{movies_path}:{line_no}: MovieID {movie!r} is not an integer")
+            genres_of[int(movie)] = [g for g in genres.split("|") if g]
+    vocab = {g: i for i, g in enumerate(sorted({g for gs in genres_of.values() for g in gs}))}
+    attributes = {m: [vocab[g] for g in gs] for m, gs in genres_of.items() if gs}
+    r = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    r = r[np.lexsort((np.arange(len(r)), r[:, 2], r[:, 0]))]  # user, then timestamp, then line
+    users, counts = np.unique(r[:, 0], return_counts=True)
+    offsets = np.zeros(len(users) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    categories = {m: a[0] for m, a in attributes.items()}
+    return RawSequences(users, offsets, r[:, 1].copy(), categories, str(ratings_path), attributes)
+
+
 RAW_CACHE_VERSION = 2  # bump when a reader's output changes: older cache entries are then ignored
 _RAW_ARRAYS = ("users", "offsets", "items", "category_items", "category_values", "attribute_items", "attribute_offsets",
                "attribute_values")
@@ -216,6 +281,8 @@ def sequence_files(cfg: SequenceDataConfig) -> tuple[str, tuple[str, ...]]:
     files its reader cannot do without (attribute files and the UniSRec train/valid splits are optional)."""
     if cfg.dataset == "movielens_100k":
         return "movielens", ("u.data", "u.item")
+    if cfg.dataset == "movielens_1m":
+        return "movielens_1m_meta", ("ratings.dat", "movies.dat")
     if cfg.dataset == "unisrec":
         return "amazon_scientific_text", (f"{cfg.stem}.test.inter",)
     stem = cfg.stem if cfg.dataset == "s3rec" else AMAZON_STEMS[cfg.dataset]
@@ -274,6 +341,8 @@ def _raw_arrays(raw: RawSequences) -> tuple[dict[str, np.ndarray], dict[str, str
 def _read_raw(cfg: SequenceDataConfig, folder: Path) -> RawSequences:
     if cfg.dataset == "movielens_100k":
         return read_movielens_100k(folder)
+    if cfg.dataset == "movielens_1m":
+        return read_movielens_1m(folder)
     if cfg.dataset == "unisrec":
         from recsys_emb.data.cold_start import read_unisrec_sequences
 
@@ -398,6 +467,55 @@ class SequenceDataset:
         self._train_mask = train_pos
         self._user_of = user_of
         self._pos_in_user = pos_in_user
+        self.hard_pool: np.ndarray | None = None  # (U, M) hard-negative candidates per user (cfg.hard_negatives)
+        if cfg.hard_negatives:
+            from recsys_emb.retrieval.pipeline import hard_negative_pool
+
+            self.hard_pool = hard_negative_pool(self, cfg.hard_negatives, cfg.hard_negative_pool)
+
+    # -------------------------------------------------------------------------------- vocabulary
+    def vocabulary(self) -> dict[str, object]:
+        """What fixes the user and item ids of this data set, with a fingerprint (sha256) of both id maps.
+
+        Every run trained on these sequences (the ranker, and a retrieval model trained with
+        ``data.sequence``) writes it to ``vocabulary.json``; the pipeline refuses two runs whose
+        fingerprints differ (their ids would mean different users / items)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for part in (np.asarray(self.raw_users, dtype=np.int64), np.asarray(self.item_raw_ids, dtype=np.int64)):
+            h.update(np.ascontiguousarray(part).tobytes())
+            h.update(b"|")
+        return {"dataset": self.cfg.dataset, "source": str(self.cfg.path or ""), "users": int(self.num_users),
+                "items": int(self.num_items), "fingerprint": h.hexdigest()}
+
+    def split_items(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """CSR ``(indptr (U + 1,), items)`` of every user's encoded items of ``split``: ``train`` = the training
+        positions (the history before the validation target), ``valid`` / ``test`` = the one target."""
+        n = self.lengths[self._user_of]
+        p = self._pos_in_user
+        mask = {"train": p < n - 2, "valid": p == n - 2, "test": p == n - 1}[split]
+        indptr = np.zeros(self.num_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self._user_of[mask], minlength=self.num_users), out=indptr[1:])
+        return indptr, self.items[mask]
+
+    def to_graph(self) -> "GraphDataset":
+        """The leave-last-out protocol as a user-item graph in THIS data set's ids (a retrieval model trained
+        on it shares the ranker's vocabulary): ``train`` = training positions, ``valid`` / ``test`` = the
+        validation / test targets. Items are the encoded ids (rows 0 and 1, missing / OOV, are isolated
+        nodes; an OOV target cannot be retrieved and counts as a miss)."""
+        from recsys_emb.data.graphs import GraphDataset, GraphSplit
+
+        splits = {}
+        for split in ("train", "valid", "test"):
+            indptr, items = self.split_items(split)
+            users = np.repeat(np.arange(self.num_users), np.diff(indptr))
+            keys = np.unique(users * self.num_items + items)  # sorted per user, repeats kept once
+            ip = np.zeros(self.num_users + 1, dtype=np.int64)
+            np.cumsum(np.bincount(keys // self.num_items, minlength=self.num_users), out=ip[1:])
+            splits[split] = GraphSplit(ip, keys % self.num_items, f"{self.cfg.dataset}:{split}", int((np.diff(ip) > 0).sum()),
+                                       len(items) - len(keys))
+        return GraphDataset(self.num_users, self.num_items, splits, f"{self.cfg.dataset} sequences ({self.cfg.path})")
 
     def set_item_attributes(self) -> None:
         """The encoded attribute ids of every encoded item (CSR over ``item_raw_ids``; ids 0/1 have none)."""
@@ -434,10 +552,19 @@ class SequenceDataset:
             self._user_of[rows], p[rows], self.items[rows], self.categories[rows], np.ones(len(rows), dtype=np.float32)
         )
 
-    def sample_negatives(self, user: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
-        """(len(user), num) items drawn by training popularity, none of them in the user's sequence."""
+    def sample_negatives(self, user: np.ndarray, num: int, rng: np.random.Generator, hard: bool = False) -> np.ndarray:
+        """(len(user), num) items drawn by training popularity, none of them in the user's sequence.
+
+        ``hard`` (training, with ``cfg.hard_negatives``): each draw is, with probability
+        ``hard_negative_fraction``, a uniform pick from the user's hard-negative pool instead (the pool
+        holds no item of the user's sequence)."""
         prob = self.popularity / self.popularity.sum()
         out = rng.choice(self.num_items, size=(len(user), num), p=prob)
+        if hard and self.hard_pool is not None and self.cfg.hard_negative_fraction > 0:  # 0: exactly the popularity draws
+            pool = self.hard_pool[user]  # (R, M)
+            pick = pool[np.arange(len(user))[:, None], rng.integers(0, pool.shape[1], size=(len(user), num))]
+            take = (rng.random((len(user), num)) < self.cfg.hard_negative_fraction) & (pick >= FIRST_ID)
+            out = np.where(take, pick, out)
         users = np.repeat(user, num).reshape(len(user), num)
         for _ in range(1000):
             keys = users * self.num_items + out
@@ -458,7 +585,7 @@ class SequenceDataset:
         num = self.cfg.num_negatives if split == "train" else (self.cfg.eval_negatives or self.cfg.num_negatives)
         salt = {"train": 0, "valid": 1, "test": 2}[split]
         rng = np.random.default_rng([self.cfg.seed, salt, epoch if split == "train" else 0])
-        neg = self.sample_negatives(pos.user, num, rng)  # (R, N)
+        neg = self.sample_negatives(pos.user, num, rng, hard=split == "train")  # (R, N)
         group = 1 + num
         items = np.concatenate([pos.target_item[:, None], neg], axis=1).reshape(-1)
         cats = np.concatenate([pos.target_cat[:, None], self.item_cat[neg]], axis=1).reshape(-1)

@@ -52,14 +52,24 @@ from recsys_emb.train.env import DistEnv
 from recsys_emb.train.parallel import inner_model
 from recsys_emb.train.ranking_metrics import full_ranking_metrics
 from recsys_emb.train.trainer import Task, eval_mode, main_first, split_rows
-from recsys_emb.utils import atomic_write_bytes, log
+from recsys_emb.utils import atomic_save_json, atomic_write_bytes, log
 
 EMBEDDINGS_FILE = "embeddings.pt"
+VOCABULARY_FILE = "vocabulary.json"  # the id maps of a run trained on behaviour sequences (SequenceDataset.vocabulary)
 
 
 def load_graph(cfg: GraphExperimentConfig) -> GraphDataset:
     """The graph of ``cfg.data`` (``valid.txt`` only when ``data.valid``); a missing test split is an error
     (the graph task scores test at the end): :class:`~recsys_emb.data.availability.MissingDataError`."""
+    if cfg.data.sequence is not None:
+        from recsys_emb.data.cold_start import make_sequence_dataset
+
+        ds = make_sequence_dataset(cfg.data.sequence)
+        graph = ds.to_graph()
+        if not cfg.data.valid:
+            del graph.splits["valid"]
+        graph.vocabulary = ds.vocabulary()
+        return graph
     splits = ("train", "valid", "test") if cfg.data.valid else ("train", "test")
     require_data(cfg.data.path, "gowalla", ("train.txt", "test.txt"), where="data.path")
     return load_graph_dataset(cfg.data.path, splits, cfg.data.cache, cfg.data.cache_dir)
@@ -135,7 +145,11 @@ class GraphTask(Task):
     final_splits: tuple[str, ...] = ("test",)
 
     def __init__(self, cfg: GraphExperimentConfig, graph: GraphDataset | None = None) -> None:
-        if graph is None:
+        if graph is None and cfg.data.sequence is not None:
+            from recsys_emb.train.tasks.sequence import absolute_data_paths
+
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sequence=absolute_data_paths(cfg.data.sequence)))
+        elif graph is None:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
         self.cfg = cfg
         self.graph = graph
@@ -169,6 +183,8 @@ class GraphTask(Task):
 
     def write_run_files(self, run_dir: Path) -> None:
         save_config(self.cfg, run_dir / "config.yaml")
+        if self.graph is not None and self.graph.vocabulary is not None:
+            atomic_save_json(run_dir / VOCABULARY_FILE, self.graph.vocabulary)
 
     # ---------------------------------------------------------------------------------- model
     def build_model(self) -> nn.Module:

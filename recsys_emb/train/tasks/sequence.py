@@ -32,7 +32,7 @@ from recsys_emb.config.io import save_config
 from recsys_emb.config.sequence import SequenceExperimentConfig
 from recsys_emb.data.cold_start import make_sequence_dataset
 from recsys_emb.config.embedding import EmbeddingSpec
-from recsys_emb.data.sequences import FIELDS, FIRST_ID, Examples, SequenceBatch, SequenceDataset
+from recsys_emb.data.sequences import FIELDS, FIRST_ID, Examples, SequenceBatch, SequenceDataConfig, SequenceDataset
 from recsys_emb.models.long_sequence import TwoStageModel
 from recsys_emb.models.sequence import SequenceFacts, SequenceTrain, build_sequence_model
 from recsys_emb.modules.semantic_ids import ItemIds
@@ -40,6 +40,7 @@ from recsys_emb.train.env import DistEnv
 from recsys_emb.train.parallel import inner_model
 from recsys_emb.train.ranking_metrics import RankingMetrics
 from recsys_emb.train.trainer import Task, eval_mode, main_first, split_rows
+from recsys_emb.utils import atomic_save_json
 
 
 def evaluate_sequence(
@@ -72,8 +73,13 @@ def absolute_paths(cfg: SequenceExperimentConfig) -> SequenceExperimentConfig:
     """``cfg`` with its file paths (data folder, cache, the semantic-ID codes and tokeniser of its chains) made
     absolute, as the run's ``config.yaml`` records them: ``--resume`` from another working directory reads the
     same files."""
-    data = dataclasses.replace(cfg.data, **{k: str(Path(v).resolve()) for k in ("path", "cache_dir") if (v := getattr(cfg.data, k))})
-    return dataclasses.replace(cfg, data=data, embedding=absolute_chain_paths(cfg.embedding))
+    return dataclasses.replace(cfg, data=absolute_data_paths(cfg.data), embedding=absolute_chain_paths(cfg.embedding))
+
+
+def absolute_data_paths(data: SequenceDataConfig) -> SequenceDataConfig:
+    """``data`` with its folder, cache and hard-negative run made absolute."""
+    return dataclasses.replace(data, **{k: str(Path(v).resolve()) for k in ("path", "cache_dir", "hard_negatives")
+                                        if (v := getattr(data, k))})
 
 
 def absolute_chain_paths(spec: EmbeddingSpec) -> EmbeddingSpec:
@@ -131,7 +137,10 @@ class SequenceTask(Task):
         self._world_size = env.world_size
 
     def write_run_files(self, run_dir: Path) -> None:
+        from recsys_emb.train.tasks.graph import VOCABULARY_FILE
+
         save_config(self.cfg, run_dir / "config.yaml")
+        atomic_save_json(run_dir / VOCABULARY_FILE, self.ds.vocabulary())  # the pipeline checks it against stage 1
 
     def build_model(self) -> nn.Module:
         return build_sequence_train(self.cfg, self.ds, self._world_size, device="meta")
