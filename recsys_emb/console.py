@@ -77,6 +77,10 @@ KNOWN: dict[str, tuple[Known, ...]] = {
               category=FutureWarning),
         Known("`torch.distributed.all_gather_into_tensor` is deprecated",
               "the same, for TorchRec's all-gather of row-wise shards", category=FutureWarning),
+        Known("fbgemm::dense_embedding_codegen_lookup_function: an autograd kernel was not registered",
+              "FBGEMM's replicated (data_parallel) CPU tables run their lookup op inside their own autograd.Function, "
+              "so the dispatcher sees an op without an Autograd kernel at every backward; the gradients equal "
+              "torch's embedding_bag (tests/test_console.py)", category=UserWarning),
     ),
     # recsys_emb.inference.predictor.Predictor.load -> torch.export.load
     "export_load": (

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from recsys_emb import console
 from recsys_emb.cli import TECHNIQUE_COMMANDS, _leaf_parsers, build_parser, main
@@ -178,3 +179,23 @@ def test_a_training_run_prints_only_our_lines(tmp_path: Path, verbose: bool) -> 
     else:
         assert foreign == []
         assert len(lines) == 5, lines  # run dir, plan summary, data, one validation, the test metrics
+
+
+def test_dense_tbe_autograd_notice_is_harmless() -> None:
+    """The reason of the hidden fbgemm::dense_embedding_codegen notice: the replicated CPU table's gradient (and
+    output) equal torch's embedding_bag on the same weights."""
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import DenseTableBatchedEmbeddingBagsCodegen
+
+    torch.manual_seed(0)
+    table = DenseTableBatchedEmbeddingBagsCodegen([(50, 8)], pooling_mode=PoolingMode.SUM, use_cpu=True)
+    weight = table.weights.detach().clone().view(50, 8).requires_grad_(True)
+    ids, offsets = torch.randint(0, 50, (30,)), torch.tensor([0, 5, 12, 12, 30])
+    with console.known_warnings("forward"):
+        out = table(ids, offsets)
+        grad = torch.randn_like(out)
+        (out * grad).sum().backward()
+    ref = torch.nn.functional.embedding_bag(ids, weight, offsets[:-1], mode="sum")
+    (ref * grad).sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(table.weights.grad.view(50, 8), weight.grad)
