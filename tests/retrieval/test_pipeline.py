@@ -166,7 +166,8 @@ def runs(synth, tmp_path_factory) -> dict[str, Path]:
     mf = _train("configs/gowalla_lightgcn_tiny.yaml", _sequence_overrides("data.sequence.", synth) + [
         "data.valid=true", "model.name=mf", "evaluation.max_users=null", "train.epochs=3"], root / "mf")
     din = _train("configs/amazon_beauty_din_tiny.yaml", _sequence_overrides("data.", synth), root / "din")
-    return {"mf": mf, "din": din}
+    dare = _train("configs/amazon_beauty_dare_tiny.yaml", _sequence_overrides("data.", synth) + ["train.epochs=1"], root / "dare")
+    return {"mf": mf, "din": din, "dare": dare}
 
 
 def test_hard_negative_pool_and_sampling(synth, ds, runs):
@@ -225,3 +226,24 @@ def test_recommend_cli_writes_ranked_lists_and_refuses_mismatched_runs(runs, tmp
     cfg.retrieval.run = str(runs["din"])
     with pytest.raises(ValueError, match="must be a graph or two_tower run"):
         build_pipeline(cfg)
+
+
+def test_any_ranker_and_a_faiss_index(runs):
+    """Stage 2 may be any sequence run (here the two-stage model on DARE tables); stage 1 any index (HNSW here):
+    the ranker reorders the same candidates, and HNSW finds (almost) the exact candidates on this tiny catalogue."""
+    pytest.importorskip("faiss")
+    base = RecommendConfig(retrieval=StageOneConfig(run=str(runs["mf"]), candidates=30), eval=PipelineEvalConfig(k=10, latency_users=0))
+    base.retrieval.knn_embed.num_clusters = 4
+    stage1, _, ds = build_pipeline(base)
+    exact = run_pipeline(stage1, StageOneOrder(), ds, base.eval)
+    base.ranker.run = str(runs["dare"])
+    stage1, ranker, ds = build_pipeline(base)
+    ranked = run_pipeline(stage1, ranker, ds, base.eval)
+    assert torch.equal(ranked.candidates, exact.candidates) and not torch.equal(ranked.final, exact.final)
+    assert all(set(f.tolist()) <= set(c.tolist()) for f, c in zip(ranked.final, ranked.candidates))
+    base.ranker.run = None
+    base.retrieval.index.kind = "hnsw"
+    stage1, _, ds = build_pipeline(base)
+    approx = run_pipeline(stage1, StageOneOrder(), ds, base.eval)
+    overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 30 for a, b in zip(approx.candidates, exact.candidates)])
+    assert overlap > 0.95
