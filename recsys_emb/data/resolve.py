@@ -19,7 +19,7 @@ from pathlib import Path
 
 from recsys_emb.config.experiment import DataConfig
 from recsys_emb.data.cache import default_cache_dir, file_fingerprint
-from recsys_emb.data.dataset import PreparedCTRData
+from recsys_emb.data.dataset import PreparedCTRData, sparse_tables
 from recsys_emb.utils import open_text
 
 
@@ -181,6 +181,9 @@ def check_compatible(splits: dict[str, Split]) -> None:
         for key in ("sparse_features", "dense_features"):
             if other[key] != train[key]:
                 raise ValueError(f"{role} data {split.root} has different {key} than the training data {splits['train'].root}")
+        if sparse_tables(other) != sparse_tables(train):  # features sharing a table (a schema's `table:`)
+            raise ValueError(f"{role} data {split.root} shares tables differently from the training data {splits['train'].root} "
+                             f"({sparse_tables(other)} vs {sparse_tables(train)}); prepare it with --vocab-from {splits['train'].root}")
         too_big = [
             f"{name}: {v} > {t}"
             for name, v, t in zip(other["sparse_features"], other["vocab_sizes"], train["vocab_sizes"])

@@ -232,3 +232,22 @@ def test_a_shared_table_run_exports_quantises_and_predicts_raw_rows(tmp_path: Pa
         assert result["scored"] == 100 and result["skipped"] == 0
         probs = np.array([float(line.split("\t")[1]) for line in (tmp_path / f"{dtype}.tsv").read_text().splitlines()])
         assert np.abs(probs - expected).max() <= tolerance, (dtype, np.abs(probs - expected).max())
+
+
+def test_splits_that_share_tables_differently_are_refused(tmp_path: Path) -> None:
+    """``check_compatible`` (train/valid/test and ``evaluate --data``) compares meta.json's ``tables`` too: data
+    prepared without the training schema's shared table would read the shared rows with other ids."""
+    from recsys_emb.data.resolve import Split, check_compatible
+
+    def prepared(name: str, tables: dict | None) -> Split:
+        root = tmp_path / name
+        root.mkdir()
+        meta = {"sparse_features": list(VOCAB), "dense_features": [], "vocab_sizes": list(VOCAB.values())}
+        (root / "meta.json").write_text(json.dumps({**meta, **({"tables": tables} if tables is not None else {})}))
+        return Split(root)
+
+    train = prepared("train", SHARED)
+    check_compatible({"train": train, "valid": prepared("valid", dict(SHARED))})
+    check_compatible({"train": prepared("plain", None), "test": prepared("plain_too", {f: f for f in VOCAB})})
+    with pytest.raises(ValueError, match=r"test data .*own.* shares tables differently .*--vocab-from"):
+        check_compatible({"train": train, "test": prepared("own", {"src": "src", "user": "user", "dst": "dst"})})
