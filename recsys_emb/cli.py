@@ -160,11 +160,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     for key in ("train", "valid", "test"):
         if getattr(args, key) is not None:
             overrides.append(f"data.{key}={getattr(args, key)}")
-    if args.data is not None:
-        overrides.append(f"data.path={args.data}")
     config_path, run_dir = run_config_and_dir(
         args.config, args.run_dir, args.resume, example="configs/criteo_dcnv2_tiny.yaml", tag="train"
     )
+    if args.data is not None:
+        overrides.append(f"{_data_path_key(config_path)}={args.data}")
     cfg = load_experiment(config_path, overrides)
     log(f"[train] {cfg.task} run dir: {run_dir}")
     results = train(cfg, run_dir, resume=args.resume)
@@ -173,6 +173,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results.get("test") or results[results["selected_on"]]), flush=True)  # the best model's test metrics
     return 0
+
+
+def _data_path_key(config_path: Path) -> str:
+    """The key ``--data`` sets: ``data.path``, or ``data.sequence.path`` for a graph / two-tower experiment that
+    reads behaviour sequences (docs/techniques/retrieve_rank.md)."""
+    from recsys_emb.config.io import load_yaml
+
+    data = load_yaml(config_path).get("data")
+    return "data.sequence.path" if isinstance(data, dict) and isinstance(data.get("sequence"), dict) else "data.path"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -247,3 +247,13 @@ def test_any_ranker_and_a_faiss_index(runs):
     approx = run_pipeline(stage1, StageOneOrder(), ds, base.eval)
     overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 30 for a, b in zip(approx.candidates, exact.candidates)])
     assert overlap > 0.95
+
+
+def test_train_data_option_points_at_the_sequences_of_a_retrieval_config(tmp_path):
+    """``recsys-emb train --data DIR`` sets data.sequence.path when the graph / two-tower config reads sequences
+    (setting data.path there would be silently ignored)."""
+    from recsys_emb.cli import _data_path_key
+
+    assert _data_path_key(Path("configs/amazon_beauty_two_tower.yaml")) == "data.sequence.path"
+    assert _data_path_key(Path("configs/ml1m_two_tower_tiny.yaml")) == "data.path"
+    assert _data_path_key(Path("configs/amazon_beauty_din.yaml")) == "data.path"
