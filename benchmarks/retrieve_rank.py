@@ -38,8 +38,9 @@ from recsys_emb.retrieval.index import Csr  # noqa: E402
 from recsys_emb.utils import atomic_save_json, atomic_write_text  # noqa: E402
 
 RANKERS = ("none", "din", "din_hard")
-METRICS = ("candidates/recall@{n}", "stage1/recall@{k}", "final/recall@{k}", "final/ndcg@{k}", "final/clusters@{k}",
-           "final/categories@{k}", "final/ild@{k}")
+METRICS = ("candidates/recall@{n}", "candidates/clusters@{n}", "candidates/categories@{n}", "candidates/ild@{n}",
+           "final/recall@{k}", "final/ndcg@{k}", "final/clusters@{k}", "final/categories@{k}", "final/ild@{k}")
+COMPARED = METRICS[4:]  # the final list's metrics (candidate metrics do not depend on the ranker)
 
 
 def train_run(config: str, overrides: list[str], run_dir: Path) -> Path:
@@ -118,15 +119,16 @@ def aggregate(args: argparse.Namespace, per_seed: list[dict[str, dict]]) -> dict
                 row[f"latency_ms/{stage}"] = {q: float(np.mean([x[q] for x in lat])) for q in ("p50", "p99", "mean")}
         out["cells"][cell] = row
 
-    def compare(a: str, b: str, what: str) -> None:
+    def compare(a: str, b: str, what: str, metrics: tuple[str, ...] = COMPARED, into: str = "comparisons") -> None:
         n = a.split("|")[1]
         entry = {"a": a, "b": b, "what": what}
-        for m in METRICS[1:]:
+        for m in metrics:
             key = m.format(n=n, k=k)
             entry[key] = paired_bootstrap(user_means[a][key], user_means[b][key], samples=args.bootstrap, seed=0)
-        out["comparisons"].append(entry)
+        out.setdefault(into, []).append(entry)
 
     for n in args.candidates:
+        compare(f"knn_embed|{n}|none", f"single|{n}|none", "kNN-Embed - single-vector", METRICS[:4], "candidate_comparisons")
         for ranker in RANKERS:
             compare(f"knn_embed|{n}|{ranker}", f"single|{n}|{ranker}", "kNN-Embed - single-vector")
         for method in ("single", "knn_embed"):
@@ -153,25 +155,33 @@ def markdown(args: argparse.Namespace, result: dict) -> str:
              f"K = {k}. Stage 1 is a two-tower / MF model (in-batch softmax + logQ) with an exact index; kNN-Embed uses "
              f"{args.clusters} clusters. Hard negatives: each training negative is, with probability {args.hard_fraction}, drawn from "
              f"the user's top {args.hard_pool} items of that seed's retrieval model (else by popularity).", "",
-             "Means ± std over seeds. `stage1` = the first K of the N candidates (the no-ranker list); diversity is of the final "
-             "top K: distinct k-means item clusters, distinct item categories, intra-list distance (1 - mean pairwise cosine of "
-             "the retrieval item embeddings). Latency: per user, one user per call, one thread (p50 / p99 ms).", "",
-             f"| method | N | ranker | cand. recall@N | final recall@{k} | final NDCG@{k} | clusters@{k} | categories@{k} | ILD@{k} | "
+             "Means ± std over seeds. Candidates: the N items of stage 1 (recall@N is the ceiling of stage 2). Final: the K "
+             "items shown; with ranker `none` that is stage 1's own top K (single-vector: its first K; kNN-Embed: run with "
+             "budget K, so it is the same for every N). Diversity: distinct k-means item clusters (kNN-Embed's "
+             f"{args.clusters} clusters, the same for every cell), distinct item categories, intra-list distance (1 - mean "
+             "pairwise cosine of the retrieval item embeddings). Latency: per user, one user per call, one thread "
+             "(p50 / p99 ms); stage 2 = scoring and ordering the N candidates.", "",
+             "| method | N | ranker | cand. recall@N | cand. clusters@N | cand. categories@N | cand. ILD@N |"
+             f" final recall@{k} | final NDCG@{k} | clusters@{k} | categories@{k} | ILD@{k} | "
              "stage 1 p50/p99 ms | stage 2 p50/p99 ms | pipeline p50/p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell, row in result["cells"].items():
         n = row["candidates"]
         lat = [row.get(f"latency_ms/{s}") for s in ("stage1", "stage2", "pipeline")]
         lat_s = [f"{x['p50']:.2f} / {x['p99']:.2f}" if x else "-" for x in lat]
-        lines.append(f"| {row['method']} | {n} | {row['ranker']} | {fmt(row[f'candidates/recall@{n}'])} | {fmt(row[f'final/recall@{k}'])} | "
-                     f"{fmt(row[f'final/ndcg@{k}'])} | {fmt(row[f'final/clusters@{k}'])} | {fmt(row[f'final/categories@{k}'])} | "
-                     f"{fmt(row[f'final/ild@{k}'])} | " + " | ".join(lat_s) + " |")
+        values = [fmt(row[m.format(n=n, k=k)]) for m in METRICS]
+        lines.append(f"| {row['method']} | {n} | {row['ranker']} | " + " | ".join(values + lat_s) + " |")
     lines += ["", f"Paired bootstrap ({args.bootstrap} resamples of the users; per-user values averaged over the seeds): "
               "difference of the means and its 95% interval; * = the interval excludes 0.", "",
               f"| comparison | A | B | recall@{k} | NDCG@{k} | clusters@{k} | categories@{k} | ILD@{k} |", "|---|---|---|---|---|---|---|---|"]
     for c in result["comparisons"]:
         lines.append(f"| {c['what']} | {c['a']} | {c['b']} | " + " | ".join(
-            interval(c[m.format(k=k)]) for m in METRICS[2:]) + " |")
+            interval(c[m.format(k=k)]) for m in COMPARED) + " |")
+    lines += ["", "The N candidates themselves (they do not depend on the ranker), same bootstrap:", "",
+              "| comparison | A | B | recall@N | clusters@N | categories@N | ILD@N |", "|---|---|---|---|---|---|---|"]
+    for c in result.get("candidate_comparisons", []):
+        n = c["a"].split("|")[1]
+        lines.append(f"| {c['what']} | {c['a']} | {c['b']} | " + " | ".join(interval(c[m.format(n=n, k=k)]) for m in METRICS[:4]) + " |")
     lines += ["", "## Reading", "", result.get("reading", "(see the JSON)"), ""]
     return "\n".join(lines)
 
@@ -195,7 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--work", default="runs/retrieve_rank")
     p.add_argument("--out", default="benchmarks/results/retrieve_rank_beauty")
+    p.add_argument("--reading", type=Path, help="re-render --out's markdown from its JSON with this text as the Reading section "
+                                                 "(no training, no evaluation)")
     args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.reading:
+        result = json.loads(out.with_suffix(".json").read_text())
+        result["reading"] = args.reading.read_text().strip()
+        saved = argparse.Namespace(**result["settings"])
+        atomic_save_json(out.with_suffix(".json"), result)
+        atomic_write_text(out.with_suffix(".md"), markdown(saved, result))
+        return 0
     torch.set_num_threads(1)
     per_seed = []
     for seed in args.seeds:
@@ -203,9 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         per_seed.append(evaluate_seed(args, runs))
     result = {"command": "python benchmarks/retrieve_rank.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": f"{platform.machine()} {os.cpu_count()} cores ({platform.processor() or platform.platform()})",
-              "threads": 1, "users": len(next(iter(per_seed[0].values()))[f"final/recall@{args.k}"]), "settings": vars(args),
-              **aggregate(args, per_seed)}
-    out = Path(args.out)
+              "threads": 1, "users": len(next(iter(per_seed[0].values()))[f"final/recall@{args.k}"]),
+              "settings": {k: v for k, v in vars(args).items() if k != "reading"}, **aggregate(args, per_seed)}
     atomic_save_json(out.with_suffix(".json"), result)
     atomic_write_text(out.with_suffix(".md"), markdown(args, result))
     print(f"[retrieve_rank] wrote {out.with_suffix('.json')} and .md", flush=True)

@@ -15,12 +15,14 @@ users, N candidates per user (stage 1), K recommended items per user (the final 
 * **Stage 2** (:class:`SequenceRanker`): the ranker scores each candidate as the target of the user's
   history (its most recent ``max_history`` behaviours before the evaluated position), exactly as its
   training and evaluation examples are built; the final list is the K best by that score (ties: stage-1
-  order). :class:`StageOneOrder` keeps the stage-1 scores (no ranker).
-* **Evaluation** (:func:`evaluate_lists`): leave-last-out next item of every evaluated user (``test``:
-  the last one, ``valid``: the one before). Per user and per stage: recall@K and NDCG@K of the list,
-  candidate recall@N (the ceiling of stage 2), diversity (distinct kNN-Embed item clusters, distinct item
-  categories and intra-list distance of the top K). Differences between pipelines are tested with a
-  paired bootstrap over users (:func:`paired_bootstrap`).
+  order). With :class:`StageOneOrder` (no ranker) the final list is stage 1's own top K: the first K of
+  the single-vector top N, or kNN-Embed run with budget K (which spreads K, not N, over the clusters).
+* **Evaluation** (:func:`run_pipeline`, :func:`list_metrics`): leave-last-out next item of every evaluated
+  user (``test``: the last one, ``valid``: the one before). Per user, for the N candidates
+  (``candidates/``: recall@N is the ceiling of stage 2), stage 1's own top K (``stage1/``) and the final
+  list (``final/``): recall and NDCG, diversity (distinct kNN-Embed item clusters, distinct item
+  categories, intra-list distance). Differences between pipelines are tested with a paired bootstrap
+  over users (:func:`paired_bootstrap`).
 * **Hard negatives**: :func:`hard_negative_pool` gives every user the top items of a retrieval run
   (none of the user's sequence); ``data.hard_negatives`` of a sequence experiment trains the ranker on them.
 """
@@ -202,9 +204,11 @@ class StageOne:
             self.knn = KnnEmbed(item_emb, self.assignments, kc.num_clusters, kc, cfg.index, popularity)
             self.knn.fit_users(user_emb, history)
 
-    def candidates(self, users: Tensor, exclude: Csr) -> tuple[Tensor, Tensor]:
-        """``(ids (B, N), scores (B, N))`` best first; -1 / -inf pad users with fewer eligible items."""
-        n = self.cfg.candidates
+    def candidates(self, users: Tensor, exclude: Csr, n: int | None = None) -> tuple[Tensor, Tensor]:
+        """``(ids (B, n), scores (B, n))`` best first (n = N by default); -1 / -inf pad users with fewer eligible
+        items. kNN-Embed spends the budget n over the user's clusters, so its list at n = K is not the first K of
+        its list at N."""
+        n = self.cfg.candidates if n is None else n
         if self.cfg.method == "single":
             res = self.index.search(self.user_emb[users], n, exclude)
         else:
@@ -308,7 +312,7 @@ class PipelineResult:
     final: Tensor  # (B, K) final ids
     stage1_scores: Tensor  # (B, K) of the final items
     stage2_scores: Tensor  # (B, K)
-    per_user: dict[str, np.ndarray]  # "<stage>/<metric>@K" -> (B,)
+    per_user: dict[str, np.ndarray]  # "<candidates|stage1|final>/<metric>@<N|K>" -> (B,)
     latency_ms: dict[str, dict[str, float]]  # stage -> {mean, p50, p99} per user, one thread
 
 
@@ -319,30 +323,41 @@ def evaluation_users(ds: Any, cfg: PipelineEvalConfig) -> np.ndarray:
     return users
 
 
+def recommend_users(stage1: StageOne, ranker: Any, ds: Any, users: np.ndarray, split: str,
+                    k: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One pass for ``users``: ``(candidates (B, N), stage-1 list (B, K), final (B, K), its stage-1 and stage-2
+    scores (B, K))``. The stage-1 list is what stage 1 alone shows (its top K; kNN-Embed with budget K). Without a
+    ranker (:class:`StageOneOrder`) it is the final list."""
+    exclude = seen_before(ds, users, split)
+    ids, s1 = stage1.candidates(torch.from_numpy(users), exclude)
+    alone, alone_scores = stage1.candidates(torch.from_numpy(users), exclude, k) if stage1.cfg.method != "single" \
+        else (ids[:, :k], s1[:, :k])  # single-vector: the top K is the first K of the top N
+    if isinstance(ranker, StageOneOrder):
+        return ids, alone, alone, alone_scores, alone_scores
+    final, t1, t2 = rank(ids, s1, ranker.score(users, split, ids, s1), k)
+    return ids, alone, final, t1, t2
+
+
 def run_pipeline(stage1: StageOne, ranker: Any, ds: Any, cfg: PipelineEvalConfig, chunk: int = 512,
                  progress: bool = False) -> PipelineResult:
     """Stage 1 + stage 2 for the evaluated users (in chunks), their per-user metrics and latency."""
     users = evaluation_users(ds, cfg)
     k, split = cfg.k, cfg.split
-    parts: dict[str, list[Tensor]] = {"cand": [], "final": [], "s1": [], "s2": []}
+    parts: list[tuple[Tensor, ...]] = []
     for lo in tqdm(range(0, len(users), chunk), desc="recommend", disable=not progress, file=sys.stderr, leave=False):
-        u = users[lo : lo + chunk]
-        ids, s1 = stage1.candidates(torch.from_numpy(u), seen_before(ds, u, split))
-        top, t1, t2 = rank(ids, s1, ranker.score(u, split, ids, s1), k)
-        for key, v in zip(parts, (ids, top, t1, t2)):
-            parts[key].append(v)
-    cand, final, s1, s2 = (torch.cat(v) for v in parts.values())
+        parts.append(recommend_users(stage1, ranker, ds, users[lo : lo + chunk], split, k))
+    cand, alone, final, s1, s2 = (torch.cat(column) for column in zip(*parts))
     target = target_items(ds, users, split)
-    n = cand.shape[1]
-    per_user = {f"candidates/recall@{n}": (cand == torch.from_numpy(target).unsqueeze(1)).any(1).float().numpy()}
-    for stage, ids in (("stage1", cand), ("final", final)):
-        for key, v in list_metrics(ids, target, k, stage1.assignments, ds.item_cat, stage1.item_emb).items():
+    per_user: dict[str, np.ndarray] = {}
+    for stage, ids, cut in (("candidates", cand, cand.shape[1]), ("stage1", alone, k), ("final", final, k)):
+        for key, v in list_metrics(ids, target, cut, stage1.assignments, ds.item_cat, stage1.item_emb).items():
             per_user[f"{stage}/{key}"] = v
     return PipelineResult(users, cand, final, s1, s2, per_user, time_per_user(stage1, ranker, ds, users, cfg))
 
 
 def time_per_user(stage1: StageOne, ranker: Any, ds: Any, users: np.ndarray, cfg: PipelineEvalConfig) -> dict[str, dict[str, float]]:
-    """Per-user wall time (ms) of each stage and of the pipeline, one user per call, on the current threads."""
+    """Per-user wall time (ms) of each stage and of the pipeline, one user per call, on the current threads
+    (stage 1 = candidate generation; stage 2 = scoring and ordering the N candidates)."""
     times: dict[str, list[float]] = {"stage1": [], "stage2": [], "pipeline": []}
     for u in users[: cfg.latency_users]:
         one = np.array([u])

@@ -257,3 +257,19 @@ def test_train_data_option_points_at_the_sequences_of_a_retrieval_config(tmp_pat
     assert _data_path_key(Path("configs/amazon_beauty_two_tower.yaml")) == "data.sequence.path"
     assert _data_path_key(Path("configs/ml1m_two_tower_tiny.yaml")) == "data.path"
     assert _data_path_key(Path("configs/amazon_beauty_din.yaml")) == "data.path"
+
+
+def test_without_a_ranker_knn_embed_shows_its_own_budget_k_list(ds):
+    """No ranker: kNN-Embed's final list is kNN-Embed run with budget K (its clusters share K), not the first K of
+    its N candidates; the candidate metrics are of all N."""
+    user, item = _random_embeddings(ds, seed=2)
+    cfg = StageOneConfig(method="knn_embed", candidates=40)
+    cfg.knn_embed.num_clusters = 4
+    stage1 = StageOne(cfg, user, item, _history(ds), torch.from_numpy(ds.popularity))
+    ev = PipelineEvalConfig(k=10, max_users=50, latency_users=0)
+    result = run_pipeline(stage1, StageOneOrder(), ds, ev)
+    users = torch.from_numpy(result.users)
+    direct = stage1.knn.retrieve_users(users, user[users], 10, seen_before(ds, result.users, "test")).ids
+    assert torch.equal(result.final, direct) and result.candidates.shape == (50, 40)
+    assert not torch.equal(result.final, result.candidates[:, :10])
+    assert set(result.per_user) >= {"candidates/recall@40", "candidates/clusters@40", "stage1/ild@10", "final/categories@10"}
