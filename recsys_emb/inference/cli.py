@@ -38,8 +38,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="quantised rows padded to 16 bytes (default; GPU kernels need it) or 1 (unpadded, CPU serving only)")
     p.add_argument("--format", choices=["pt2", "torchscript"], default="pt2",
                    help="pt2 (default): torch.export program (model.pt2), every model; torchscript: TorchRec fx tracing + "
-                        "torch.jit.script (model.torchscript.pt; C++: torch::jit::load after loading fbgemm_gpu's op libraries) for "
-                        "CTR models with plain tables and graph / two-tower models (others are refused, naming why)")
+                        "torch.jit.script (model.torchscript.pt; C++: torch::jit::load after loading fbgemm_gpu's op libraries), "
+                        "every model family and technique chain (a model fx cannot trace is refused, naming why)")
     p.add_argument("--aoti", action="store_true",
                    help="also compile an AOTInductor package (model.aoti.pt2) where the model allows (--format pt2 only)")
     p.add_argument("--checkpoint", choices=["best", "checkpoint"], default="best",

@@ -16,10 +16,11 @@
    program is run once on a sample batch and must equal the eager model (recorded in the manifest);
    ``aoti=True`` also packages it with AOTInductor where the model allows (the reason is recorded
    when it does not). ``format="torchscript"`` instead traces the serving module with TorchRec's fx
-   tracer and scripts it (:func:`script_program`): CTR models whose tables are one stock collection
-   (the ``plain`` chain), any dtype, and every graph / two-tower model; technique pre-transforms and
-   the sequence lookups read the batch's keys and id counts in Python, which fx cannot record, and are
-   refused with :class:`TorchScriptUnsupported` (naming the module and line; use ``pt2``);
+   tracer and scripts it (:func:`script_program`): every model family and technique chain, any dtype.
+   What must read a batch's keys or id counts (technique pre-transforms, several groups, the sequence
+   lookups' bag sizes) sits in ``torch.fx.wrap``-ed functions with TorchScript bodies, run per batch by
+   the scripted program (recsys_emb/modules/tracing.py). A module fx cannot trace is refused with
+   :class:`TorchScriptUnsupported` (naming the module and line; use ``pt2``);
 5. **write** ``DIR``: ``model.pt2`` (or ``model.torchscript.pt``), ``inputs/`` (what turns a raw row into model input: the Criteo
    vocabulary or a schema run's schema and fitted encodings, the sequence data's item/user id maps and
    item attributes, the graph's user/item ids), and ``manifest.json`` (family, model, techniques per
@@ -334,23 +335,9 @@ class TorchScriptUnsupported(ValueError):
     (export it with ``format="pt2"``). The message names the module, the line and why."""
 
 
-# why fx symbolic tracing stops in our modules (keyed by the class or function of the innermost frame)
-_FX_REASONS = {
-    "MultiProbeHash": "the hash / unified pre-transform plans its output KJT from the batch's keys and per-key id "
-                      "counts read as Python values",
-    "QuotientRemainder": "the quotient-remainder pre-transform checks the batch's KJT (variable batch, weights, keys) "
-                         "in Python",
-    "single_ids": "DNIS / OptEmbed check one id per bag by iterating the batch's features in Python",
-    "PooledGroups": "a spec with several embedding groups (e.g. semantic IDs on some features only) permutes and "
-                    "splits the batch by its KJT keys read in Python",
-    "SequenceLookup": "the sequence lookup sizes its padded bags from the batch's id counts (Python ints read from "
-                      "tensor data)",
-}
-
-
 # UserWarnings of torch.jit.script on TorchRec 1.8's own classes (their annotations); nothing a caller can change
 def _culprit(error: BaseException) -> str:
-    """Where in our model code (not torch's, not this package's) ``error`` was raised, and the known reason."""
+    """Where in our model code (not torch's, not this package's) ``error`` was raised."""
     here = Path(__file__).resolve().parent
     package = here.parent
     frames = []  # (frame, line) of our model code, outermost first
@@ -369,8 +356,7 @@ def _culprit(error: BaseException) -> str:
     name = function if not function.startswith("<") and "self" not in frame.f_locals else f"{owner}.{function}"
     where = f"{Path(frame.f_code.co_filename).resolve().relative_to(package.parent)}:{line}"
     source = linecache.getline(frame.f_code.co_filename, line).strip()
-    reason = _FX_REASONS.get(function) or _FX_REASONS.get(owner or "")
-    return f" in {name} ({where}: `{source}`)" + (f": {reason}" if reason else "")
+    return f" in {name} ({where}: `{source}`)"
 
 
 def _plain_annotations(graph: torch.fx.GraphModule) -> None:
@@ -451,8 +437,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str
         quantize: table dtype, ``none`` (fp32), ``fp16``, ``int8`` or ``int4``, or ``{table: dtype}``.
         checkpoint: ``best`` or ``checkpoint`` (see :func:`unshard`).
         format: ``pt2`` (a ``torch.export`` program, ``model.pt2``) or ``torchscript`` (TorchRec fx tracing +
-            ``torch.jit.script``, ``model.torchscript.pt``: CTR models with plain tables and graph / two-tower
-            models; others raise :class:`TorchScriptUnsupported`, see :func:`script_program`).
+            ``torch.jit.script``, ``model.torchscript.pt``: every family and technique chain; a model fx cannot
+            trace raises :class:`TorchScriptUnsupported`, see :func:`script_program`).
         aoti: also package the program with AOTInductor (``model.aoti.pt2``; ``pt2`` only).
         overwrite: replace an existing ``out``.
         row_alignment: bytes a quantised table row is padded to: 16 (TorchRec's default; the CUDA kernels
@@ -489,8 +475,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, quantize: str | dict[str
             raise TorchScriptUnsupported(
                 f"--format torchscript: the {unsharded.task.name} model {unsharded.cfg.model.name!r} (technique chains "
                 f"{chains}) cannot be scripted: {e}. Export it with --format pt2 (torch.export handles it; --aoti "
-                f"for a package C++ loads). TorchScript covers CTR models whose tables are plain and graph / "
-                f"two-tower models (docs/serving.md)") from e
+                f"for a package C++ loads). TorchScript needs a forward that fx can trace (docs/serving.md)") from e
     else:
         program, parity = export_program(serving, sample, inputs["kind"], eager)
     if not parity <= PARITY_TOLERANCE:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from recsys_emb.modules.tracing import assert_all, tracing
+from recsys_emb.modules.tracing import assert_all, fx_tracing, tracing
 
 ACTIVATIONS = ("dice", "prelu", "relu", "sigmoid")
 
@@ -145,15 +145,30 @@ def jagged_softmax(logits: Tensor, lengths: Tensor) -> Tensor:
     Traced (``torch.export``), always the torch segment ops: FBGEMM's kernel takes the longest row as a
     plain ``int``, which is data-dependent there.
     """
-    traced = tracing()
-    if not traced and logits.numel() == 0:
+    if tracing():
+        return _segment_softmax(logits, lengths.long())
+    return _kernel_softmax(logits, lengths)
+
+
+@torch.fx.wrap
+def _kernel_softmax(logits: Tensor, lengths: Tensor) -> Tensor:
+    """:func:`jagged_softmax` eager: FBGEMM's kernel (it takes the longest row as an ``int``) for float32.
+
+    fx-wrapped with a TorchScript body: the TorchScript export records one call and the scripted program
+    runs the same kernel (and the same empty-batch shortcut) as eager."""
+    if logits.numel() == 0:
         return logits
     lengths = lengths.long()
-    if logits.dtype == torch.float32 and not traced:
+    if logits.dtype == torch.float32:
         offsets = torch.zeros(lengths.numel() + 1, dtype=torch.long, device=lengths.device)
-        torch.cumsum(lengths, 0, out=offsets[1:])
+        offsets[1:] = torch.cumsum(lengths, 0)
         out, _ = torch.ops.fbgemm.jagged_softmax(logits.unsqueeze(1), offsets, int(lengths.max()))
         return out.squeeze(1)
+    return _segment_softmax(logits, lengths)
+
+
+def _segment_softmax(logits: Tensor, lengths: Tensor) -> Tensor:
+    """Softmax of ``(N,)`` logits within each row of int64 ``lengths``, by torch segment ops."""
     seg = segment_ids(lengths, logits.shape[0])
     peak = torch.full((lengths.numel(),), -torch.inf, dtype=logits.dtype, device=logits.device)
     peak = peak.scatter_reduce(0, seg, logits.detach(), "amax")  # softmax is shift invariant: no gradient needed
@@ -165,7 +180,7 @@ def jagged_softmax(logits: Tensor, lengths: Tensor) -> Tensor:
 def jagged_weighted_sum(weights: Tensor, values: Tensor, lengths: Tensor) -> Tensor:
     """``out[b] = sum_i weights_i values_i`` over row ``b``'s values: (N,), (N, D) -> (B, D); empty rows give 0."""
     seg = segment_ids(lengths, values.shape[0])
-    out = torch.zeros(lengths.numel(), values.shape[1], dtype=values.dtype, device=values.device)
+    out = values.new_zeros([lengths.numel(), values.shape[1]])  # (B, D)
     return out.index_add(0, seg, weights.unsqueeze(1) * values)
 
 
@@ -185,7 +200,9 @@ def sequence_tokens(embeddings: Mapping[str, JaggedTensor], fields: Mapping[str,
     lengths = hist[0].lengths()
     behaviours = torch.cat([jt.values() for jt in hist], dim=1)  # (N, E)
     targets = torch.cat([embeddings[t].values() for _, t in fields.values()], dim=1)  # (B, E)
-    if targets.shape[0] != lengths.numel():
+    if fx_tracing():  # TorchScript: the scripted program checks every batch
+        torch._assert(targets.shape[0] == lengths.numel(), "every example needs exactly one target id per feature")
+    elif targets.shape[0] != lengths.numel():
         raise ValueError(f"every example needs exactly one target id per feature: {targets.shape[0]} targets for {lengths.numel()} rows")
     return behaviours, lengths, targets
 

@@ -55,6 +55,7 @@ class TwoStageConfig:
             raise ValueError(f"two_stage.aux_weight must be >= 0, got {self.aux_weight}")
 
 
+@torch.fx.wrap  # TorchScript export: fx records one call, its (TorchScript) body runs per batch
 def jagged_topk(scores: Tensor, lengths: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-``k`` values of every jagged row, without padding.
 

@@ -41,7 +41,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys_emb.modules.spec import Tables, register_technique
-from recsys_emb.modules.tracing import assert_all, tracing
+from recsys_emb.modules.tracing import assert_all, fx_tracing, tracing
 
 
 @dataclass
@@ -86,22 +86,25 @@ class DNISOptions:
             raise ValueError(f"frequency must be 'data' or 'index', got {self.frequency!r}")
 
 
+@torch.fx.wrap
 def single_ids(features: KeyedJaggedTensor, technique: str) -> dict[str, tuple[Tensor, Tensor]]:
     """Per feature ``(ids (B,), present (B,) bool)`` of a KJT whose bags hold at most one id each.
 
     Empty bags get id 0 and ``present == False`` (their pooled output is zero anyway). Every id is
     copied to its bag's slot (``repeat_interleave`` with the known output size, not a boolean-mask
-    assignment, whose size is data-dependent: this traces under ``torch.export``).
+    assignment, whose size is data-dependent: this traces under ``torch.export``). fx-wrapped with a
+    TorchScript body: the TorchScript export records one call (callers index the result by their own,
+    configured feature names) and the scripted program checks and splits every batch.
     """
     out: dict[str, tuple[Tensor, Tensor]] = {}
     for key, jt in features.to_dict().items():
         lengths, values = jt.lengths(), jt.values()  # (B,), (N,)
         if tracing():  # export: the check is a runtime assert of the exported program
-            assert_all(lengths <= 1, f"{technique}: feature {key!r} has bags with several ids; the per-id post-lookup "
+            assert_all(lengths <= 1, f"{technique}: feature '{key}' has bags with several ids; the per-id post-lookup "
                        "mask needs at most one id per bag (CTR data); use the plain EBC for multi-id features")
-        elif lengths.numel() and int(lengths.max()) > 1:
+        elif lengths.numel() > 0 and int(lengths.max()) > 1:
             raise ValueError(
-                f"{technique}: feature {key!r} has bags with {int(lengths.max())} ids; the per-id post-lookup mask "
+                f"{technique}: feature '{key}' has bags with {int(lengths.max())} ids; the per-id post-lookup mask "
                 "needs at most one id per bag (CTR data); use the plain EBC for multi-id features"
             )
         batch = lengths.numel()
@@ -224,7 +227,9 @@ class DNISEmbeddingBagCollection(nn.Module):
     def scales(self, features: KeyedJaggedTensor) -> dict[str, Tensor]:
         """Per feature the (B, D_f) factor multiplied into the pooled output."""
         out = {}
-        for f, (ids, _) in single_ids(features, "dnis").items():
+        singles = single_ids(features, "dnis")
+        for f in self.features:  # configured keys (a TorchScript export traces the KJT without its keys)
+            ids = singles[f][0]
             block = self.block_of(f).to(ids.device)[ids]  # (B,)
             scale = getattr(self, f"alpha_{self.features.index(f)}")[block]  # (B, D_f)
             mask = self.entry_mask(f)
@@ -236,7 +241,8 @@ class DNISEmbeddingBagCollection(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         pooled = self.ebc(features)
         scales = self.scales(features)
-        factor = torch.cat([scales[k] for k in pooled.keys()], dim=1)  # (B, sum D_f)
+        keys = self.features if fx_tracing() else pooled.keys()  # fx: the (unsharded) lookup's keys are ours
+        factor = torch.cat([scales[k] for k in keys], dim=1)  # (B, sum D_f)
         return KeyedTensor(keys=pooled.keys(), length_per_key=pooled.length_per_key(), values=pooled.values() * factor)
 
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:

@@ -37,6 +37,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys_emb.modules.dnis import single_ids
 from recsys_emb.modules.spec import Tables, register_technique
+from recsys_emb.modules.tracing import fx_tracing
+
+torch.fx.wrap("single_ids")  # this module's name of it: one call in a TorchScript export
 
 
 class BinaryStep(torch.autograd.Function):
@@ -194,7 +197,7 @@ class OptEmbedEmbeddingBagCollection(nn.Module):
         rows = self.row_masks(per)
         dims = self.dim_masks(pooled.values().shape[0], pooled.values().device)
         out = []
-        for f in pooled.keys():
+        for f in self.features if fx_tracing() else pooled.keys():  # fx: the (unsharded) lookup's keys are ours
             e = per[f] * rows[f].unsqueeze(1)  # (B, D_f)
             if dims is not None:
                 e = e * dims[f].to(e.dtype)

@@ -30,6 +30,10 @@ How it is built (as ``hash``/``unified``: techniques wrap the table, they never 
 * a parameter-free combine into one output per feature (:class:`QREmbeddingBagCollection`,
   EBC-compatible: ``embedding_bag_configs()``, ``output_feature_dims()``).
 
+A TorchScript export (fx tracing: the batch's keys are unknown there) records one call of
+:func:`in_feature_order`, which the scripted program runs per batch, and takes the combine's column
+order from the lookup's contract; the id-range check becomes an assert of the program.
+
 Sizing (``QROptions``, exactly one of): ``collisions`` (``m``, one for all features or one per feature),
 ``budget_bytes`` or ``budget_fraction`` (of the plain tables' bytes). A budget is split over the
 features in proportion to their vocabularies (as ``hash`` splits it, :func:`~recsys_emb.modules.unified.split_rows`;
@@ -80,8 +84,9 @@ from torch import Tensor, nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from recsys_emb.modules.contract import output_feature_dims
 from recsys_emb.modules.spec import Tables, register_technique
-from recsys_emb.modules.tracing import assert_all, tracing
+from recsys_emb.modules.tracing import assert_all, fx_tracing, tracing
 from recsys_emb.modules.unified import split_rows
 from recsys_emb.modules.wrapper import TransformedEmbeddingBagCollection
 
@@ -180,6 +185,36 @@ def collisions_for_budget(vocab: Sequence[int], budget_bytes: int, row_bytes: in
 
 
 # ---------------------------------------------------------------------------------------- transform
+@torch.fx.wrap
+def in_feature_order(features: KeyedJaggedTensor, wanted: list[str]) -> tuple[Tensor, Tensor]:
+    """(values (N,), lengths (F*B,)) of a KJT, key-major in ``wanted`` order (absent keys -> empty bags).
+
+    fx-wrapped with a TorchScript body: it reads the batch's keys, which fx tracing cannot, so the
+    TorchScript export records one call and the scripted program reorders every batch.
+    """
+    keys = features.keys()
+    if keys == wanted:
+        return features.values(), features.lengths()
+    unknown: list[str] = []
+    for k in keys:
+        if k not in wanted:
+            unknown.append(k)
+    if len(unknown) > 0:
+        raise KeyError(f"QuotientRemainder: input features {unknown} are not configured (known: {wanted})")
+    jts = features.to_dict()
+    values, lengths, stride = features.values(), features.lengths(), features.stride()
+    out_values: list[Tensor] = []
+    out_lengths: list[Tensor] = []
+    for f in wanted:
+        if f in jts:
+            out_values.append(jts[f].values())
+            out_lengths.append(jts[f].lengths())
+        else:
+            out_values.append(values.new_zeros(0))
+            out_lengths.append(lengths.new_zeros(stride))
+    return torch.cat(out_values), torch.cat(out_lengths)
+
+
 class QuotientRemainder(nn.Module):
     """Parameter-free ``KJT -> KJT``: raw ids -> quotient ids (keys ``f@q<s>``) and remainder ids (``f@r<s>``).
 
@@ -226,26 +261,14 @@ class QuotientRemainder(nn.Module):
         self.register_buffer("collisions", torch.tensor([int(m) for m in collisions], dtype=torch.int64), persistent=False)
         self.register_buffer("vocab_sizes", torch.tensor([int(v) for v in vocab_sizes], dtype=torch.int64), persistent=False)
 
-    def _in_feature_order(self, features: KeyedJaggedTensor) -> tuple[Tensor, Tensor]:
-        """(values (N,), lengths (F*B,)) of the input, key-major in ``features`` order (absent -> empty bags)."""
-        keys = features.keys()
-        if list(keys) == self.features:
-            return features.values(), features.lengths()
-        unknown = [k for k in keys if k not in self._index]
-        if unknown:
-            raise KeyError(f"QuotientRemainder: input features {unknown} are not configured (known: {self.features})")
-        jts = features.to_dict()
-        values, lengths, stride = features.values(), features.lengths(), features.stride()
-        return (torch.cat([jts[f].values() if f in jts else values.new_zeros(0) for f in self.features]),
-                torch.cat([jts[f].lengths() if f in jts else lengths.new_zeros(stride) for f in self.features]))
-
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        if features.variable_stride_per_key():
+        fx = fx_tracing()  # TorchScript export: the KJT is a proxy (its batches are unweighted, fixed-batch KJTs)
+        if not fx and features.variable_stride_per_key():
             raise NotImplementedError("QuotientRemainder does not support variable-batch (VBE) KJTs")
-        if features.weights_or_none() is not None:
+        if not fx and features.weights_or_none() is not None:
             raise ValueError("qr: per-id weights are not supported (the tables are unweighted)")
         stride = features.stride()
-        values, lengths = self._in_feature_order(features)  # (N,), (F*B,)
+        values, lengths = in_feature_order(features, self.features)  # (N,), (F*B,)
         device = values.device
         n, num_bags = values.numel(), len(self.features) * stride
         ids = values.to(torch.int64)
@@ -253,8 +276,8 @@ class QuotientRemainder(nn.Module):
         feature = bag // stride  # (N,)
         vocab = self.vocab_sizes.to(device)[feature]  # (N,)
         bad = (ids < 0) | (ids >= vocab)
-        if tracing():  # export: the check is a runtime assert of the exported program
-            assert_all(~bad, "qr: an id is outside its feature's vocabulary [0, V)")
+        if tracing() or fx:  # export / TorchScript: the check is a runtime assert of the program
+            assert_all(~bad, "qr: an id is outside its feature's vocabulary [0, V)", scripted=fx)
         elif bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             raise ValueError(f"qr: id {int(ids[i])} of feature '{self.features[int(feature[i])]}' is outside its "
@@ -381,18 +404,23 @@ class QREmbeddingBagCollection(nn.Module):
 
         A sharded lookup may return its keys grouped by sharding type, not in table order.
         """
-        keys = tuple(pooled.keys())
+        traced = tracing() or fx_tracing()
+        if fx_tracing():  # TorchScript export: the (unsharded) lookup's keys from its contract, constants of the program
+            dims = output_feature_dims(self.lookup)
+            keys, sizes = tuple(k for k, _ in dims), [d for _, d in dims]
+        else:
+            keys, sizes = tuple(pooled.keys()), pooled.length_per_key()
         cached = self._columns.get((keys, device), False)
-        if cached is not False and not tracing():  # a traced index is a fake tensor: never cached
+        if cached is not False and not traced:  # a traced index is a fake tensor / proxy: never cached
             return cached  # type: ignore[return-value]
         offsets, start = {}, 0
-        for k, n in zip(keys, pooled.length_per_key()):
+        for k, n in zip(keys, sizes):
             offsets[k] = start
             start += n
         want = [f"{f}@{p}{s}" for p in PARTS for f in self.feature_names for s in range(self.slots)]
         columns = [c for k in want for c in range(offsets[k], offsets[k] + self.table_dim)]
         index = None if columns == list(range(len(columns))) else torch.tensor(columns, device=device)
-        if not tracing():
+        if not traced:
             self._columns[(keys, device)] = index
         return index
 

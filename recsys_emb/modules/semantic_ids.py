@@ -100,41 +100,7 @@ class SemanticIdTransform(nn.Module):
         return values, new_lengths, None if weights is None else weights[owner]
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        stride = features.stride()
-        values, lengths, weights = features.values(), features.lengths(), features.weights_or_none()
-        missing = [f for f in self.features if f not in features.keys()]
-        if missing:
-            raise KeyError(f"SemanticIdTransform: features {missing} are not in the input KJT (keys {features.keys()})")
-        out_keys: list[str] = []
-        out_values: list[Tensor] = []
-        out_lengths: list[Tensor] = []
-        out_weights: list[Tensor] = []
-        start = 0
-        for i, (key, n) in enumerate(zip(features.keys(), features.length_per_key())):
-            v = values[start:start + n]
-            ln = lengths[i * stride:(i + 1) * stride]
-            w = None if weights is None else weights[start:start + n]
-            start += n
-            if key not in self.features or self.keep_item_id:
-                out_keys.append(key)
-                out_values.append(v.long())
-                out_lengths.append(ln)
-                if w is not None:
-                    out_weights.append(w)
-            if key in self.features:
-                pv, pl, pw = self.pieces(v, ln, w)
-                out_keys.append(self.output_name(key))
-                out_values.append(pv)
-                out_lengths.append(pl)
-                if pw is not None:
-                    out_weights.append(pw)
-        return KeyedJaggedTensor(
-            keys=out_keys,
-            values=torch.cat(out_values),
-            lengths=torch.cat(out_lengths),
-            weights=torch.cat(out_weights) if weights is not None else None,
-            stride=stride,
-        )
+        return semantic_id_kjt(features, self.features, self.keep_item_id, self.item_offsets, self.item_rows, self.id_offset)
 
 
 def semantic_id_embedding_bag_collection(
@@ -295,3 +261,54 @@ def build_semantic_ids(options: SemanticIdOptions, tables: Tables) -> Tables:
     transform = SemanticIdTransform(torch.as_tensor(offsets), torch.as_tensor(rows), tables.features, id_offset=first_id,
                                     codes=torch.as_tensor(codes))
     return dataclasses.replace(tables, pre=[*tables.pre, transform], vocab=dict.fromkeys(tables.features, int(num_rows)))
+
+
+@torch.fx.wrap
+def semantic_id_kjt(features: KeyedJaggedTensor, items: list[str], keep_item_id: bool, item_offsets: Tensor,
+                    item_rows: Tensor, id_offset: int) -> KeyedJaggedTensor:
+    """:class:`SemanticIdTransform`'s ``KJT -> KJT``: the ``items`` features' ids -> their pieces.
+
+    fx-wrapped with a TorchScript body: it walks the batch's keys, which fx tracing cannot read, so the
+    TorchScript export records one call and the scripted program transforms every batch.
+    """
+    stride = features.stride()
+    values, lengths, weights = features.values(), features.lengths(), features.weights_or_none()
+    keys = features.keys()
+    missing: list[str] = []
+    for f in items:
+        if f not in keys:
+            missing.append(f)
+    if len(missing) > 0:
+        raise KeyError(f"SemanticIdTransform: features {missing} are not in the input KJT (keys {keys})")
+    out_keys: list[str] = []
+    out_values: list[Tensor] = []
+    out_lengths: list[Tensor] = []
+    out_weights: list[Tensor] = []
+    start = 0
+    for i, (key, n) in enumerate(zip(keys, features.length_per_key())):
+        v = values[start:start + n]
+        ln = lengths[i * stride:(i + 1) * stride]
+        w: Tensor | None = None
+        if weights is not None:
+            w = weights[start:start + n]
+        start += n
+        if key not in items or keep_item_id:
+            out_keys.append(key)
+            out_values.append(v.long())
+            out_lengths.append(ln)
+            if w is not None:
+                out_weights.append(w)
+        if key in items:
+            pv, pl, owner = sid_pieces(v, ln, item_offsets, item_rows, id_offset)
+            out_keys.append(f"{key}_sid" if keep_item_id else key)
+            out_values.append(pv)
+            out_lengths.append(pl)
+            if w is not None:
+                out_weights.append(w[owner])
+    return KeyedJaggedTensor(
+        keys=out_keys,
+        values=torch.cat(out_values),
+        lengths=torch.cat(out_lengths),
+        weights=torch.cat(out_weights) if weights is not None else None,
+        stride=stride,
+    )

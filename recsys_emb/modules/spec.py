@@ -57,7 +57,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, Keyed
 from recsys_emb.config.embedding import EmbeddingSpec, TableGroup, technique_entry
 from recsys_emb.config.io import ConfigError, from_dict
 from recsys_emb.modules.contract import output_feature_dims
-from recsys_emb.modules.tracing import tracing
+from recsys_emb.modules.tracing import fx_tracing, tracing
 from recsys_emb.modules.wrapper import TransformedEmbeddingBagCollection
 
 KINDS = ("pre", "layout", "post", "roles")
@@ -346,11 +346,30 @@ def build_plain(options: None, tables: Tables) -> nn.Module:
     return TransformedEmbeddingBagCollection(transform, tables.table_configs(), device=tables.device)
 
 
+@torch.fx.wrap
+def key_positions(keys: list[str], wanted: list[str]) -> list[int]:
+    """Position of every ``wanted`` key among a KJT's ``keys`` (for ``permute``); a missing one is an error.
+
+    fx-wrapped with a TorchScript body: the TorchScript export records one call, the scripted program
+    reads each batch's keys."""
+    position: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        position[k] = i
+    out: list[int] = []
+    for f in wanted:
+        if f not in position:
+            raise KeyError(f"embedding groups: feature {f} is not in the input (keys {keys})")
+        out.append(position[f])
+    return out
+
+
 class PooledGroups(nn.Module):
     """Several groups' pooled modules as one EBC-compatible module: ``KJT -> KeyedTensor``.
 
     The input KJT is permuted once into the groups' features (keys no group names are left out) and
     split; the outputs are concatenated in group order (:meth:`output_feature_dims` gives the order).
+    The permutation comes from the batch's keys (:func:`key_positions`, cached per key list; run per
+    batch by a TorchScript export's program, which cannot read them while fx traces).
     """
 
     def __init__(self, modules: Mapping[str, nn.Module], features: Mapping[str, Sequence[str]]) -> None:
@@ -361,20 +380,21 @@ class PooledGroups(nn.Module):
         self._plans: dict[tuple[str, ...], list[int]] = {}
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        keys = tuple(features.keys())
-        index = self._plans.get(keys)
-        if index is None:
-            position = {k: i for i, k in enumerate(keys)}
-            missing = [f for f in self._order if f not in position]
-            if missing:
-                raise KeyError(f"embedding groups: features {missing} are not in the input (keys {list(keys)})")
-            index = self._plans[keys] = [position[f] for f in self._order]
+        if fx_tracing():  # TorchScript: the keys are unknown while traced; the scripted program orders each batch
+            index = key_positions(features.keys(), self._order)
+        else:
+            keys = tuple(features.keys())
+            index = self._plans.get(keys)
+            if index is None:
+                index = self._plans[keys] = key_positions(list(keys), self._order)
         parts = features.permute(index).split([len(self.features[g]) for g in self.groups])
-        outs = [module(part) for module, part in zip(self.groups.values(), parts)]
-        return KeyedTensor(
-            keys=[k for o in outs for k in o.keys()], length_per_key=[n for o in outs for n in o.length_per_key()],
-            values=torch.cat([o.values() for o in outs], dim=1),
-        )
+        outs = [module(parts[i]) for i, module in enumerate(self.groups.values())]
+        if fx_tracing():  # the outputs' keys are proxies: the (unsharded) groups' contract gives them
+            dims = self.output_feature_dims()
+            keys, sizes = [k for k, _ in dims], [d for _, d in dims]
+        else:
+            keys, sizes = [k for o in outs for k in o.keys()], [n for o in outs for n in o.length_per_key()]
+        return KeyedTensor(keys=keys, length_per_key=sizes, values=torch.cat([o.values() for o in outs], dim=1))
 
     def output_feature_dims(self) -> list[tuple[str, int]]:
         return [d for module in self.groups.values() for d in output_feature_dims(module)]
@@ -514,6 +534,26 @@ def check_shared_groups(groups: Sequence[tuple[TableGroup, list[str]]], tables: 
 
 
 # ---------------------------------------------------------------------------------- sequence modules
+@torch.fx.wrap
+def bag_stride(ids: list[Tensor], batch: int, bags_per_example: int | None) -> int:
+    """Bags per field of a sequence lookup: the most ids of one field, or ``bags_per_example x batch``
+    (refused when a field has more ids), at least 1.
+
+    fx-wrapped with a TorchScript body: the counts are read from the batch, which fx tracing cannot do,
+    so the TorchScript export records one call and the scripted program runs this per batch.
+    """
+    stride = 1
+    for i in ids:
+        stride = max(stride, i.numel())
+    if bags_per_example is not None:
+        bound = batch * bags_per_example
+        if stride > bound:
+            raise ValueError(f"{stride} ids of one field in a batch of {batch} examples: more than "
+                             f"bags_per_example={bags_per_example} per example")
+        stride = bound
+    return stride
+
+
 class SequenceLookup(nn.Module):
     """EC-compatible lookup of sequence fields through pooled modules: ``KJT -> dict[str, JaggedTensor]``.
 
@@ -523,7 +563,8 @@ class SequenceLookup(nn.Module):
     are split back into JaggedTensors with the keys' lengths. Nothing is padded inside the model's
     jagged tensors; only the bags handed to the pooled module are padded with empty bags to
     ``bags_per_example x B`` per field, so that every rank's pooled lookup has the same batch size.
-    Under ``torch.export`` the ids counts are data-dependent: see :meth:`_traced_stride`.
+    Under ``torch.export`` the ids counts are data-dependent: see :meth:`_traced_stride`; a TorchScript
+    export records one :func:`bag_stride` call, which the scripted program runs per batch.
 
     Args:
         modules: group name -> pooled module whose features are that group's field names.
@@ -551,15 +592,8 @@ class SequenceLookup(nn.Module):
             ids = [torch.cat([jts[k].values() for k in self.fields[f]]).long() for f in fields]  # (N_f,) each
             if tracing():
                 stride = self._traced_stride(features, fields, ids, jts)
-            else:
-                stride = max(int(i.numel()) for i in ids)
-                if self.bags_per_example is not None:
-                    bound = features.stride() * self.bags_per_example
-                    if stride > bound:
-                        raise ValueError(f"{stride} ids of one field in a batch of {features.stride()} examples: more than "
-                                         f"bags_per_example={self.bags_per_example} per example")
-                    stride = bound
-                stride = max(stride, 1)
+            else:  # eager, and TorchScript: fx records one call, the scripted program sizes every batch
+                stride = bag_stride(ids, features.stride(), self.bags_per_example)
             lengths = torch.cat([
                 torch.cat([torch.ones_like(i, dtype=torch.int32), torch.zeros(stride - i.numel(), dtype=torch.int32, device=i.device)])
                 for i in ids

@@ -24,6 +24,10 @@ How it is built (DESIGN.md: techniques wrap the table, they never fork it):
   runs the transform before the input all-to-all and row-wise sharding buckets the hashed ids);
 * a parameter-free regrouping of the pooled probes into one output per original feature.
 
+The gather plan reads the batch's keys (:func:`probe_plan`, cached per key list in eager); a TorchScript
+export (fx tracing, where the keys are unknown) records one call of it, run per batch by the scripted
+program, and takes the stock transform + EBC path instead of the fused op.
+
 The hash. ``h(v) = ((a_0 * lo(z) + a_1 * hi(z) + b) mod p) mod M`` with ``p = 2^61 - 1``,
 ``z = splitmix64(v)`` and ``lo, hi`` the low/high 32 bits of ``z``; ``v`` and ``z`` are read as
 unsigned 64-bit numbers (so every int64, negative ones included, is a valid id). ``(a_0, a_1, b)``
@@ -72,7 +76,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys_emb.modules.spec import Tables, register_technique
-from recsys_emb.modules.tracing import assert_all, tracing
+from recsys_emb.modules.tracing import assert_all, fx_tracing, tracing
 from recsys_emb.ops import has_compiled_kernel, hashed_embedding_bag, multi_probe_hash
 from recsys_emb.modules.wrapper import TransformedEmbeddingBagCollection
 
@@ -160,6 +164,49 @@ def salted_hash(values: Tensor, coefficients: Tensor, num_rows: Tensor) -> Tenso
 
 
 # ------------------------------------------------------------------------------------------ transform
+@torch.fx.wrap
+def probe_plan(keys: list[str], features: list[str], probes: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """The gather plan of :class:`MultiProbeHash` for an input KJT with ``keys``: the configured index of
+    every input key, and for every output key (feature, probe) the position of its feature among the
+    input keys (-1: absent) and its probe index.
+
+    fx-wrapped with a TorchScript body: the TorchScript export records one call and the scripted program
+    plans every batch from its keys (eager caches it per key list).
+    """
+    index: dict[str, int] = {}
+    for i, f in enumerate(features):
+        index[f] = i
+    unknown: list[str] = []
+    for k in keys:
+        if k not in index:
+            unknown.append(k)
+    if len(unknown) > 0:
+        raise KeyError(f"MultiProbeHash: input features {unknown} are not configured (known: {features})")
+    position: dict[str, int] = {}
+    for p, k in enumerate(keys):
+        position[k] = p
+    key_index = [index[k] for k in keys]
+    src: list[int] = []
+    probe: list[int] = []
+    for f, k in zip(features, probes):
+        for j in range(k):
+            src.append(position.get(f, -1))
+            probe.append(j)
+    return key_index, src, probe
+
+
+@torch.fx.wrap
+def scalar_int(t: Tensor) -> int:
+    """The value of a one-element integer tensor (fx-wrapped: TorchScript's ``Tensor.item`` is no ``int``)."""
+    return int(t.item())
+
+
+@torch.fx.wrap
+def take_optional(weights: Tensor | None, index: Tensor) -> Tensor | None:
+    """``weights[index]``, None without weights (fx-wrapped: the optional is unknown while fx traces)."""
+    return weights[index] if weights is not None else None
+
+
 class MultiProbeHash(nn.Module):
     """Parameter-free ``KJT -> KJT``: raw ids of each feature -> rows of its group's shared table.
 
@@ -239,19 +286,13 @@ class MultiProbeHash(nn.Module):
         self.register_buffer("num_rows", torch.tensor(list(num_rows), dtype=torch.int64))
         self.register_buffer("offsets", torch.tensor(list(offsets or [0] * len(features)), dtype=torch.int64))
         self.register_buffer("vocab_sizes", torch.tensor(list(vocab_sizes or [0] * len(features)), dtype=torch.int64))
-        self._plans: dict[tuple[str, ...], tuple[list[int], list[int]]] = {}
+        self._plans: dict[tuple[str, ...], tuple[list[int], list[int], list[int]]] = {}
 
-    def _plan(self, keys: list[str]) -> tuple[list[int], list[int]]:
-        """For each output key: (position of its feature among the input keys or -1, probe index)."""
+    def _plan(self, keys: list[str]) -> tuple[list[int], list[int], list[int]]:
+        """:func:`probe_plan` of ``keys``, cached per key list."""
         plan = self._plans.get(tuple(keys))
         if plan is None:
-            unknown = [k for k in keys if k not in self._index]
-            if unknown:
-                raise KeyError(f"MultiProbeHash: input features {unknown} are not configured (known: {self.features})")
-            position = {k: p for p, k in enumerate(keys)}
-            src = [position.get(f, -1) for f, k in zip(self.features, self.probes) for _ in range(k)]
-            probe = [j for k in self.probes for j in range(k)]
-            plan = self._plans[tuple(keys)] = (src, probe)
+            plan = self._plans[tuple(keys)] = probe_plan(keys, self.features, self.probes)
         return plan
 
     def row_ids(self, feature_index: Tensor, values: Tensor) -> Tensor:
@@ -261,9 +302,9 @@ class MultiProbeHash(nn.Module):
         if self.hashing == "identity":
             vocab = self.vocab_sizes.to(device)[feature_index]  # (N,)
             bad = (values < 0) | (values >= vocab)
-            if tracing():  # export: the check is a runtime assert of the exported program
+            if tracing() or fx_tracing():  # export / TorchScript: the check is a runtime assert of the program
                 assert_all(~bad, "identity hashing: an id is outside its feature's vocabulary; use hashing='salted' "
-                           "or a larger vocab size")
+                           "or a larger vocab size", scripted=fx_tracing())
             elif bool(bad.any()):
                 i = int(bad.nonzero()[0, 0])
                 name = self.features[int(feature_index[i])]
@@ -277,15 +318,17 @@ class MultiProbeHash(nn.Module):
         return multi_probe_hash(values, feature_index, self.coefficients.to(device), self.num_rows.to(device))  # (N, K)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        if features.variable_stride_per_key():
+        # TorchScript (fx-traced): the keys are a proxy, the plan is computed per batch by the scripted program;
+        # its batches are never variable-batch KJTs
+        fx = fx_tracing()
+        if not fx and features.variable_stride_per_key():
             raise NotImplementedError("MultiProbeHash does not support variable-batch (VBE) KJTs")
-        keys = list(features.keys())
-        src, probe = self._plan(keys)
+        key_index_l, src, probe = probe_plan(features.keys(), self.features, self.probes) if fx else self._plan(list(features.keys()))
         stride = features.stride()
         values, lengths, weights = features.values(), features.lengths(), features.weights_or_none()
         device = values.device
         per_key = torch.tensor(features.length_per_key(), dtype=torch.int64, device=device)  # (F_in,)
-        key_index = torch.tensor([self._index[k] for k in keys], dtype=torch.int64, device=device)  # (F_in,)
+        key_index = torch.tensor(key_index_l, dtype=torch.int64, device=device)  # (F_in,)
         feature_index = torch.repeat_interleave(key_index, per_key, output_size=values.numel())  # (N,)
         rows = self.row_ids(feature_index, values)  # (N, K_used)
         k_used = rows.shape[1]
@@ -297,18 +340,19 @@ class MultiProbeHash(nn.Module):
         starts_ext = torch.cat([per_key.new_zeros(1), torch.cumsum(per_key, 0)])  # (F_in + 1,); [-1] unused
         seg_counts = counts_ext[src_t]  # (S,)
         seg_starts = starts_ext[src_t]  # (S,)
-        total = seg_counts.sum().item()  # an int; a size-like SymInt under torch.export
-        torch._check(total >= 0)
-        seg = torch.repeat_interleave(torch.arange(len(src), device=device), seg_counts, output_size=total)  # (T,)
+        total = seg_counts.sum().item() if not fx else scalar_int(seg_counts.sum())  # a size-like SymInt under torch.export
+        if not fx:
+            torch._check(total >= 0)
+        seg = torch.repeat_interleave(torch.arange(src_t.shape[0], device=device), seg_counts, output_size=total)  # (T,)
         seg_begin = torch.cumsum(seg_counts, 0) - seg_counts  # (S,)
         within = torch.arange(total, device=device) - seg_begin[seg]  # (T,)
         source = seg_starts[seg] + within  # (T,) index into the input ids
         out_values = rows.reshape(-1)[source * k_used + probe_t[seg]]  # (T,)
 
         lengths_ext = torch.cat([lengths.to(torch.int64), lengths.new_zeros(stride, dtype=torch.int64)])  # (F_in*B + B,)
-        block = torch.where(src_t >= 0, src_t, torch.full_like(src_t, len(keys)))  # (S,): absent -> zero block
+        block = torch.where(src_t >= 0, src_t, torch.full_like(src_t, per_key.shape[0]))  # (S,): absent -> zero block
         out_lengths = lengths_ext[(block.unsqueeze(1) * stride + torch.arange(stride, device=device)).reshape(-1)]  # (S*B,)
-        out_weights = weights[source] if weights is not None else None
+        out_weights = take_optional(weights, source)
         return KeyedJaggedTensor(
             keys=self.output_keys, values=out_values, lengths=out_lengths, weights=out_weights, stride=stride
         )
@@ -521,7 +565,8 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         """
         lookup = self.lookup
         if (
-            not has_compiled_kernel("hashed_embedding_bag", features.values().device.type)
+            fx_tracing()  # TorchScript export: the stock path (the conditions below read the batch)
+            or not has_compiled_kernel("hashed_embedding_bag", features.values().device.type)
             or not isinstance(lookup, TransformedEmbeddingBagCollection)
             or type(lookup.ebc) is not EmbeddingBagCollection  # e.g. quantised: its weights are packed bytes
             or self.has_pre
@@ -576,7 +621,9 @@ class UnifiedEmbeddingBagCollection(nn.Module):
         pooled = self._fused_pooled(features)  # (B, sum_t k_t * d), output order, or None
         if pooled is None:
             pooled = self.lookup(features).values()  # (B, sum_t k_t * d), lookup order
-            if not self._identity_columns:
+            if not self._identity_columns and fx_tracing():  # TorchScript: the index is a constant of the program
+                pooled = pooled.index_select(1, torch.tensor(self._columns, device=pooled.device))
+            elif not self._identity_columns:
                 index = self._column_index.get(pooled.device)
                 if index is None:
                     index = self._column_index[pooled.device] = torch.tensor(self._columns, device=pooled.device)
@@ -588,7 +635,7 @@ class UnifiedEmbeddingBagCollection(nn.Module):
                 pooled = pooled.view(batch, len(ks), ks[0], self.chunk_dim).mean(2).reshape(batch, -1)  # (B, F*d)
             else:
                 parts = pooled.split([k * self.chunk_dim for k in ks], dim=1)
-                pooled = torch.cat([p.view(batch, k, self.chunk_dim).mean(1) for p, k in zip(parts, ks)], 1)  # (B, F*d)
+                pooled = torch.cat([parts[i].view(batch, k, self.chunk_dim).mean(1) for i, k in enumerate(ks)], 1)  # (B, F*d)
         dims = [d for _, d in self.output_feature_dims()]
         return KeyedTensor(keys=list(self.feature_names), length_per_key=dims, values=pooled)
 

@@ -118,14 +118,21 @@ def test_graph_torchscript_artefact_scores_like_the_pt2_one(graph_run: Path) -> 
         assert (scripted(users) - program(users)).abs().max() <= 1e-5, size
 
 
-def test_sequence_torchscript_export_is_refused_naming_why(sequence_run: Path) -> None:
-    from recsys_emb.cli import main
-    from recsys_emb.inference.export import TorchScriptUnsupported
-
-    with pytest.raises(TorchScriptUnsupported, match=r"sequence model 'din' .*SequenceLookup.*--format pt2"):
-        export_run(sequence_run / "run", sequence_run / "art_ts", format="torchscript")
-    assert not (sequence_run / "art_ts").exists()
+def test_sequence_torchscript_artefact_scores_like_the_pt2_one(sequence_run: Path) -> None:
+    """``--format torchscript`` of a sequence run (the lookup sizes its bags per batch in the scripted program):
+    ``Predictor.load`` scores raw rows like the torch.export artefact; ``--aoti`` still needs ``pt2``."""
+    manifest = export_run(sequence_run / "run", sequence_run / "art_ts", format="torchscript")
+    assert manifest["format"] == "torchscript" and manifest["export_parity_max_abs"] <= 1e-5
+    ds = unshard(sequence_run / "run").task.ds
+    raw = [int(r) for r in ds.item_raw_ids[:12]]
+    rows = [{"user": int(ds.raw_users[u]), "history": raw[u % 5: u % 5 + u % 7], "target": raw[u % 11]} for u in range(9)]
+    data = sequence_run / "ts_rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = {}
+    for art in ("art", "art_ts"):
+        out = sequence_run / f"{art}_scores.tsv"
+        assert Predictor.load(sequence_run / art).predict_file(data, out, batch_size=4, progress=False)["scored"] == len(rows)
+        scores[art] = np.array([float(line.split("\t")[1]) for line in out.read_text().splitlines()])
+    np.testing.assert_allclose(scores["art_ts"], scores["art"], atol=1e-6)
     with pytest.raises(ValueError, match="--aoti .* needs --format pt2"):
-        export_run(sequence_run / "run", sequence_run / "art_ts", format="torchscript", aoti=True)
-    assert main(["export", "--run-dir", str(sequence_run / "run"), "--out", str(sequence_run / "art_ts"),
-                 "--format", "torchscript"]) == 2
+        export_run(sequence_run / "run", sequence_run / "art_ts2", format="torchscript", aoti=True)

@@ -323,3 +323,36 @@ def test_unified_configs_load_and_build(name: str) -> None:
     assert [d for _, d in module.output_feature_dims()] == [cfg.model.embedding_dim] * len(vocab)
     report = module.byte_report()
     assert report["parameter_bytes"] <= cfg.embedding.groups[0].chain[0]["unified"]["budget_fraction"] * report["collisionless_bytes"]
+
+
+class _KJTServing(torch.nn.Module):
+    """``(values, lengths (F, B)) -> pooled values`` of an EBC-compatible module, keys fixed (as the serving modules)."""
+
+    def __init__(self, ebc: torch.nn.Module, keys: list[str]) -> None:
+        super().__init__()
+        self.ebc, self.keys = ebc, keys
+
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.ebc(KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths.reshape(-1))).values()
+
+
+@pytest.mark.parametrize("options", [{"combine": "mean", "probes": {"a": 2, "b": 1, "c": 3}},
+                                     {"hashing": "identity", "vocab_sizes": {"a": 10, "b": 10, "c": 10}}])
+def test_torchscript_plans_every_batch_and_keeps_the_identity_check(options: dict) -> None:
+    """TorchScript export (fx + torch.jit.script): the gather plan runs per batch in the scripted program, so an
+    input with features missing or reordered equals eager at another batch size; identity ids are still checked."""
+    from recsys_emb.inference.export import script_program
+
+    torch.manual_seed(0)
+    groups = [MultiplexGroup("g", ["a", "b"], 40), MultiplexGroup("h", ["c"], 20)]
+    ebc = UnifiedEmbeddingBagCollection(groups, chunk_dim=4, feature_order=["c", "a", "b"], **options)
+    for keys in (["a", "b", "c"], ["c", "a"]):
+        serving = _KJTServing(ebc, keys).eval()
+        lengths = torch.tensor([[1, 2, 0]] * len(keys))
+        program, parity = script_program(serving, (torch.randint(0, 10, (int(lengths.sum()),)), lengths), "sequence")
+        lengths = torch.tensor([[0, 3, 1, 1, 2]] * len(keys))
+        values = torch.randint(0, 10, (int(lengths.sum()),))
+        assert parity == 0 and torch.equal(program(values, lengths), serving(values, lengths))
+    if options.get("hashing") == "identity":
+        with pytest.raises(torch.jit.Error, match="outside its feature.s vocabulary"):
+            program(torch.full_like(values, 11), lengths)
