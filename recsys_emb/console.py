@@ -52,12 +52,18 @@ KNOWN: dict[str, tuple[Known, ...]] = {
         Known("There is a known issue with TorchRec's dense tensor size calculation in dry run",
               "the same dry-run caveat, logged once per plan; our models are materialised when planned",
               logger="torchrec.distributed.planner.storage_reservations"),
+        Known("Sharding spec not found for",
+              "TorchRec's plan check logs it (on the root logger) for every replicated (data_parallel) table: a replica "
+              "has no shards, so no sharding spec, which is what data_parallel means", logger="root"),
     ),
     # recsys_emb.train.parallel.shard_model -> torchrec DistributedModelParallel
     "dmp": (
         Known("`broadcast_buffers` is deprecated",
               "raised by TorchRec's own DistributedDataParallel wrapper of the dense part; nothing a caller passes "
               "changes it (TorchRec 1.8)", category=FutureWarning),
+        Known("Sharding Type is data_parallel, caching params will be ignored",
+              "logged by TorchRec for every replicated (data_parallel) table while sharding: a replica has no cache, "
+              "and we set no caching parameters", logger="torchrec.distributed.utils"),
     ),
     # recsys_emb.train.checkpoint (save / load / consolidate) and inference.export.unshard
     "sharded_tensor": (

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recsys_emb.console import tqdm
+from recsys_emb.console import known_warnings, tqdm
 from recsys_emb.retrieval.index import Csr, IndexConfig, build_index
 from recsys_emb.retrieval.knn_embed import KnnEmbed, KnnEmbedConfig, kmeans_items
 from recsys_emb.train.ranking_metrics import recall_ndcg
@@ -95,7 +95,7 @@ class PipelineEvalConfig:
 
 @dataclass
 class RecommendConfig:
-    """A retrieve-then-rank experiment (configs/beauty_retrieve_rank.yaml)."""
+    """A retrieve-then-rank experiment (configs/amazon_beauty_retrieve_rank.yaml)."""
 
     name: str = "recommend"
     retrieval: StageOneConfig = field(default_factory=StageOneConfig)
@@ -412,6 +412,7 @@ def build_pipeline(cfg: RecommendConfig) -> tuple[StageOne, Any, Any]:
     return stage1, ranker, ds
 
 
+@known_warnings("forward", "sharded_tensor")
 def recommend(cfg: RecommendConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run the pipeline; writes ``recommendations.tsv``, ``per_user.npz`` and ``metrics.json`` to ``run_dir``."""
     from recsys_emb.config.io import save_config
@@ -439,7 +440,7 @@ def recommend(cfg: RecommendConfig, run_dir: str | Path) -> dict[str, Any]:
 
 
 def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, help="pipeline YAML (e.g. configs/beauty_retrieve_rank.yaml)")
+    parser.add_argument("--config", type=Path, required=True, help="pipeline YAML (e.g. configs/amazon_beauty_retrieve_rank.yaml)")
     parser.add_argument("--retrieval-run", help="stage-1 run folder (overrides retrieval.run)")
     parser.add_argument("--ranker-run", help="stage-2 run folder (overrides ranker.run; 'none' = no ranker)")
     parser.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>-<time>)")

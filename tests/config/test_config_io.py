@@ -89,6 +89,8 @@ def _schema(path: Path) -> type:
         "gowalla_": ("recsys_emb.config.graph", "GraphExperimentConfig"),
         "ml1m_two_tower": ("recsys_emb.config.two_tower", "TwoTowerExperimentConfig"),
         "retrieval_": ("recsys_emb.retrieval.driver", "RetrieveConfig"),
+        "amazon_beauty_two_tower": ("recsys_emb.config.two_tower", "TwoTowerExperimentConfig"),
+        "amazon_beauty_retrieve_rank": ("recsys_emb.retrieval.pipeline", "RecommendConfig"),
         "sid_": ("recsys_emb.semantic_ids.config", "SIDConfig"),
         "amazon_": ("recsys_emb.config.sequence", "SequenceExperimentConfig"),
         "movielens_100k_dare": ("recsys_emb.config.sequence", "SequenceExperimentConfig"),
