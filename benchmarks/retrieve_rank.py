@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="amazon_beauty")
     p.add_argument("--path", default="../shared/datasets/amazon_seq_s3rec")
-    p.add_argument("--retrieval-config", default="configs/amazon_beauty_two_tower.yaml")
+    p.add_argument("--retrieval-config", default="configs/beauty_two_tower.yaml")
     p.add_argument("--ranker-config", default="configs/amazon_beauty_din.yaml")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--candidates", type=int, nargs="+", default=[100, 500])

@@ -95,7 +95,7 @@ class PipelineEvalConfig:
 
 @dataclass
 class RecommendConfig:
-    """A retrieve-then-rank experiment (configs/amazon_beauty_retrieve_rank.yaml)."""
+    """A retrieve-then-rank experiment (configs/retrieve_rank_beauty.yaml)."""
 
     name: str = "recommend"
     retrieval: StageOneConfig = field(default_factory=StageOneConfig)
@@ -440,7 +440,7 @@ def recommend(cfg: RecommendConfig, run_dir: str | Path) -> dict[str, Any]:
 
 
 def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, help="pipeline YAML (e.g. configs/amazon_beauty_retrieve_rank.yaml)")
+    parser.add_argument("--config", type=Path, required=True, help="pipeline YAML (e.g. configs/retrieve_rank_beauty.yaml)")
     parser.add_argument("--retrieval-run", help="stage-1 run folder (overrides retrieval.run)")
     parser.add_argument("--ranker-run", help="stage-2 run folder (overrides ranker.run; 'none' = no ranker)")
     parser.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>-<time>)")

@@ -254,7 +254,7 @@ def test_train_data_option_points_at_the_sequences_of_a_retrieval_config(tmp_pat
     (setting data.path there would be silently ignored)."""
     from recsys_emb.cli import _data_path_key
 
-    assert _data_path_key(Path("configs/amazon_beauty_two_tower.yaml")) == "data.sequence.path"
+    assert _data_path_key(Path("configs/beauty_two_tower.yaml")) == "data.sequence.path"
     assert _data_path_key(Path("configs/ml1m_two_tower_tiny.yaml")) == "data.path"
     assert _data_path_key(Path("configs/amazon_beauty_din.yaml")) == "data.path"
 
