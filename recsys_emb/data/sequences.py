@@ -467,11 +467,17 @@ class SequenceDataset:
         self._train_mask = train_pos
         self._user_of = user_of
         self._pos_in_user = pos_in_user
-        self.hard_pool: np.ndarray | None = None  # (U, M) hard-negative candidates per user (cfg.hard_negatives)
-        if cfg.hard_negatives:
+        self._hard_pool: np.ndarray | None = None  # (U, M), built by hard_pool on the first training draw
+
+    @property
+    def hard_pool(self) -> np.ndarray | None:
+        """(U, M) hard-negative candidates per user from ``cfg.hard_negatives`` (None without it), built on first
+        use: only training draws need it, so restoring a trained model never reads the retrieval run."""
+        if self._hard_pool is None and self.cfg.hard_negatives:
             from recsys_emb.retrieval.pipeline import hard_negative_pool
 
-            self.hard_pool = hard_negative_pool(self, cfg.hard_negatives, cfg.hard_negative_pool)
+            self._hard_pool = hard_negative_pool(self, self.cfg.hard_negatives, self.cfg.hard_negative_pool)
+        return self._hard_pool
 
     # -------------------------------------------------------------------------------- vocabulary
     def vocabulary(self) -> dict[str, object]:
@@ -560,7 +566,7 @@ class SequenceDataset:
         holds no item of the user's sequence)."""
         prob = self.popularity / self.popularity.sum()
         out = rng.choice(self.num_items, size=(len(user), num), p=prob)
-        if hard and self.hard_pool is not None and self.cfg.hard_negative_fraction > 0:  # 0: exactly the popularity draws
+        if hard and self.cfg.hard_negatives and self.cfg.hard_negative_fraction > 0:  # 0: exactly the popularity draws
             pool = self.hard_pool[user]  # (R, M)
             pick = pool[np.arange(len(user))[:, None], rng.integers(0, pool.shape[1], size=(len(user), num))]
             take = (rng.random((len(user), num)) < self.cfg.hard_negative_fraction) & (pick >= FIRST_ID)

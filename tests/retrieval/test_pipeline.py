@@ -188,6 +188,12 @@ def test_hard_negative_pool_and_sampling(synth, ds, runs):
     fewer = SequenceDataset(load_raw(data_config(synth, max_users=100)), data_config(synth, max_users=100))
     with pytest.raises(ValueError, match=r"different vocabularies"):
         hard_negative_pool(fewer, runs["mf"], 10)
+    # the pool is built by the first training draw only: a data set (e.g. of a restored ranker) whose retrieval run
+    # is gone still builds and scores; training from it says which run is missing
+    gone = SequenceDataset(load_raw(data_config(synth)), data_config(synth, hard_negatives=str(synth / "no_such_run")))
+    np.testing.assert_array_equal(gone.examples("test").target_item, ds.examples("test").target_item)
+    with pytest.raises(FileNotFoundError, match="no_such_run"):
+        gone.examples("train")
 
 
 def test_recommend_cli_writes_ranked_lists_and_refuses_mismatched_runs(runs, tmp_path, synth):
